@@ -1,0 +1,210 @@
+//! The one place that knows the byte format of arguments, results and frames.
+//!
+//! Values are encoded with bincode 2 through serde, in its standard
+//! configuration (little-endian, variable-length integers). A task's arguments
+//! are the concatenation of each argument's encoding, which is exactly how the
+//! format encodes the tuple of them, so the runner decodes one tuple. Swapping
+//! the format means changing this module alone.
+//!
+//! bincode is not self-describing: a serde shape that needs the format to say
+//! what comes next (`#[serde(untagged)]`, `#[serde(flatten)]`, anything calling
+//! `deserialize_any`) cannot come back. [`ArgsWriter::push`] therefore decodes
+//! every argument it encodes, so such a value is refused when it is enqueued
+//! rather than failing later in a worker or after a restart.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+type Config = bincode::config::Configuration;
+
+const CONFIG: Config = bincode::config::standard();
+
+/// A value could not be turned into bytes, or back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The value's `Serialize` implementation failed, or asked for something
+    /// the format cannot express (a map or sequence of unknown length, as
+    /// `#[serde(flatten)]` produces).
+    #[error("cannot encode value")]
+    Encode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The bytes do not decode as the expected type, or the type's
+    /// `Deserialize` needs a self-describing format (`#[serde(untagged)]`,
+    /// `deserialize_any`).
+    #[error("cannot decode value")]
+    Decode(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The value decoded but did not use all the bytes.
+    #[error("{extra} bytes left over after decoding")]
+    TrailingBytes {
+        /// How many bytes were not consumed.
+        extra: usize,
+    },
+    /// The value encoded, but decoding the bytes consumed a different length:
+    /// its `Serialize` and `Deserialize` disagree.
+    #[error("value does not decode to what was encoded ({encoded} bytes written, {decoded} read)")]
+    RoundTrip {
+        /// Bytes written by encoding.
+        encoded: usize,
+        /// Bytes consumed by decoding them.
+        decoded: usize,
+    },
+}
+
+/// Encodes `value`.
+///
+/// # Errors
+///
+/// [`CodecError::Encode`] when the value cannot be expressed in the format.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, CONFIG).map_err(|e| CodecError::Encode(Box::new(e)))
+}
+
+/// Appends the encoding of `value` to `buf`.
+///
+/// # Errors
+///
+/// [`CodecError::Encode`] when the value cannot be expressed in the format;
+/// `buf` may then hold a partial encoding past its old length.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, buf, CONFIG)
+        .map(drop)
+        .map_err(|e| CodecError::Encode(Box::new(e)))
+}
+
+/// Decodes a `T` that must use all of `bytes`.
+///
+/// # Errors
+///
+/// [`CodecError::Decode`] for bytes that are not a `T`,
+/// [`CodecError::TrailingBytes`] when some are left over.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, read) = decode_prefix(bytes)?;
+    match bytes.len() - read {
+        0 => Ok(value),
+        extra => Err(CodecError::TrailingBytes { extra }),
+    }
+}
+
+/// Decodes a `T` from the front of `bytes`, returning it and the bytes used.
+fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|e| CodecError::Decode(Box::new(e)))
+}
+
+/// Builds the encoded arguments of one call, checking that each comes back.
+///
+/// Generated code pushes every argument in order; the first one that fails is
+/// remembered with its name and the rest are skipped.
+///
+/// ```
+/// use taskflow_worker::codec::{self, ArgsWriter};
+/// let mut args = ArgsWriter::new();
+/// args.push("to", &"ada@example.com".to_string());
+/// args.push("attempts", &3u32);
+/// let bytes = args.finish().unwrap();
+/// let (to, attempts): (String, u32) = codec::decode(&bytes).unwrap();
+/// assert_eq!((to.as_str(), attempts), ("ada@example.com", 3));
+/// ```
+#[derive(Debug, Default)]
+pub struct ArgsWriter {
+    buf: Vec<u8>,
+    failed: Option<(&'static str, CodecError)>,
+}
+
+impl ArgsWriter {
+    /// An empty argument list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `value`, the argument called `name`, after checking that its
+    /// encoding decodes to the same length.
+    pub fn push<T: Serialize + DeserializeOwned>(&mut self, name: &'static str, value: &T) {
+        if self.failed.is_some() {
+            return;
+        }
+        let start = self.buf.len();
+        let checked = encode_into(value, &mut self.buf).and_then(|()| {
+            let encoded = self.buf.len() - start;
+            let (_, decoded) = decode_prefix::<T>(&self.buf[start..])?;
+            match decoded == encoded {
+                true => Ok(()),
+                false => Err(CodecError::RoundTrip { encoded, decoded }),
+            }
+        });
+        if let Err(error) = checked {
+            self.buf.truncate(start);
+            self.failed = Some((name, error));
+        }
+    }
+
+    /// The encoded arguments.
+    ///
+    /// # Errors
+    ///
+    /// The name of the first argument that could not be encoded, with why.
+    pub fn finish(self) -> Result<Vec<u8>, (&'static str, CodecError)> {
+        match self.failed {
+            None => Ok(self.buf),
+            Some(failed) => Err(failed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(untagged)]
+    enum Untagged {
+        Number(u32),
+        Text(String),
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Inner {
+        a: u32,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Flattened {
+        #[serde(flatten)]
+        inner: Inner,
+        b: u32,
+    }
+
+    #[test]
+    fn untagged_is_refused_with_its_name() {
+        let mut args = ArgsWriter::new();
+        args.push("ok", &1u8);
+        args.push("shape", &Untagged::Number(3));
+        args.push("later", &2u8);
+        let (name, error) = args.finish().unwrap_err();
+        assert_eq!(name, "shape");
+        assert!(matches!(error, CodecError::Decode(_)), "{error:?}");
+    }
+
+    #[test]
+    fn flatten_is_refused() {
+        let mut args = ArgsWriter::new();
+        args.push(
+            "shape",
+            &Flattened {
+                inner: Inner { a: 1 },
+                b: 2,
+            },
+        );
+        let (name, _) = args.finish().unwrap_err();
+        assert_eq!(name, "shape");
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let bytes = encode(&(1u32, 2u32)).unwrap();
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(CodecError::TrailingBytes { extra: 1 })
+        ));
+    }
+}

@@ -1,0 +1,97 @@
+//! [`TaskCall`]: one call of a task with per-call options.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use taskflow_worker::codec::ArgsWriter;
+use taskflow_worker::registry::TaskEntry;
+use taskflow_worker::{CodecError, Tags};
+
+use crate::core::Core;
+use crate::error::Error;
+use crate::handle::TaskHandle;
+use crate::manager::{self, TaskManager};
+
+/// A call of a task, built by the generated `name::call(args…)`, with options
+/// set before it is enqueued.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// #[taskflow::task]
+/// async fn greet(name: String) -> String {
+///     let tenant = taskflow::context().and_then(|c| c.tags.get("tenant").map(str::to_owned));
+///     format!("hello {name} from {}", tenant.unwrap_or_default())
+/// }
+///
+/// let manager = taskflow::TaskManager::builder().build().await?;
+/// let handle = greet::call("ada".into()).tag("tenant", "acme").enqueue_on(&manager)?;
+/// assert_eq!(handle.await?, "hello ada from acme");
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a call does nothing until it is enqueued"]
+pub struct TaskCall<T> {
+    entry: &'static TaskEntry,
+    args: Result<Vec<u8>, (&'static str, CodecError)>,
+    tags: Vec<(String, String)>,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T: 'static> TaskCall<T> {
+    pub(crate) fn new(entry: &'static TaskEntry, args: ArgsWriter) -> Self {
+        TaskCall {
+            entry,
+            args: args.finish(),
+            tags: Vec::new(),
+            output: PhantomData,
+        }
+    }
+
+    /// Adds a tag; a later tag with the same key replaces an earlier one.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.push((key.into(), value.into()));
+        self
+    }
+
+    /// Enqueues on the installed default manager.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoManager`] when none is installed, and everything
+    /// [`enqueue_on`](Self::enqueue_on) reports.
+    pub fn enqueue(self) -> Result<TaskHandle<T>, Error> {
+        manager::with_installed(|core| self.enqueue_into(core)).unwrap_or(Err(Error::NoManager))
+    }
+
+    /// Enqueues on `manager`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShutDown`] after shutdown, [`Error::MissingResource`] when the
+    /// manager lacks a resource the task takes, and [`Error::Argument`] when an
+    /// argument could not be encoded. Nothing is recorded in any of these cases.
+    pub fn enqueue_on(self, manager: &TaskManager) -> Result<TaskHandle<T>, Error> {
+        self.enqueue_into(manager.core())
+    }
+
+    fn enqueue_into(self, core: &Arc<Core>) -> Result<TaskHandle<T>, Error> {
+        let args = self.args.map_err(|(argument, source)| Error::Argument {
+            task: self.entry.name(),
+            argument,
+            source,
+        })?;
+        let cell = core.enqueue(self.entry, args, Tags::from_pairs(self.tags))?;
+        Ok(TaskHandle::new(cell))
+    }
+}
+
+impl<T> fmt::Debug for TaskCall<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskCall")
+            .field("task", &self.entry.name())
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
+}

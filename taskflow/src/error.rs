@@ -1,0 +1,85 @@
+//! The errors of taskflow's API.
+//!
+//! A task that fails is not an API error: it is data, a [`TaskError`](crate::TaskError)
+//! on its record and from its handle. [`Error`] is for calls into taskflow that
+//! cannot do what was asked.
+
+use taskflow_worker::registry::DuplicateTask;
+use taskflow_worker::{CodecError, TaskId};
+
+use crate::lifecycle::TaskStatus;
+
+/// Why a call into taskflow failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two `#[task]` declarations share a name.
+    #[error(transparent)]
+    DuplicateTask(#[from] DuplicateTask),
+    /// A limit was set to zero.
+    #[error("`{option}` must be at least 1")]
+    ZeroLimit {
+        /// The builder option.
+        option: &'static str,
+    },
+    /// A thread of the sync pool could not be started.
+    #[error("cannot start thread `{name}`")]
+    SpawnThread {
+        /// The thread's name.
+        name: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `build()` ran outside a tokio runtime.
+    #[error("taskflow needs a tokio runtime: call `TaskManagerBuilder::build` from inside one")]
+    NoRuntime,
+    /// `name::enqueue` was called with no manager installed.
+    #[error(
+        "no task manager is installed; call `TaskManager::install` or enqueue with `call(…).enqueue_on(&manager)`"
+    )]
+    NoManager,
+    /// The manager has shut down and admits nothing more.
+    #[error("the task manager has shut down")]
+    ShutDown,
+    /// The task takes a resource the manager was not given.
+    #[error(
+        "task `{task}` needs a resource of type `{resource}`, which the manager does not have; add it with `TaskManagerBuilder::resource`"
+    )]
+    MissingResource {
+        /// The task's name.
+        task: &'static str,
+        /// The missing type.
+        resource: &'static str,
+    },
+    /// An argument could not be encoded, or would not decode again.
+    #[error("argument `{argument}` of task `{task}` cannot be sent as data")]
+    Argument {
+        /// The task's name.
+        task: &'static str,
+        /// The argument's name.
+        argument: &'static str,
+        /// What the codec said.
+        #[source]
+        source: CodecError,
+    },
+    /// The task's executor is not available in this manager.
+    #[error("task `{task}` runs on the `{executor}` executor, which this manager does not provide")]
+    UnsupportedExecutor {
+        /// The task's name.
+        task: &'static str,
+        /// The executor it needs.
+        executor: &'static str,
+    },
+    /// No task with this id is known.
+    #[error("no task with id {0}")]
+    NotFound(TaskId),
+    /// The task already reached a final status.
+    #[error("task {id} has already finished as {status}")]
+    AlreadyFinished {
+        /// The task.
+        id: TaskId,
+        /// Its final status.
+        status: TaskStatus,
+    },
+}

@@ -1,0 +1,164 @@
+//! The event bus: every lifecycle transition, once, in order per task.
+//!
+//! `Core::transition` publishes while it still holds the task's lock, so the
+//! events of one task arrive in the order its transitions happened. Building
+//! an event is skipped while nobody subscribes, which keeps the hot path free
+//! of the channel's lock in the common case.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use taskflow_worker::{TaskError, TaskId};
+use tokio::sync::broadcast;
+
+use crate::lifecycle::TaskStatus;
+
+/// One lifecycle change of one task.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct TaskEvent {
+    /// The task.
+    pub id: TaskId,
+    /// Its registered name.
+    pub name: &'static str,
+    /// What happened.
+    pub kind: EventKind,
+    /// Zero-based attempt the event belongs to (0 before the first start).
+    pub attempt: u32,
+    /// When it happened.
+    pub at: SystemTime,
+}
+
+impl TaskEvent {
+    /// The task's status right after this event.
+    pub fn status(&self) -> TaskStatus {
+        match self.kind {
+            EventKind::Enqueued | EventKind::Retrying { .. } => TaskStatus::Pending,
+            EventKind::Started => TaskStatus::Running,
+            EventKind::Succeeded => TaskStatus::Success,
+            EventKind::Failed(_) => TaskStatus::Failed,
+            EventKind::Cancelled => TaskStatus::Cancelled,
+            EventKind::Interrupted => TaskStatus::Interrupted,
+        }
+    }
+}
+
+/// What happened to a task.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// Enqueued: now PENDING.
+    Enqueued,
+    /// An attempt started: now RUNNING.
+    Started,
+    /// An attempt failed and another will run after `delay`: PENDING again.
+    Retrying {
+        /// Why the attempt failed.
+        error: TaskError,
+        /// The wait before the next attempt.
+        delay: Duration,
+    },
+    /// The attempt succeeded: SUCCESS.
+    Succeeded,
+    /// The last allowed attempt failed: FAILED.
+    Failed(TaskError),
+    /// Cancelled: CANCELLED.
+    Cancelled,
+    /// Interrupted by shutdown: INTERRUPTED.
+    Interrupted,
+}
+
+pub(crate) struct Bus {
+    sender: broadcast::Sender<TaskEvent>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Bus {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        Bus {
+            sender,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Publishes the event `make` builds, if anyone listens.
+    pub(crate) fn publish(&self, make: impl FnOnce() -> TaskEvent) {
+        if self.subscribers.load(Ordering::Acquire) > 0 {
+            // An error only means every receiver went away meanwhile.
+            let _ = self.sender.send(make());
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> EventStream {
+        let receiver = self.sender.subscribe();
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
+        EventStream {
+            receiver,
+            subscribers: self.subscribers.clone(),
+        }
+    }
+}
+
+/// A subscription to every task's lifecycle events, from
+/// [`TaskManager::subscribe`](crate::TaskManager::subscribe).
+///
+/// Events published before the subscription are not seen. A subscriber that
+/// falls more than the bus capacity behind loses the oldest events and is told
+/// how many with [`RecvError::Lagged`].
+#[derive(Debug)]
+pub struct EventStream {
+    receiver: broadcast::Receiver<TaskEvent>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl EventStream {
+    /// The next event.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Lagged`] when events were dropped because this subscriber
+    /// fell behind (the next call continues with the oldest kept event), and
+    /// [`RecvError::Closed`] once the manager is gone.
+    pub async fn recv(&mut self) -> Result<TaskEvent, RecvError> {
+        self.receiver.recv().await.map_err(|error| match error {
+            broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
+            broadcast::error::RecvError::Closed => RecvError::Closed,
+        })
+    }
+
+    /// The next event if one is ready, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), plus [`RecvError::Empty`] when none is ready.
+    pub fn try_recv(&mut self) -> Result<TaskEvent, RecvError> {
+        self.receiver.try_recv().map_err(|error| match error {
+            broadcast::error::TryRecvError::Lagged(n) => RecvError::Lagged(n),
+            broadcast::error::TryRecvError::Closed => RecvError::Closed,
+            broadcast::error::TryRecvError::Empty => RecvError::Empty,
+        })
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why [`EventStream::recv`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// This many events were dropped because the subscriber fell behind.
+    #[error("subscriber fell behind and missed {0} events")]
+    Lagged(u64),
+    /// The manager is gone; no more events will come.
+    #[error("the task manager is gone")]
+    Closed,
+    /// No event is ready (from `try_recv` only).
+    #[error("no event is ready")]
+    Empty,
+}

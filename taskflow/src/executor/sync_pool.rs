@@ -1,0 +1,151 @@
+//! The sync executor: plain functions on threads that are not the runtime's.
+//!
+//! With `max_sync_threads(n)` the manager owns exactly `n` threads named
+//! `taskflow-sync-1` … `taskflow-sync-n`, fed by one queue; a task waiting in
+//! the queue is PENDING. Without it, each attempt goes to tokio's shared
+//! blocking pool. Either way an attempt's panic is caught, so a pool thread is
+//! never lost, and a retry wait happens on a timer, never on a pool thread.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use taskflow_worker::registry::Body;
+use taskflow_worker::{TaskError, context};
+
+use super::{catch_panic, context_of};
+use crate::core::Core;
+use crate::error::Error;
+use crate::lifecycle::Transition;
+use crate::record::SharedCell;
+
+pub(crate) enum SyncExecutor {
+    /// tokio's blocking pool.
+    Shared,
+    /// A pool of this manager's own threads.
+    Dedicated(Pool),
+}
+
+pub(crate) struct Pool {
+    size: usize,
+    jobs: Sender<Job>,
+    /// Taken when the threads start.
+    receiver: Mutex<Option<Receiver<Job>>>,
+}
+
+enum Job {
+    Run(SharedCell),
+    /// One per thread at close: the thread exits when it pops one.
+    Stop,
+}
+
+impl SyncExecutor {
+    pub(crate) fn new(max_sync_threads: Option<usize>) -> Self {
+        match max_sync_threads {
+            None => SyncExecutor::Shared,
+            Some(size) => {
+                let (jobs, receiver) = crossbeam_channel::unbounded();
+                SyncExecutor::Dedicated(Pool {
+                    size,
+                    jobs,
+                    receiver: Mutex::new(Some(receiver)),
+                })
+            }
+        }
+    }
+
+    /// Starts the dedicated threads, once `core` exists for them to share.
+    pub(crate) fn start(core: &Arc<Core>) -> Result<(), Error> {
+        let SyncExecutor::Dedicated(pool) = &core.sync_tasks else {
+            return Ok(());
+        };
+        let receiver = pool
+            .receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(receiver) = receiver else {
+            return Ok(());
+        };
+        for index in 1..=pool.size {
+            let name = format!("taskflow-sync-{index}");
+            let (thread_core, receiver) = (core.clone(), receiver.clone());
+            let spawned = thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || serve(&thread_core, &receiver));
+            if let Err(source) = spawned {
+                // Stop the threads already started before reporting.
+                core.sync_tasks.close();
+                return Err(Error::SpawnThread { name, source });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
+        match self {
+            SyncExecutor::Shared => {
+                let core = core.clone();
+                // The join handle is not needed: the attempt reports through
+                // `Core::finish`, and a blocking task cannot be aborted anyway.
+                drop(
+                    core.runtime
+                        .clone()
+                        .spawn_blocking(move || run_attempt(&core, cell)),
+                );
+            }
+            SyncExecutor::Dedicated(pool) => {
+                if let Err(rejected) = pool.jobs.send(Job::Run(cell)) {
+                    // Every thread is gone: only possible after close.
+                    if let Job::Run(cell) = rejected.into_inner() {
+                        core.transition(&cell, Transition::Interrupt);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets the dedicated threads exit once they finish what they run now.
+    pub(crate) fn close(&self) {
+        if let SyncExecutor::Dedicated(pool) = self {
+            for _ in 0..pool.size {
+                let _ = pool.jobs.send(Job::Stop);
+            }
+        }
+    }
+}
+
+/// A dedicated thread's loop.
+fn serve(core: &Arc<Core>, jobs: &Receiver<Job>) {
+    // Task bodies may use `Handle::current()`, as on tokio's blocking pool.
+    let _runtime = core.runtime.enter();
+    while let Ok(Job::Run(cell)) = jobs.recv() {
+        run_attempt(core, cell);
+    }
+}
+
+/// Runs one attempt on the calling thread and schedules the retry, if any.
+fn run_attempt(core: &Arc<Core>, cell: SharedCell) {
+    let Some(attempt) = core.start(&cell) else {
+        return;
+    };
+    let result = match cell.entry.body() {
+        Body::Blocking(body) => context::enter(context_of(&cell, attempt), || {
+            catch_panic(|| body(&cell.args, &core.resources))
+        }),
+        // `#[task]` never pairs these; only a hand-built entry could.
+        Body::Async(_) => Err(TaskError::error("a thread task's entry has an async body")),
+    };
+    let Some(wait) = core.finish(&cell, result) else {
+        return;
+    };
+    if wait.is_zero() {
+        core.sync_tasks.submit(core, cell);
+    } else {
+        let retry_core = core.clone();
+        drop(core.runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            retry_core.sync_tasks.submit(&retry_core, cell);
+        }));
+    }
+}

@@ -1,0 +1,121 @@
+//! [`TaskHandle`]: the enqueuer's view of one task.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use taskflow_worker::{ErrorKind, TaskError, TaskId};
+
+use crate::lifecycle::TaskStatus;
+use crate::record::{SharedCell, TaskRecord};
+
+/// A handle to an enqueued task whose output is `T`.
+///
+/// Awaiting it yields the task's output once it succeeds, or the
+/// [`TaskError`] that ended it (failed, cancelled, interrupted). Dropping it
+/// does not cancel the task; it only means nobody will read the output, which
+/// is then dropped as soon as the task finishes.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// #[taskflow::task]
+/// async fn double(n: u64) -> u64 {
+///     n * 2
+/// }
+///
+/// let manager = taskflow::TaskManager::builder().build().await?;
+/// let handle = double::call(21).enqueue_on(&manager)?;
+/// println!("enqueued {}", handle.id());
+/// assert_eq!(handle.await?, 42);
+/// # Ok(())
+/// # }
+/// ```
+pub struct TaskHandle<T> {
+    cell: SharedCell,
+    output: PhantomData<fn() -> T>,
+}
+
+impl<T> TaskHandle<T> {
+    pub(crate) fn new(cell: SharedCell) -> Self {
+        TaskHandle {
+            cell,
+            output: PhantomData,
+        }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.cell.id
+    }
+
+    /// The task's current status.
+    pub fn status(&self) -> TaskStatus {
+        self.cell.status()
+    }
+
+    /// A snapshot of the task's record.
+    pub fn record(&self) -> TaskRecord {
+        self.cell.snapshot()
+    }
+}
+
+impl<T: 'static> Future for TaskHandle<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.cell.lock();
+        let outcome = match state.status {
+            TaskStatus::Pending | TaskStatus::Running => {
+                if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.waiters.push(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            TaskStatus::Success => match state.output.take() {
+                Some(output) => output
+                    .downcast::<T>()
+                    .map(|output| *output)
+                    .map_err(|_| TaskError::error("the task's output is not of the handle's type")),
+                None => Err(TaskError::error(
+                    "the task's output was already taken from this handle",
+                )),
+            },
+            TaskStatus::Failed => Err(state
+                .last_error
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| TaskError::error("the task failed"))),
+            TaskStatus::Cancelled => Err(TaskError::new(ErrorKind::Cancelled, "")),
+            TaskStatus::Interrupted => Err(TaskError::new(
+                ErrorKind::Interrupted,
+                "the manager shut down before the task finished",
+            )),
+        };
+        Poll::Ready(outcome)
+    }
+}
+
+impl<T> Drop for TaskHandle<T> {
+    fn drop(&mut self) {
+        let mut state = self.cell.lock();
+        state.handles = state.handles.saturating_sub(1);
+        if state.handles == 0 {
+            let unread = state.output.take();
+            drop(state);
+            drop(unread);
+        }
+    }
+}
+
+impl<T> fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", &self.cell.id)
+            .field("name", &self.cell.entry.name())
+            .field("status", &self.status())
+            .finish()
+    }
+}
