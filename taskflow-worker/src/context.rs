@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::future::Future;
 
 use crate::id::{Tags, TaskId};
+use crate::log::{LogRecord, SharedSink};
 
 tokio::task_local! {
     static ASYNC_CONTEXT: TaskContext;
@@ -30,6 +31,7 @@ pub struct TaskContext {
     pub attempt: u32,
     /// The tags given at enqueue.
     pub tags: Tags,
+    sink: Option<SharedSink>,
 }
 
 impl TaskContext {
@@ -40,6 +42,20 @@ impl TaskContext {
             name,
             attempt,
             tags,
+            sink: None,
+        }
+    }
+
+    /// The context with log records going to `sink`.
+    pub fn with_sink(mut self, sink: SharedSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Sends `record` to this task's log sink, if it has one.
+    pub fn emit(&self, record: LogRecord) {
+        if let Some(sink) = &self.sink {
+            sink.0.emit(self.id, record);
         }
     }
 }

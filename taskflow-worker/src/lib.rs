@@ -8,12 +8,19 @@
 //! depends on it and re-exports what users need; applications depend on
 //! `taskflow` alone.
 
+pub mod attempt;
 pub mod codec;
 pub mod context;
 pub mod failure;
 pub mod id;
+pub mod log;
+pub mod protocol;
 pub mod registry;
 pub mod resource;
+#[cfg(unix)]
+pub mod sys;
+#[cfg(unix)]
+pub mod worker;
 
 pub use codec::CodecError;
 pub use context::{TaskContext, context};
