@@ -49,7 +49,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let mut emails = Vec::new();
     for n in 0..40 {
-        let to = if n == 7 { "flaky@example.com".to_owned() } else { format!("user{n}@example.com") };
+        let to = if n == 7 {
+            "flaky@example.com".to_owned()
+        } else {
+            format!("user{n}@example.com")
+        };
         emails.push(send_email::call(to).tag("batch", "welcome").enqueue()?);
     }
     let mut sums = Vec::new();
@@ -57,7 +61,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sums.push(checksum::enqueue(vec![n; 1024])?);
     }
     let failing = doomed::enqueue()?;
-    println!("enqueued {} tasks; {} running now", emails.len() + sums.len() + 1, tasks.metrics().running);
+    println!(
+        "enqueued {} tasks; {} running now",
+        emails.len() + sums.len() + 1,
+        tasks.metrics().running
+    );
 
     for handle in emails {
         handle.await?;

@@ -12,9 +12,17 @@ use proc_macro::TokenStream;
 mod args;
 mod expand;
 mod item;
+mod main_fn;
 
 /// Declares a task. See the `taskflow` crate's documentation.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::task(attr.into(), item.into()).into()
+}
+
+/// Enters worker mode, then runs the `async fn main` on a tokio runtime. See
+/// the `taskflow` crate's documentation.
+#[proc_macro_attribute]
+pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+    main_fn::main(attr.into(), item.into()).into()
 }

@@ -26,6 +26,7 @@ pub use codec::CodecError;
 pub use context::{TaskContext, context};
 pub use failure::{ErrorKind, TaskError};
 pub use id::{Tags, TaskId};
+pub use log::{LogLevel, LogRecord};
 pub use registry::{Executor, Registry, TaskDefaults, TaskEntry};
 pub use resource::{Resource, Resources};
 

@@ -18,6 +18,18 @@ pub use taskflow_worker::{CodecError, Resource, TaskError};
 
 use crate::call::TaskCall;
 
+pub use tokio;
+
+// Not public API. Used by generated code.
+pub fn enter_worker_mode() {
+    crate::init();
+}
+
+// Not public API. Used by generated code.
+pub fn enter_worker_mode_with(resources: impl FnOnce(&mut Resources) + 'static) {
+    crate::init_with(resources);
+}
+
 // Not public API. Used by generated code.
 pub fn new_call<T: 'static>(entry: &'static TaskEntry, args: ArgsWriter) -> TaskCall<T> {
     TaskCall::new(entry, args)

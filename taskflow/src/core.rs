@@ -8,20 +8,23 @@
 //! call it; no other code assigns a status.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use taskflow_worker::registry::{Output, TaskEntry};
-use taskflow_worker::{Executor, Resources, Tags, TaskError, TaskId};
+use taskflow_worker::log::LogSink;
+use taskflow_worker::registry::TaskEntry;
+use taskflow_worker::{Executor, LogRecord, Resources, Tags, TaskError, TaskId};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::events::{Bus, EventKind, TaskEvent};
+#[cfg(unix)]
+use crate::executor::ProcessExecutor;
 use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::lifecycle::{self, TaskStatus, Transition};
-use crate::record::{SharedCell, TaskCell};
+use crate::record::{MAX_LOGS, Produced, SharedCell, TaskCell};
 use crate::store::MemoryStore;
 
 pub(crate) struct Core {
@@ -31,8 +34,12 @@ pub(crate) struct Core {
     pub(crate) runtime: Handle,
     pub(crate) async_tasks: AsyncExecutor,
     pub(crate) sync_tasks: SyncExecutor,
+    #[cfg(unix)]
+    pub(crate) process_tasks: ProcessExecutor,
     closed: AtomicBool,
-    /// Signalled when the last running task stops running after close.
+    /// RUNNING tasks per executor, indexed by [`executor_index`].
+    running: [AtomicU64; 3],
+    /// Signalled whenever a task stops running after close.
     idle: Notify,
 }
 
@@ -45,12 +52,27 @@ pub(crate) struct Applied {
     pub(crate) retry_in: Option<Duration>,
 }
 
+/// The executors a manager runs, built before the core they belong to.
+pub(crate) struct Executors {
+    pub(crate) async_tasks: AsyncExecutor,
+    pub(crate) sync_tasks: SyncExecutor,
+    #[cfg(unix)]
+    pub(crate) process_tasks: ProcessExecutor,
+}
+
+fn executor_index(executor: Executor) -> usize {
+    match executor {
+        Executor::Async => 0,
+        Executor::Thread => 1,
+        _ => 2,
+    }
+}
+
 impl Core {
     pub(crate) fn new(
         runtime: Handle,
         resources: Resources,
-        async_tasks: AsyncExecutor,
-        sync_tasks: SyncExecutor,
+        executors: Executors,
         event_capacity: usize,
     ) -> Self {
         Core {
@@ -58,9 +80,12 @@ impl Core {
             bus: Bus::new(event_capacity),
             resources,
             runtime,
-            async_tasks,
-            sync_tasks,
+            async_tasks: executors.async_tasks,
+            sync_tasks: executors.sync_tasks,
+            #[cfg(unix)]
+            process_tasks: executors.process_tasks,
             closed: AtomicBool::new(false),
+            running: Default::default(),
             idle: Notify::new(),
         }
     }
@@ -79,13 +104,16 @@ impl Core {
         if self.is_closed() {
             return Err(Error::ShutDown);
         }
-        if let Some(missing) = self.resources.first_missing(entry.resources()) {
+        // A process task's resources are built in each worker, not here.
+        if entry.executor() != Executor::Process
+            && let Some(missing) = self.resources.first_missing(entry.resources())
+        {
             return Err(Error::MissingResource {
                 task: entry.name(),
                 resource: missing.type_name(),
             });
         }
-        if entry.executor() == Executor::Process {
+        if entry.executor() == Executor::Process && cfg!(not(unix)) {
             return Err(Error::UnsupportedExecutor {
                 task: entry.name(),
                 executor: entry.executor().as_str(),
@@ -102,6 +130,8 @@ impl Core {
         });
         match entry.executor() {
             Executor::Async => self.async_tasks.submit(self, cell.clone()),
+            #[cfg(unix)]
+            Executor::Process => self.process_tasks.submit(self, cell.clone()),
             _ => self.sync_tasks.submit(self, cell.clone()),
         }
         Ok(cell)
@@ -170,6 +200,12 @@ impl Core {
             }
         }
         self.store.count_transition(from, to, duration);
+        let running = &self.running[executor_index(cell.entry.executor())];
+        if to == TaskStatus::Running {
+            running.fetch_add(1, Ordering::SeqCst);
+        } else if from == TaskStatus::Running {
+            running.fetch_sub(1, Ordering::SeqCst);
+        }
         let attempt = state.attempts.saturating_sub(1);
         self.bus.publish(|| TaskEvent {
             id: cell.id,
@@ -188,10 +224,7 @@ impl Core {
         if let Some(abort) = abort {
             abort.abort();
         }
-        if from == TaskStatus::Running
-            && self.is_closed()
-            && self.store.count(TaskStatus::Running) == 0
-        {
+        if from == TaskStatus::Running && self.is_closed() {
             self.idle.notify_waiters();
         }
         Some(Applied {
@@ -214,7 +247,7 @@ impl Core {
     pub(crate) fn finish(
         &self,
         cell: &TaskCell,
-        result: Result<Output, TaskError>,
+        result: Result<Produced, TaskError>,
     ) -> Option<Duration> {
         let transition = match result {
             Ok(output) => Transition::Succeed(output),
@@ -222,6 +255,26 @@ impl Core {
         };
         self.transition(cell, transition)
             .and_then(|applied| applied.retry_in)
+    }
+
+    /// Appends a log record to a running task and publishes it.
+    pub(crate) fn log(&self, cell: &TaskCell, record: LogRecord) {
+        let mut state = cell.lock();
+        if state.status.is_finished() {
+            return;
+        }
+        if state.logs.len() == MAX_LOGS {
+            state.logs.pop_front();
+        }
+        let attempt = state.attempts.saturating_sub(1);
+        self.bus.publish(|| TaskEvent {
+            id: cell.id,
+            name: cell.entry.name(),
+            kind: EventKind::Log(record.clone()),
+            attempt,
+            at: record.at,
+        });
+        state.logs.push_back(record);
     }
 
     pub(crate) fn cancel(&self, id: TaskId) -> Result<(), Error> {
@@ -241,6 +294,8 @@ impl Core {
         if first {
             self.async_tasks.close();
             self.sync_tasks.close();
+            #[cfg(unix)]
+            self.process_tasks.close();
         }
         first
     }
@@ -256,18 +311,35 @@ impl Core {
             .count()
     }
 
-    /// Waits until no task is RUNNING or `deadline` passes; `true` if idle.
-    pub(crate) async fn wait_idle(&self, deadline: Instant) -> bool {
+    fn running_on(&self, executors: &[Executor]) -> u64 {
+        executors
+            .iter()
+            .map(|&executor| self.running[executor_index(executor)].load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Waits until no task of `executors` is RUNNING or `deadline` passes;
+    /// `true` if none is.
+    pub(crate) async fn wait_idle(&self, executors: &[Executor], deadline: Instant) -> bool {
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.store.count(TaskStatus::Running) == 0 {
+            if self.running_on(executors) == 0 {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.store.count(TaskStatus::Running) == 0;
+                return self.running_on(executors) == 0;
             }
+        }
+    }
+}
+
+/// In-process tasks log through their context straight onto their record.
+impl LogSink for Core {
+    fn emit(&self, id: TaskId, record: LogRecord) {
+        if let Some(cell) = self.store.get(&id) {
+            self.log(&cell, record);
         }
     }
 }

@@ -71,6 +71,9 @@ pub enum Error {
         /// The executor it needs.
         executor: &'static str,
     },
+    /// A worker process could not be started.
+    #[error("cannot start a worker process: {0}")]
+    WorkerStart(String),
     /// No task with this id is known.
     #[error("no task with id {0}")]
     NotFound(TaskId),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use taskflow_worker::{TaskError, TaskId};
+use taskflow_worker::{LogRecord, TaskError, TaskId};
 use tokio::sync::broadcast;
 
 use crate::lifecycle::TaskStatus;
@@ -35,7 +35,7 @@ impl TaskEvent {
     pub fn status(&self) -> TaskStatus {
         match self.kind {
             EventKind::Enqueued | EventKind::Retrying { .. } => TaskStatus::Pending,
-            EventKind::Started => TaskStatus::Running,
+            EventKind::Started | EventKind::Log(_) => TaskStatus::Running,
             EventKind::Succeeded => TaskStatus::Success,
             EventKind::Failed(_) => TaskStatus::Failed,
             EventKind::Cancelled => TaskStatus::Cancelled,
@@ -67,6 +67,8 @@ pub enum EventKind {
     Cancelled,
     /// Interrupted by shutdown: INTERRUPTED.
     Interrupted,
+    /// The running task logged this record; the status is unchanged.
+    Log(LogRecord),
 }
 
 pub(crate) struct Bus {

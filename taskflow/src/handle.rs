@@ -6,10 +6,11 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use serde::de::DeserializeOwned;
 use taskflow_worker::{ErrorKind, TaskError, TaskId};
 
 use crate::lifecycle::TaskStatus;
-use crate::record::{SharedCell, TaskRecord};
+use crate::record::{Produced, SharedCell, TaskRecord};
 
 /// A handle to an enqueued task whose output is `T`.
 ///
@@ -62,7 +63,7 @@ impl<T> TaskHandle<T> {
     }
 }
 
-impl<T: 'static> Future for TaskHandle<T> {
+impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
     type Output = Result<T, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -75,10 +76,12 @@ impl<T: 'static> Future for TaskHandle<T> {
                 return Poll::Pending;
             }
             TaskStatus::Success => match state.output.take() {
-                Some(output) => output
+                Some(Produced::Value(output)) => output
                     .downcast::<T>()
                     .map(|output| *output)
                     .map_err(|_| TaskError::error("the task's output is not of the handle's type")),
+                Some(Produced::Encoded(bytes)) => taskflow_worker::codec::decode::<T>(&bytes)
+                    .map_err(|e| TaskError::error(format!("cannot decode the task's output: {e}"))),
                 None => Err(TaskError::error(
                     "the task's output was already taken from this handle",
                 )),

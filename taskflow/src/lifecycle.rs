@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use taskflow_worker::TaskError;
-use taskflow_worker::registry::{Output, TaskDefaults};
+use taskflow_worker::registry::TaskDefaults;
+
+use crate::record::Produced;
 
 /// Where a task is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -110,7 +112,7 @@ pub(crate) enum Transition {
     /// An executor admits an attempt.
     Start,
     /// The attempt returned this output.
-    Succeed(Output),
+    Succeed(Produced),
     /// The attempt failed.
     Fail(TaskError),
     /// `cancel` was called.
@@ -153,7 +155,7 @@ mod tests {
     fn all_transitions() -> Vec<Transition> {
         vec![
             Transition::Start,
-            Transition::Succeed(Box::new(())),
+            Transition::Succeed(Produced::Value(Box::new(()))),
             Transition::Fail(TaskError::error("x")),
             Transition::Cancel,
             Transition::Interrupt,
@@ -188,7 +190,12 @@ mod tests {
         let policy = TaskDefaults::DEFAULT;
         assert_eq!(next(Running, &Transition::Start, 1, &policy), None);
         assert_eq!(
-            next(Pending, &Transition::Succeed(Box::new(())), 0, &policy),
+            next(
+                Pending,
+                &Transition::Succeed(Produced::Value(Box::new(()))),
+                0,
+                &policy
+            ),
             None
         );
         assert_eq!(

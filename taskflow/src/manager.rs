@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use taskflow_worker::registry::Registry;
-use taskflow_worker::{Resources, TaskId};
+use taskflow_worker::{Executor, Resources, TaskError, TaskId};
 use tokio::time::Instant;
 
-use crate::core::Core;
+use crate::core::{Core, Executors};
 use crate::error::Error;
 use crate::events::EventStream;
 use crate::executor::{AsyncExecutor, SyncExecutor};
+#[cfg(unix)]
+use crate::executor::{ProcessConfig, ProcessExecutor};
 use crate::record::{Metrics, TaskFilter, TaskRecord};
 
 /// The installed default manager, read on every `name::enqueue`.
@@ -35,12 +37,26 @@ pub struct TaskManager {
 struct Inner {
     core: Arc<Core>,
     shutdown_timeout: Duration,
+    process_shutdown_timeout: Duration,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.core.close() {
             self.core.interrupt_unfinished(true);
+            // Idle workers have nothing left to do; busy ones finish first.
+            #[cfg(unix)]
+            {
+                let core = self.core.clone();
+                drop(self.core.runtime.spawn(async move {
+                    core.wait_idle(
+                        &[Executor::Process],
+                        Instant::now() + Duration::from_secs(3600),
+                    )
+                    .await;
+                    core.process_tasks.kill_all().await;
+                }));
+            }
         }
     }
 }
@@ -114,25 +130,64 @@ impl TaskManager {
     }
 
     /// Shuts down gracefully: admits nothing more (a later enqueue fails with
-    /// [`Error::ShutDown`]), marks PENDING tasks INTERRUPTED at once, waits up
-    /// to the shutdown timeout for RUNNING ones, then marks those still running
-    /// INTERRUPTED (aborting async ones) and stops the sync pool's threads.
+    /// [`Error::ShutDown`]) and marks PENDING tasks INTERRUPTED at once. Then
+    /// it waits for RUNNING tasks: async and sync ones up to the shutdown
+    /// timeout, process ones up to the process shutdown timeout. Tasks still
+    /// running at their deadline are marked INTERRUPTED (async ones aborted),
+    /// every worker process is killed and reaped, and the sync pool's threads
+    /// stop.
     ///
     /// A sync task still running at the deadline keeps its thread until its
-    /// function returns; its result is ignored. Calling this again returns at
-    /// once.
+    /// function returns (a thread cannot be preempted); its result is
+    /// ignored. Calling this again returns at once.
     pub async fn shutdown(&self) -> ShutdownReport {
         let core = &self.inner.core;
         core.close();
         let pending = core.interrupt_unfinished(true);
-        let deadline = Instant::now() + self.inner.shutdown_timeout;
-        let drained = core.wait_idle(deadline).await;
+        let now = Instant::now();
+        let (in_process, processes) = tokio::join!(
+            core.wait_idle(
+                &[Executor::Async, Executor::Thread],
+                now + self.inner.shutdown_timeout
+            ),
+            core.wait_idle(
+                &[Executor::Process],
+                now + self.inner.process_shutdown_timeout
+            ),
+        );
         let running = core.interrupt_unfinished(false);
+        #[cfg(unix)]
+        core.process_tasks.kill_all().await;
         ShutdownReport {
             pending_interrupted: pending,
             running_interrupted: running,
-            drained,
+            drained: in_process && processes,
         }
+    }
+
+    /// Starts every worker process now instead of on the first process
+    /// task, so the first one does not pay for a process start.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WorkerStart`] when a worker could not be started or did not
+    /// complete its handshake; workers that did start stay in the pool.
+    #[cfg(unix)]
+    pub async fn prewarm(&self) -> Result<(), Error> {
+        let core = &self.inner.core;
+        if core.is_closed() {
+            return Err(Error::ShutDown);
+        }
+        core.process_tasks
+            .prewarm(core)
+            .await
+            .map_err(|error: TaskError| Error::WorkerStart(error.message().to_owned()))
+    }
+
+    /// The pids of this manager's live worker processes, ascending.
+    #[cfg(unix)]
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner.core.process_tasks.pids()
     }
 }
 
@@ -179,8 +234,15 @@ pub struct ShutdownReport {
 pub struct TaskManagerBuilder {
     max_concurrent_tasks: Option<usize>,
     max_sync_threads: Option<usize>,
+    max_process_workers: Option<usize>,
+    max_tasks_per_worker: Option<u32>,
+    process_nice: Option<i32>,
+    worker_program: Option<std::path::PathBuf>,
+    worker_log_level: Option<String>,
     resources: Resources,
     shutdown_timeout: Duration,
+    process_shutdown_timeout: Duration,
+    worker_start_timeout: Duration,
     event_capacity: usize,
 }
 
@@ -189,8 +251,15 @@ impl Default for TaskManagerBuilder {
         TaskManagerBuilder {
             max_concurrent_tasks: None,
             max_sync_threads: None,
+            max_process_workers: None,
+            max_tasks_per_worker: None,
+            process_nice: None,
+            worker_program: None,
+            worker_log_level: None,
             resources: Resources::new(),
             shutdown_timeout: Duration::from_secs(30),
+            process_shutdown_timeout: Duration::from_secs(30),
+            worker_start_timeout: Duration::from_secs(30),
             event_capacity: 4096,
         }
     }
@@ -207,6 +276,59 @@ impl TaskManagerBuilder {
     /// `taskflow-sync-1` … `taskflow-sync-n`. Unset: tokio's blocking pool.
     pub fn max_sync_threads(mut self, n: usize) -> Self {
         self.max_sync_threads = Some(n);
+        self
+    }
+
+    /// At most `n` worker processes, so at most `n` process tasks run at once.
+    /// Default: the machine's available parallelism. Workers start with the
+    /// first process task (or [`TaskManager::prewarm`]).
+    pub fn max_process_workers(mut self, n: usize) -> Self {
+        self.max_process_workers = Some(n);
+        self
+    }
+
+    /// Replaces a worker process after it has run `n` tasks, to bound what a
+    /// leaky task can accumulate. Unset: workers are reused indefinitely.
+    pub fn max_tasks_per_worker(mut self, n: u32) -> Self {
+        self.max_tasks_per_worker = Some(n);
+        self
+    }
+
+    /// Runs worker processes at this nice value (Unix; 0 to 19 for an
+    /// unprivileged process, higher is kinder), so CPU-heavy tasks yield the
+    /// CPU to request handlers.
+    pub fn process_nice(mut self, nice: i32) -> Self {
+        self.process_nice = Some(nice);
+        self
+    }
+
+    /// How long [`TaskManager::shutdown`] lets running process tasks finish
+    /// before killing their workers. Default 30 s.
+    pub fn process_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.process_shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a new worker process has to start and greet. Default 30 s.
+    pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
+        self.worker_start_timeout = timeout;
+        self
+    }
+
+    /// The most verbose `tracing` level forwarded from tasks in worker
+    /// processes to their records: `"error"`, `"warn"`, `"info"` (default),
+    /// `"debug"`, `"trace"` or `"off"`.
+    pub fn worker_log_level(mut self, level: impl Into<String>) -> Self {
+        self.worker_log_level = Some(level.into());
+        self
+    }
+
+    /// Starts workers from this executable instead of the running one. It
+    /// must register the same tasks and enter worker mode first thing; a
+    /// mismatch is reported on the task, never a hang. For deployments that
+    /// wrap the binary.
+    pub fn worker_program(mut self, program: impl Into<std::path::PathBuf>) -> Self {
+        self.worker_program = Some(program.into());
         self
     }
 
@@ -247,17 +369,36 @@ impl TaskManagerBuilder {
         for (option, value) in [
             ("max_concurrent_tasks", self.max_concurrent_tasks),
             ("max_sync_threads", self.max_sync_threads),
+            ("max_process_workers", self.max_process_workers),
+            (
+                "max_tasks_per_worker",
+                self.max_tasks_per_worker.map(|n| n as usize),
+            ),
         ] {
             if value == Some(0) {
                 return Err(Error::ZeroLimit { option });
             }
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let executors = Executors {
+            async_tasks: AsyncExecutor::new(self.max_concurrent_tasks),
+            sync_tasks: SyncExecutor::new(self.max_sync_threads),
+            #[cfg(unix)]
+            process_tasks: ProcessExecutor::new(ProcessConfig {
+                workers: self
+                    .max_process_workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                max_tasks_per_worker: self.max_tasks_per_worker,
+                nice: self.process_nice,
+                program: self.worker_program,
+                log_level: self.worker_log_level,
+                handshake_timeout: self.worker_start_timeout,
+            }),
+        };
         let core = Arc::new(Core::new(
             runtime,
             self.resources,
-            AsyncExecutor::new(self.max_concurrent_tasks),
-            SyncExecutor::new(self.max_sync_threads),
+            executors,
             self.event_capacity,
         ));
         SyncExecutor::start(&core)?;
@@ -265,6 +406,7 @@ impl TaskManagerBuilder {
             inner: Arc::new(Inner {
                 core,
                 shutdown_timeout: self.shutdown_timeout,
+                process_shutdown_timeout: self.process_shutdown_timeout,
             }),
         })
     }
@@ -275,6 +417,9 @@ impl fmt::Debug for TaskManagerBuilder {
         f.debug_struct("TaskManagerBuilder")
             .field("max_concurrent_tasks", &self.max_concurrent_tasks)
             .field("max_sync_threads", &self.max_sync_threads)
+            .field("max_process_workers", &self.max_process_workers)
+            .field("max_tasks_per_worker", &self.max_tasks_per_worker)
+            .field("process_nice", &self.process_nice)
             .field("resources", &self.resources)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish_non_exhaustive()

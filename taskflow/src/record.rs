@@ -5,15 +5,27 @@
 //! tags) is read without locking; the mutable half sits behind one small mutex
 //! that only `Core::transition` writes, plus handle bookkeeping.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, SystemTime};
 
 use taskflow_worker::registry::{Output, TaskEntry};
-use taskflow_worker::{Executor, Tags, TaskError, TaskId};
+use taskflow_worker::{Executor, LogRecord, Tags, TaskError, TaskId};
 use tokio::task::AbortHandle;
 
 use crate::lifecycle::TaskStatus;
+
+/// Log records kept per task; older ones are dropped first.
+pub(crate) const MAX_LOGS: usize = 1000;
+
+/// What a successful attempt produced.
+pub(crate) enum Produced {
+    /// The value itself, from an in-process attempt.
+    Value(Output),
+    /// Its encoding, from a worker process.
+    Encoded(Vec<u8>),
+}
 
 /// One task, shared between the store, its executor and its handles.
 pub(crate) struct TaskCell {
@@ -34,7 +46,9 @@ pub(crate) struct CellState {
     pub(crate) last_error: Option<Box<TaskError>>,
     /// The output of a successful task, until a handle takes it. Only kept
     /// while a handle exists to take it.
-    pub(crate) output: Option<Output>,
+    pub(crate) output: Option<Produced>,
+    /// The latest log records, oldest first, at most [`MAX_LOGS`].
+    pub(crate) logs: VecDeque<LogRecord>,
     /// Live `TaskHandle`s.
     pub(crate) handles: u32,
     /// Handles waiting for the task to finish.
@@ -58,6 +72,7 @@ impl TaskCell {
                 finished_at: None,
                 last_error: None,
                 output: None,
+                logs: VecDeque::new(),
                 // The handle `enqueue` returns, counted before any executor
                 // can finish the task.
                 handles: 1,
@@ -104,6 +119,7 @@ impl TaskCell {
             attempts: state.attempts,
             last_error: state.last_error.as_deref().cloned(),
             tags: self.tags.clone(),
+            logs: state.logs.iter().cloned().collect(),
         }
     }
 }
@@ -133,6 +149,8 @@ pub struct TaskRecord {
     pub last_error: Option<TaskError>,
     /// Tags given at enqueue.
     pub tags: Tags,
+    /// Log records the task emitted, oldest first (the latest 1000).
+    pub logs: Vec<LogRecord>,
 }
 
 impl TaskRecord {

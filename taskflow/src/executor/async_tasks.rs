@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
+use taskflow_worker::attempt::{CatchUnwind, catch_panic};
 use taskflow_worker::registry::Body;
 use taskflow_worker::{ErrorKind, TaskError, context};
 use tokio::sync::Semaphore;
 
-use super::{CatchUnwind, catch_panic, context_of};
+use super::context_of;
 use crate::core::Core;
 use crate::lifecycle::Transition;
-use crate::record::SharedCell;
+use crate::record::{Produced, SharedCell};
 
 pub(crate) struct AsyncExecutor {
     /// `None` means no cap.
@@ -70,7 +71,8 @@ async fn run(core: Arc<Core>, cell: SharedCell, permits: Option<Arc<Semaphore>>)
         let result = match attempt_future {
             Err(error) => Err(error),
             Ok(future) => {
-                let future = context::scope(context_of(&cell, attempt), CatchUnwind(future));
+                let future =
+                    context::scope(context_of(&core, &cell, attempt), CatchUnwind::new(future));
                 match cell.entry.defaults().timeout {
                     None => future.await,
                     Some(limit) => match tokio::time::timeout(limit, future).await {
@@ -84,7 +86,7 @@ async fn run(core: Arc<Core>, cell: SharedCell, permits: Option<Arc<Semaphore>>)
             }
         };
         drop(permit);
-        match core.finish(&cell, result) {
+        match core.finish(&cell, result.map(Produced::Value)) {
             Some(wait) => tokio::time::sleep(wait).await,
             None => return,
         }

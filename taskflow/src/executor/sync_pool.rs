@@ -10,14 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
+use taskflow_worker::attempt::catch_panic;
 use taskflow_worker::registry::Body;
 use taskflow_worker::{TaskError, context};
 
-use super::{catch_panic, context_of};
+use super::context_of;
 use crate::core::Core;
 use crate::error::Error;
 use crate::lifecycle::Transition;
-use crate::record::SharedCell;
+use crate::record::{Produced, SharedCell};
 
 pub(crate) enum SyncExecutor {
     /// tokio's blocking pool.
@@ -130,13 +131,13 @@ fn run_attempt(core: &Arc<Core>, cell: SharedCell) {
         return;
     };
     let result = match cell.entry.body() {
-        Body::Blocking(body) => context::enter(context_of(&cell, attempt), || {
+        Body::Blocking(body) => context::enter(context_of(core, &cell, attempt), || {
             catch_panic(|| body(&cell.args, &core.resources))
         }),
         // `#[task]` never pairs these; only a hand-built entry could.
         Body::Async(_) => Err(TaskError::error("a thread task's entry has an async body")),
     };
-    let Some(wait) = core.finish(&cell, result) else {
+    let Some(wait) = core.finish(&cell, result.map(Produced::Value)) else {
         return;
     };
     if wait.is_zero() {

@@ -1,0 +1,594 @@
+//! The process executor: tasks run in worker processes that are this very
+//! executable started again in worker mode.
+//!
+//! Admission is a semaphore of `max_process_workers` permits, as for async
+//! tasks; an admitted attempt checks a worker out of the pool (starting one
+//! if none is idle), sends it the task, relays its log records, and awaits
+//! its answer. A worker runs one attempt at a time, so at most
+//! `max_process_workers` process tasks are RUNNING.
+//!
+//! Failure is contained to the attempt that met it:
+//! - the task's `Err` or panic comes back as a failure and the worker lives on;
+//! - a worker that dies (killed, aborted, out of memory) fails only the
+//!   attempt it was running, with its exit status; it is not reused;
+//! - an attempt past its `timeout` gets its worker killed.
+//!
+//! Every child ever started is kept in one table until it has been reaped,
+//! so shutdown can kill and wait for each of them: afterwards no process this
+//! pool started exists. Workers are started from one long-lived thread, since
+//! Linux delivers the parent-death signal when the *thread* that forked a
+//! child exits.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::Duration;
+
+use taskflow_worker::protocol::{self, FromWorker, PROTOCOL_VERSION, ProtocolError, ToWorker};
+use taskflow_worker::registry::Registry;
+use taskflow_worker::{ErrorKind, TaskError, sys, worker};
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::core::Core;
+use crate::lifecycle::Transition;
+use crate::record::{Produced, SharedCell, TaskCell};
+
+/// How the pool starts and treats its workers.
+#[derive(Clone, Debug)]
+pub(crate) struct ProcessConfig {
+    pub(crate) workers: usize,
+    pub(crate) max_tasks_per_worker: Option<u32>,
+    pub(crate) nice: Option<i32>,
+    pub(crate) program: Option<PathBuf>,
+    pub(crate) log_level: Option<String>,
+    pub(crate) handshake_timeout: Duration,
+}
+
+pub(crate) struct ProcessExecutor {
+    permits: Arc<Semaphore>,
+    pool: Arc<Pool>,
+}
+
+impl ProcessExecutor {
+    pub(crate) fn new(config: ProcessConfig) -> Self {
+        ProcessExecutor {
+            permits: Arc::new(Semaphore::new(config.workers)),
+            pool: Arc::new(Pool {
+                config,
+                state: Mutex::new(PoolState::default()),
+                spawner: Mutex::new(None),
+                settled: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
+        let run = run(
+            core.clone(),
+            cell.clone(),
+            self.permits.clone(),
+            self.pool.clone(),
+        );
+        let task = core.runtime.spawn(run);
+        cell.set_abort(task.abort_handle());
+    }
+
+    /// Wakes tasks waiting for a worker; they will find the manager closed.
+    pub(crate) fn close(&self) {
+        self.permits.close();
+    }
+
+    /// Starts every worker now rather than on the first task.
+    pub(crate) async fn prewarm(&self, core: &Arc<Core>) -> Result<(), TaskError> {
+        let missing = self.pool.config.workers.saturating_sub(self.pool.live());
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..missing {
+            let (pool, core) = (self.pool.clone(), core.clone());
+            starts.spawn(async move {
+                let worker = pool.start(&core).await?;
+                pool.check_in(&core, worker);
+                Ok(())
+            });
+        }
+        let mut result = Ok(());
+        while let Some(started) = starts.join_next().await {
+            if let Ok(Err(error)) = started {
+                result = result.and(Err(error));
+            }
+        }
+        result
+    }
+
+    /// Kills every worker and waits until each has been reaped.
+    pub(crate) async fn kill_all(&self) {
+        self.pool.kill_all().await;
+    }
+
+    /// The pids of live workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.pool.state().children.keys().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+/// Drives one process task through all its attempts.
+async fn run(core: Arc<Core>, cell: SharedCell, permits: Arc<Semaphore>, pool: Arc<Pool>) {
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            core.transition(&cell, Transition::Interrupt);
+            return;
+        };
+        let Some(attempt) = core.start(&cell) else {
+            return;
+        };
+        let result = pool.attempt(&core, &cell, attempt).await;
+        drop(permit);
+        match core.finish(&cell, result) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return,
+        }
+    }
+}
+
+/// A started, greeted worker.
+struct Worker {
+    pid: u32,
+    channel: UnixStream,
+    served: u32,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Worker>,
+    /// Every started child not yet reaped, by pid.
+    children: HashMap<u32, Child>,
+    /// Starts in flight; shutdown waits for them to settle.
+    starting: usize,
+    closed: bool,
+}
+
+struct Pool {
+    config: ProcessConfig,
+    state: Mutex<PoolState>,
+    /// The thread that forks workers, started with the first one.
+    spawner: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
+    /// Signalled when a start settles.
+    settled: tokio::sync::Notify,
+}
+
+type Spawned = io::Result<(Child, std::os::unix::net::UnixStream)>;
+
+struct SpawnRequest {
+    reply: oneshot::Sender<Spawned>,
+}
+
+impl Pool {
+    fn state(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> usize {
+        self.state().children.len()
+    }
+
+    /// One attempt of `cell` on a worker.
+    async fn attempt(
+        self: &Arc<Self>,
+        core: &Arc<Core>,
+        cell: &TaskCell,
+        attempt: u32,
+    ) -> Result<Produced, TaskError> {
+        let mut busy = Busy {
+            pool: self.clone(),
+            core: core.clone(),
+            worker: Some(self.check_out(core).await?),
+        };
+        let request = ToWorker::Run {
+            id: cell.id,
+            name: cell.entry.name().to_owned(),
+            attempt,
+            tags: cell.tags.clone(),
+        };
+        let exchange = async {
+            let worker = busy.worker.as_mut().ok_or(ProtocolError::Closed)?;
+            protocol::write_frame_async(&mut worker.channel, &request, &cell.args).await?;
+            loop {
+                let (message, payload) =
+                    protocol::read_frame_async::<FromWorker>(&mut worker.channel).await?;
+                match message {
+                    FromWorker::Log { id, record } if id == cell.id => core.log(cell, record),
+                    FromWorker::Done { id, failure } if id == cell.id => {
+                        return Ok((failure, payload));
+                    }
+                    // A stray frame from an earlier task: nothing to do with this one.
+                    FromWorker::Log { .. } => {}
+                    FromWorker::Hello { .. } | FromWorker::Done { .. } => {
+                        return Err(ProtocolError::Closed);
+                    }
+                }
+            }
+        };
+        let outcome = match cell.entry.defaults().timeout {
+            None => Ok(exchange.await),
+            Some(limit) => tokio::time::timeout(limit, exchange)
+                .await
+                .map_err(|_| limit),
+        };
+        let pid = busy.worker.as_ref().map_or(0, |w| w.pid);
+        match outcome {
+            Ok(Ok((failure, payload))) => {
+                if let Some(mut worker) = busy.worker.take() {
+                    worker.served += 1;
+                    self.check_in(core, worker);
+                }
+                match failure {
+                    None => Ok(Produced::Encoded(payload)),
+                    Some(failure) => Err(failure),
+                }
+            }
+            Ok(Err(error)) => {
+                busy.worker.take();
+                let status = self.reap(pid).await;
+                Err(TaskError::new(
+                    ErrorKind::WorkerDied,
+                    format!(
+                        "worker process died while running the task (pid {pid}, {}; {error})",
+                        describe(status)
+                    ),
+                ))
+            }
+            Err(limit) => {
+                busy.worker.take();
+                self.kill(pid).await;
+                Err(TaskError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "attempt exceeded the timeout of {limit:?}; its worker process (pid {pid}) was killed"
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// An idle live worker, or a new one.
+    async fn check_out(self: &Arc<Self>, core: &Arc<Core>) -> Result<Worker, TaskError> {
+        loop {
+            let idle = {
+                let mut state = self.state();
+                let idle = state.idle.pop();
+                // A worker that died while idle is discarded, not blamed.
+                match idle {
+                    Some(worker) if exited(&mut state, worker.pid) => {
+                        state.children.remove(&worker.pid);
+                        continue;
+                    }
+                    other => other,
+                }
+            };
+            return match idle {
+                Some(worker) => Ok(worker),
+                None => self.start(core).await,
+            };
+        }
+    }
+
+    /// Returns a worker to the idle list, or retires it.
+    fn check_in(self: &Arc<Self>, core: &Arc<Core>, worker: Worker) {
+        let retire = {
+            let mut state = self.state();
+            let worn = self
+                .config
+                .max_tasks_per_worker
+                .is_some_and(|max| worker.served >= max);
+            if state.closed || worn {
+                Some(worker)
+            } else {
+                state.idle.push(worker);
+                None
+            }
+        };
+        if let Some(worker) = retire {
+            let pool = self.clone();
+            drop(core.runtime.spawn(async move { pool.retire(worker).await }));
+        }
+    }
+
+    /// Asks a worker to stop, killing it if it does not within a second.
+    async fn retire(&self, mut worker: Worker) {
+        let asked = protocol::write_frame_async(&mut worker.channel, &ToWorker::Stop, &[]).await;
+        let child = self.state().children.remove(&worker.pid);
+        if let Some(mut child) = child {
+            if asked.is_err()
+                || tokio::time::timeout(Duration::from_secs(1), child.wait())
+                    .await
+                    .is_err()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+
+    /// Kills a worker and waits for it.
+    async fn kill(&self, pid: u32) -> Option<ExitStatus> {
+        let child = self.state().children.remove(&pid);
+        let mut child = child?;
+        let _ = child.start_kill();
+        child.wait().await.ok()
+    }
+
+    /// Waits for a worker whose channel broke; kills it if it lingers.
+    async fn reap(&self, pid: u32) -> Option<ExitStatus> {
+        let child = self.state().children.remove(&pid);
+        let mut child = child?;
+        match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = child.start_kill();
+                child.wait().await.ok()
+            }
+        }
+    }
+
+    /// Starts a worker and checks its greeting.
+    async fn start(self: &Arc<Self>, core: &Arc<Core>) -> Result<Worker, TaskError> {
+        {
+            let mut state = self.state();
+            if state.closed {
+                return Err(TaskError::new(
+                    ErrorKind::Interrupted,
+                    "the manager is shutting down",
+                ));
+            }
+            state.starting += 1;
+        }
+        let started = self.spawn(core).await;
+        let registered = {
+            let mut state = self.state();
+            state.starting -= 1;
+            match started {
+                Ok((child, channel)) => {
+                    let pid = child.id().unwrap_or(0);
+                    state.children.insert(pid, child);
+                    Ok((pid, channel, state.closed))
+                }
+                Err(error) => Err(error),
+            }
+        };
+        self.settled.notify_waiters();
+        let failed =
+            |message: String| TaskError::error(format!("cannot start a worker process: {message}"));
+        let (pid, channel, closed) = registered.map_err(|e| failed(e.to_string()))?;
+        if closed {
+            self.kill(pid).await;
+            return Err(TaskError::new(
+                ErrorKind::Interrupted,
+                "the manager is shutting down",
+            ));
+        }
+        let channel = UnixStream::from_std(channel).map_err(|e| failed(e.to_string()))?;
+        let mut worker = Worker {
+            pid,
+            channel,
+            served: 0,
+        };
+        match tokio::time::timeout(self.config.handshake_timeout, self.handshake(&mut worker)).await
+        {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(message)) => {
+                let status = self.kill(pid).await;
+                Err(TaskError::error(format!(
+                    "worker process handshake failed (pid {pid}, {}): {message}",
+                    describe(status)
+                )))
+            }
+            Err(_) => {
+                self.kill(pid).await;
+                Err(TaskError::error(format!(
+                    "worker process (pid {pid}) did not greet within {:?}; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?",
+                    self.config.handshake_timeout
+                )))
+            }
+        }
+    }
+
+    async fn handshake(&self, worker: &mut Worker) -> Result<(), String> {
+        let (hello, _) = protocol::read_frame_async::<FromWorker>(&mut worker.channel)
+            .await
+            .map_err(|error| match error {
+                ProtocolError::Closed => "it exited before greeting; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?".to_owned(),
+                other => other.to_string(),
+            })?;
+        let FromWorker::Hello {
+            protocol,
+            fingerprint,
+            pid: _,
+        } = hello
+        else {
+            return Err("it spoke before greeting".to_owned());
+        };
+        if protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "it speaks protocol version {protocol}, this process version {PROTOCOL_VERSION}"
+            ));
+        }
+        let ours = Registry::global()
+            .map(Registry::fingerprint)
+            .unwrap_or_default();
+        if fingerprint != ours {
+            return Err(format!(
+                "it registered different tasks (fingerprint {fingerprint:016x}, expected {ours:016x}); was the executable replaced or a different worker program configured?"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forks a worker on the spawner thread.
+    async fn spawn(&self, core: &Arc<Core>) -> Spawned {
+        let (reply, answer) = oneshot::channel();
+        let sent = {
+            let mut spawner = self.spawner.lock().unwrap_or_else(|p| p.into_inner());
+            if spawner.is_none() {
+                *spawner = Some(start_spawner(self.config.clone(), core.runtime.clone())?);
+            }
+            spawner.as_ref().map(|s| s.send(SpawnRequest { reply }))
+        };
+        match sent {
+            Some(Ok(())) => answer
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the spawner thread is gone"))),
+            _ => Err(io::Error::other("the spawner thread is gone")),
+        }
+    }
+
+    /// Kills every worker and waits until each has been reaped; starts in
+    /// flight are waited for first so none appears afterwards.
+    async fn kill_all(&self) {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let mut state = self.state();
+                state.closed = true;
+                if state.starting == 0 {
+                    break;
+                }
+            }
+            // Bounded: a start settles within the spawn plus nothing else.
+            let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
+        }
+        let children: Vec<Child> = {
+            let mut state = self.state();
+            state.idle.clear();
+            state.children.drain().map(|(_, child)| child).collect()
+        };
+        for mut child in children {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// Whether the child `pid` has exited (it stays in the table to be reaped).
+fn exited(state: &mut PoolState, pid: u32) -> bool {
+    state
+        .children
+        .get_mut(&pid)
+        .is_none_or(|child| !matches!(child.try_wait(), Ok(None)))
+}
+
+/// A worker checked out for an attempt. If the attempt is abandoned (the
+/// task was cancelled or interrupted and its future dropped), the worker is
+/// still running the task: kill it rather than reuse it.
+struct Busy {
+    pool: Arc<Pool>,
+    core: Arc<Core>,
+    worker: Option<Worker>,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            let pool = self.pool.clone();
+            drop(
+                self.core
+                    .runtime
+                    .spawn(async move { pool.kill(worker.pid).await }),
+            );
+        }
+    }
+}
+
+fn start_spawner(
+    config: ProcessConfig,
+    runtime: tokio::runtime::Handle,
+) -> io::Result<mpsc::Sender<SpawnRequest>> {
+    let (requests, inbox) = mpsc::channel::<SpawnRequest>();
+    std::thread::Builder::new()
+        .name("taskflow-spawner".into())
+        .spawn(move || {
+            // tokio registers each child with the runtime's reaper.
+            let _runtime = runtime.enter();
+            for request in inbox {
+                let _ = request.reply.send(spawn_worker(&config));
+            }
+        })?;
+    Ok(requests)
+}
+
+fn spawn_worker(config: &ProcessConfig) -> Spawned {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let program = match &config.program {
+        Some(program) => program.clone(),
+        // The running binary itself, even if the file was replaced since.
+        None if cfg!(target_os = "linux") => PathBuf::from("/proc/self/exe"),
+        None => std::env::current_exe()?,
+    };
+    let mut command = std::process::Command::new(program);
+    if config.program.is_none()
+        && let Some(arg0) = std::env::args_os().next()
+    {
+        command.arg0(OsString::from(arg0));
+    }
+    command.stdin(Stdio::null());
+    if let Some(level) = &config.log_level {
+        command.env(worker::LOG_LEVEL_ENV, level);
+    }
+    sys::prepare_worker(&mut command, &theirs, config.nice);
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
+    let child = command.spawn()?;
+    drop(theirs);
+    ours.set_nonblocking(true)?;
+    Ok((child, ours))
+}
+
+/// "exited with status 3", "killed by signal 9 (SIGKILL)".
+fn describe(status: Option<ExitStatus>) -> String {
+    let Some(status) = status else {
+        return "exit status unknown".to_owned();
+    };
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(signal) => {
+            let name = match signal {
+                1 => " (SIGHUP)",
+                2 => " (SIGINT)",
+                4 => " (SIGILL)",
+                6 => " (SIGABRT)",
+                8 => " (SIGFPE)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            let core = if status.core_dumped() {
+                ", core dumped"
+            } else {
+                ""
+            };
+            format!("killed by signal {signal}{name}{core}")
+        }
+        None => format!("{status}"),
+    }
+}
+
+impl fmt::Debug for ProcessExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessExecutor")
+            .field("config", &self.pool.config)
+            .field("live", &self.pool.live())
+            .finish()
+    }
+}
