@@ -44,6 +44,7 @@ pub use taskflow_worker::{
 ///     // the application: build a runtime, a TaskManager, serve requests…
 /// }
 /// ```
+#[allow(clippy::needless_doctest_main)] // the example is about `main` itself
 pub fn init() {
     #[cfg(unix)]
     taskflow_worker::worker::enter(None);
@@ -63,6 +64,7 @@ pub fn init() {
 ///     // the application…
 /// }
 /// ```
+#[allow(clippy::needless_doctest_main)] // the example is about `main` itself
 pub fn init_with(resources: impl FnOnce(&mut Resources) + 'static) {
     #[cfg(unix)]
     taskflow_worker::worker::enter(Some(Box::new(resources)));

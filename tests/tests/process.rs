@@ -7,6 +7,10 @@
 //! this binary as a separate *parent* process (a scenario, chosen by an
 //! environment variable) so they can flood its output or kill it.
 
+// These are tests without `#[test]` (libtest-mimic trials): a panic is how
+// they report a failure, as in any test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
@@ -15,9 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
-use taskflow::{
-    Error, EventKind, LogLevel, RecvError, TaskFilter, TaskManager, TaskStatus, task,
-};
+use taskflow::{Error, EventKind, LogLevel, RecvError, TaskFilter, TaskManager, TaskStatus, task};
 
 const SCENARIO: &str = "TASKFLOW_TEST_SCENARIO";
 
@@ -43,7 +45,10 @@ struct Span {
 }
 
 fn now_us() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
 }
 
 /// Burns the CPU for `millis`.
@@ -135,7 +140,12 @@ fn sleeper(millis: u64) -> u32 {
 fn context_echo() -> (String, String, u32, Option<String>) {
     let context = taskflow::context().expect("a process task has a context");
     let tenant = context.tags.get("tenant").map(str::to_owned);
-    (context.id.to_string(), context.name.to_owned(), context.attempt, tenant)
+    (
+        context.id.to_string(),
+        context.name.to_owned(),
+        context.attempt,
+        tenant,
+    )
 }
 
 /// A shape bincode cannot carry: decoding needs a self-describing format.
@@ -152,6 +162,32 @@ fn takes_loose(shape: Loose) -> u32 {
         Loose::Number(n) => n,
         Loose::Text(text) => text.len() as u32,
     }
+}
+
+/// A resource each worker builds for itself (see `main`).
+#[derive(Debug)]
+struct Greeting(String);
+
+#[task(executor = "process")]
+fn greet(name: String, greeting: taskflow::Resource<Greeting>) -> String {
+    format!("{} {name}", greeting.0)
+}
+
+/// This process's nice value, from `/proc/self/stat`.
+#[task(executor = "process")]
+fn my_nice() -> i64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // Field 19 of stat; the first field after the command name is field 3.
+    fields
+        .get(16)
+        .and_then(|nice| nice.parse().ok())
+        .unwrap_or(i64::MIN)
 }
 
 // ---------------------------------------------------------------- helpers
@@ -210,15 +246,26 @@ fn scenario(scenario: &str) -> Command {
 fn returns_result_from_another_process() -> Result<(), Failed> {
     block_on(async {
         let tasks = manager(2).await;
-        let (doubled, pid) = double_elsewhere::call(21).enqueue_on(&tasks).unwrap().await.unwrap();
+        let (doubled, pid) = double_elsewhere::call(21)
+            .enqueue_on(&tasks)
+            .unwrap()
+            .await
+            .unwrap();
         assert_eq!(doubled, 42);
         assert_ne!(pid, std::process::id(), "the body ran in a worker");
         assert!(tasks.worker_pids().contains(&pid));
 
-        let (incremented, async_pid) =
-            increment_elsewhere::call(41).enqueue_on(&tasks).unwrap().await.unwrap();
+        let (incremented, async_pid) = increment_elsewhere::call(41)
+            .enqueue_on(&tasks)
+            .unwrap()
+            .await
+            .unwrap();
         assert_eq!(incremented, 42);
-        assert_ne!(async_pid, std::process::id(), "the async body ran in a worker");
+        assert_ne!(
+            async_pid,
+            std::process::id(),
+            "the async body ran in a worker"
+        );
         tasks.shutdown().await;
     })
 }
@@ -226,7 +273,10 @@ fn returns_result_from_another_process() -> Result<(), Failed> {
 fn context_crosses_the_boundary() -> Result<(), Failed> {
     block_on(async {
         let tasks = manager(1).await;
-        let handle = context_echo::call().tag("tenant", "acme").enqueue_on(&tasks).unwrap();
+        let handle = context_echo::call()
+            .tag("tenant", "acme")
+            .enqueue_on(&tasks)
+            .unwrap();
         let id = handle.id();
         let (seen_id, name, attempt, tenant) = handle.await.unwrap();
         assert_eq!(seen_id, id.to_string());
@@ -241,7 +291,9 @@ fn two_workers_run_at_most_two_tasks_at_once() -> Result<(), Failed> {
     block_on(async {
         let tasks = manager(2).await;
         let mut events = tasks.subscribe();
-        let handles: Vec<_> = (0..6).map(|_| burn::call(150).enqueue_on(&tasks).unwrap()).collect();
+        let handles: Vec<_> = (0..6)
+            .map(|_| burn::call(150).enqueue_on(&tasks).unwrap())
+            .collect();
         let ids: BTreeSet<_> = handles.iter().map(|h| h.id()).collect();
 
         // Watch the lifecycle: RUNNING never exceeds two.
@@ -280,7 +332,10 @@ fn two_workers_run_at_most_two_tasks_at_once() -> Result<(), Failed> {
                 .iter()
                 .filter(|other| other.start_us <= span.start_us && span.start_us < other.end_us)
                 .count();
-            assert!(executing <= 2, "{executing} bodies executing at the start of {span:?}");
+            assert!(
+                executing <= 2,
+                "{executing} bodies executing at the start of {span:?}"
+            );
         }
         let pids: BTreeSet<u32> = spans.iter().map(|s| s.pid).collect();
         assert!(pids.len() <= 2, "served by {pids:?}");
@@ -297,17 +352,27 @@ fn failures_have_the_right_kind_and_text() -> Result<(), Failed> {
         assert!(error.is_error(), "{error:?}");
         assert_eq!(error.message(), "the ledger does not balance");
 
-        let error = panics::call().enqueue_on(&tasks).unwrap().await.unwrap_err();
+        let error = panics::call()
+            .enqueue_on(&tasks)
+            .unwrap()
+            .await
+            .unwrap_err();
         assert!(error.is_panic(), "{error:?}");
         assert!(error.message().starts_with("worker boom at "), "{error:?}");
-        assert!(error.message().contains("process.rs:"), "the location is recorded: {error:?}");
+        assert!(
+            error.message().contains("process.rs:"),
+            "the location is recorded: {error:?}"
+        );
 
         let handle = kills_itself::call().enqueue_on(&tasks).unwrap();
         let id = handle.id();
         let error = handle.await.unwrap_err();
         assert!(error.is_worker_died(), "{error:?}");
         assert!(error.message().contains("worker process died"), "{error:?}");
-        assert!(error.message().contains("signal 9"), "the signal is recorded: {error:?}");
+        assert!(
+            error.message().contains("signal 9"),
+            "the signal is recorded: {error:?}"
+        );
         assert_eq!(tasks.get(id).unwrap().status, TaskStatus::Failed);
 
         let handle = sleeps_too_long::call().enqueue_on(&tasks).unwrap();
@@ -317,10 +382,17 @@ fn failures_have_the_right_kind_and_text() -> Result<(), Failed> {
         assert!(error.message().contains("was killed"), "{error:?}");
         let record = tasks.get(id).unwrap();
         assert_eq!(record.status, TaskStatus::Failed);
-        assert_eq!(record.last_error.as_ref().map(|e| e.is_timeout()), Some(true));
+        assert_eq!(
+            record.last_error.as_ref().map(|e| e.is_timeout()),
+            Some(true)
+        );
 
         // The pool replaced what it lost and carries on.
-        let (value, _) = double_elsewhere::call(5).enqueue_on(&tasks).unwrap().await.unwrap();
+        let (value, _) = double_elsewhere::call(5)
+            .enqueue_on(&tasks)
+            .unwrap()
+            .await
+            .unwrap();
         assert_eq!(value, 10);
         tasks.shutdown().await;
     })
@@ -331,7 +403,9 @@ fn a_crash_costs_one_attempt_and_the_retry_runs_elsewhere() -> Result<(), Failed
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("first-attempt-pid");
         let tasks = manager(2).await;
-        let handle = dies_once::call(marker.display().to_string()).enqueue_on(&tasks).unwrap();
+        let handle = dies_once::call(marker.display().to_string())
+            .enqueue_on(&tasks)
+            .unwrap();
         let id = handle.id();
         let second_pid = handle.await.unwrap();
         let first_pid: u32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
@@ -371,14 +445,29 @@ fn megabytes_of_output_do_not_disturb_the_protocol() -> Result<(), Failed> {
         stderr.read_to_end(&mut sink).map(|_| sink.len())
     });
     let mut stdout = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
     let status = child.wait().unwrap();
     let stderr_bytes = stderr_bytes.join().unwrap().unwrap();
     let text = String::from_utf8_lossy(&stdout);
     assert!(status.success(), "the noisy scenario failed: {status}");
-    assert!(text.contains("noisy: result intact"), "no verdict in its output");
-    assert!(stdout.len() >= 4 << 20, "the worker's stdout came through: {} bytes", stdout.len());
-    assert!(stderr_bytes >= 4 << 20, "the worker's stderr came through: {stderr_bytes} bytes");
+    assert!(
+        text.contains("noisy: result intact"),
+        "no verdict in its output"
+    );
+    assert!(
+        stdout.len() >= 4 << 20,
+        "the worker's stdout came through: {} bytes",
+        stdout.len()
+    );
+    assert!(
+        stderr_bytes >= 4 << 20,
+        "the worker's stderr came through: {stderr_bytes} bytes"
+    );
     Ok(())
 }
 
@@ -391,8 +480,11 @@ fn logs_before_a_failure_are_on_the_record_in_order() -> Result<(), Failed> {
         assert_eq!(handle.await.unwrap_err().message(), "failed after logging");
 
         let record = tasks.get(id).unwrap();
-        let lines: Vec<(LogLevel, &str)> =
-            record.logs.iter().map(|r| (r.level, r.message.as_str())).collect();
+        let lines: Vec<(LogLevel, &str)> = record
+            .logs
+            .iter()
+            .map(|r| (r.level, r.message.as_str()))
+            .collect();
         assert_eq!(
             lines,
             [
@@ -434,8 +526,9 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
         let long = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = long.id();
         assert!(
-            wait_until_async(Duration::from_secs(30), || tasks.get(id).unwrap().status == TaskStatus::Running)
-                .await
+            wait_until_async(Duration::from_secs(30), || tasks.get(id).unwrap().status
+                == TaskStatus::Running)
+            .await
         );
         let pids = tasks.worker_pids();
         assert!(!pids.is_empty());
@@ -476,7 +569,11 @@ fn shutdown_of_a_pool_that_never_started_returns_at_once() -> Result<(), Failed>
         let started = Instant::now();
         let report = tasks.shutdown().await;
         assert!(report.drained);
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
         assert!(tasks.worker_pids().is_empty());
     })
 }
@@ -487,13 +584,16 @@ fn cancelling_a_running_process_task_kills_its_worker() -> Result<(), Failed> {
         let handle = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = handle.id();
         assert!(
-            wait_until_async(Duration::from_secs(30), || tasks.get(id).unwrap().status == TaskStatus::Running)
-                .await
+            wait_until_async(Duration::from_secs(30), || tasks.get(id).unwrap().status
+                == TaskStatus::Running)
+            .await
         );
         let pids = tasks.worker_pids();
         tasks.cancel(id).unwrap();
         assert!(handle.await.unwrap_err().is_cancelled());
-        assert!(wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| !alive(pid))));
+        assert!(wait_until(Duration::from_secs(10), || pids
+            .iter()
+            .all(|&pid| !alive(pid))));
         // The slot is free again.
         let pid = sleeper::call(1).enqueue_on(&tasks).unwrap().await.unwrap();
         assert!(!pids.contains(&pid));
@@ -507,17 +607,23 @@ fn killing_the_parent_leaves_no_worker_running() -> Result<(), Failed> {
     let pids: Vec<u32> = loop {
         let Some(line) = lines.next() else {
             let _ = parent.kill();
+            let _ = parent.wait();
             return Err("the orphan scenario ended before naming its workers".into());
         };
         if let Some(pids) = line.unwrap().strip_prefix("workers:") {
-            break pids.split_whitespace().map(|p| p.parse().unwrap()).collect();
+            break pids
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect();
         }
     };
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|&pid| alive(pid)));
     parent.kill().unwrap(); // SIGKILL
     parent.wait().unwrap();
-    let gone = wait_until(Duration::from_secs(10), || pids.iter().all(|&pid| !alive(pid)));
+    let gone = wait_until(Duration::from_secs(10), || {
+        pids.iter().all(|&pid| !alive(pid))
+    });
     assert!(gone, "workers {pids:?} outlived their parent");
     Ok(())
 }
@@ -525,7 +631,9 @@ fn killing_the_parent_leaves_no_worker_running() -> Result<(), Failed> {
 fn an_argument_bincode_cannot_carry_is_refused_at_enqueue() -> Result<(), Failed> {
     block_on(async {
         let tasks = manager(1).await;
-        let error = takes_loose::call(Loose::Number(3)).enqueue_on(&tasks).unwrap_err();
+        let error = takes_loose::call(Loose::Number(3))
+            .enqueue_on(&tasks)
+            .unwrap_err();
         match &error {
             Error::Argument { task, argument, .. } => {
                 assert_eq!(*task, takes_loose::NAME);
@@ -534,8 +642,14 @@ fn an_argument_bincode_cannot_carry_is_refused_at_enqueue() -> Result<(), Failed
             other => panic!("expected an argument error, got {other:?}"),
         }
         assert!(error.to_string().contains("shape"));
-        assert!(tasks.list(&TaskFilter::new()).is_empty(), "no record was created");
-        assert!(tasks.worker_pids().is_empty(), "no worker was started for it");
+        assert!(
+            tasks.list(&TaskFilter::new()).is_empty(),
+            "no record was created"
+        );
+        assert!(
+            tasks.worker_pids().is_empty(),
+            "no worker was started for it"
+        );
         tasks.shutdown().await;
     })
 }
@@ -550,10 +664,17 @@ fn workers_are_recycled_after_max_tasks() -> Result<(), Failed> {
             .unwrap();
         let mut pids = BTreeSet::new();
         for n in 0..7 {
-            let (_, pid) = double_elsewhere::call(n).enqueue_on(&tasks).unwrap().await.unwrap();
+            let (_, pid) = double_elsewhere::call(n)
+                .enqueue_on(&tasks)
+                .unwrap()
+                .await
+                .unwrap();
             pids.insert(pid);
         }
-        assert!(pids.len() >= 3, "seven tasks at three per worker used {pids:?}");
+        assert!(
+            pids.len() >= 3,
+            "seven tasks at three per worker used {pids:?}"
+        );
         tasks.shutdown().await;
     })
 }
@@ -572,7 +693,11 @@ fn a_worker_that_never_greets_is_an_error_not_a_hang() -> Result<(), Failed> {
             .build()
             .await
             .unwrap();
-        let error = double_elsewhere::call(1).enqueue_on(&tasks).unwrap().await.unwrap_err();
+        let error = double_elsewhere::call(1)
+            .enqueue_on(&tasks)
+            .unwrap()
+            .await
+            .unwrap_err();
         assert!(error.message().contains("did not greet"), "{error:?}");
 
         let quits = TaskManager::builder()
@@ -581,10 +706,49 @@ fn a_worker_that_never_greets_is_an_error_not_a_hang() -> Result<(), Failed> {
             .build()
             .await
             .unwrap();
-        let error = double_elsewhere::call(1).enqueue_on(&quits).unwrap().await.unwrap_err();
-        assert!(error.message().contains("exited before greeting"), "{error:?}");
+        let error = double_elsewhere::call(1)
+            .enqueue_on(&quits)
+            .unwrap()
+            .await
+            .unwrap_err();
+        assert!(
+            error.message().contains("exited before greeting"),
+            "{error:?}"
+        );
         tasks.shutdown().await;
         quits.shutdown().await;
+    })
+}
+
+fn process_tasks_take_resources_built_in_the_worker() -> Result<(), Failed> {
+    block_on(async {
+        let tasks = TaskManager::builder()
+            .max_process_workers(1)
+            .resource(Greeting("built in the parent, never sent".into()))
+            .build()
+            .await
+            .unwrap();
+        let text = greet::call("ada".into())
+            .enqueue_on(&tasks)
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(text, "hello from a worker, ada");
+        tasks.shutdown().await;
+    })
+}
+
+fn workers_run_at_the_configured_nice_value() -> Result<(), Failed> {
+    block_on(async {
+        let tasks = TaskManager::builder()
+            .max_process_workers(1)
+            .process_nice(7)
+            .build()
+            .await
+            .unwrap();
+        let nice = my_nice::call().enqueue_on(&tasks).unwrap().await.unwrap();
+        assert_eq!(nice, 7);
+        tasks.shutdown().await;
     })
 }
 
@@ -621,7 +785,7 @@ async fn orphan_scenario() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    taskflow::init();
+    taskflow::init_with(|resources| resources.insert(Greeting("hello from a worker,".into())));
     if let Ok(name) = std::env::var(SCENARIO) {
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         return match name.as_str() {
@@ -637,10 +801,19 @@ fn main() -> ExitCode {
     // Each test starts its own workers; on two cores they take turns.
     arguments.test_threads.get_or_insert(1);
     let trials = vec![
-        Trial::test("returns_result_from_another_process", returns_result_from_another_process),
+        Trial::test(
+            "returns_result_from_another_process",
+            returns_result_from_another_process,
+        ),
         Trial::test("context_crosses_the_boundary", context_crosses_the_boundary),
-        Trial::test("two_workers_run_at_most_two_tasks_at_once", two_workers_run_at_most_two_tasks_at_once),
-        Trial::test("failures_have_the_right_kind_and_text", failures_have_the_right_kind_and_text),
+        Trial::test(
+            "two_workers_run_at_most_two_tasks_at_once",
+            two_workers_run_at_most_two_tasks_at_once,
+        ),
+        Trial::test(
+            "failures_have_the_right_kind_and_text",
+            failures_have_the_right_kind_and_text,
+        ),
         Trial::test(
             "a_crash_costs_one_attempt_and_the_retry_runs_elsewhere",
             a_crash_costs_one_attempt_and_the_retry_runs_elsewhere,
@@ -657,7 +830,10 @@ fn main() -> ExitCode {
             "logs_before_a_failure_are_on_the_record_in_order",
             logs_before_a_failure_are_on_the_record_in_order,
         ),
-        Trial::test("shutdown_kills_what_outlives_the_timeout", shutdown_kills_what_outlives_the_timeout),
+        Trial::test(
+            "shutdown_kills_what_outlives_the_timeout",
+            shutdown_kills_what_outlives_the_timeout,
+        ),
         Trial::test(
             "shutdown_of_a_pool_that_never_started_returns_at_once",
             shutdown_of_a_pool_that_never_started_returns_at_once,
@@ -666,15 +842,29 @@ fn main() -> ExitCode {
             "cancelling_a_running_process_task_kills_its_worker",
             cancelling_a_running_process_task_kills_its_worker,
         ),
-        Trial::test("killing_the_parent_leaves_no_worker_running", killing_the_parent_leaves_no_worker_running),
+        Trial::test(
+            "killing_the_parent_leaves_no_worker_running",
+            killing_the_parent_leaves_no_worker_running,
+        ),
         Trial::test(
             "an_argument_bincode_cannot_carry_is_refused_at_enqueue",
             an_argument_bincode_cannot_carry_is_refused_at_enqueue,
         ),
-        Trial::test("workers_are_recycled_after_max_tasks", workers_are_recycled_after_max_tasks),
+        Trial::test(
+            "workers_are_recycled_after_max_tasks",
+            workers_are_recycled_after_max_tasks,
+        ),
         Trial::test(
             "a_worker_that_never_greets_is_an_error_not_a_hang",
             a_worker_that_never_greets_is_an_error_not_a_hang,
+        ),
+        Trial::test(
+            "process_tasks_take_resources_built_in_the_worker",
+            process_tasks_take_resources_built_in_the_worker,
+        ),
+        Trial::test(
+            "workers_run_at_the_configured_nice_value",
+            workers_run_at_the_configured_nice_value,
         ),
     ];
     libtest_mimic::run(&arguments, trials).exit_code()

@@ -20,7 +20,6 @@
 //! child exits.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -305,15 +304,14 @@ impl Pool {
     async fn retire(&self, mut worker: Worker) {
         let asked = protocol::write_frame_async(&mut worker.channel, &ToWorker::Stop, &[]).await;
         let child = self.state().children.remove(&worker.pid);
-        if let Some(mut child) = child {
-            if asked.is_err()
+        if let Some(mut child) = child
+            && (asked.is_err()
                 || tokio::time::timeout(Duration::from_secs(1), child.wait())
                     .await
-                    .is_err()
-            {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
+                    .is_err())
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
         }
     }
 
@@ -415,20 +413,10 @@ impl Pool {
         else {
             return Err("it spoke before greeting".to_owned());
         };
-        if protocol != PROTOCOL_VERSION {
-            return Err(format!(
-                "it speaks protocol version {protocol}, this process version {PROTOCOL_VERSION}"
-            ));
-        }
         let ours = Registry::global()
             .map(Registry::fingerprint)
             .unwrap_or_default();
-        if fingerprint != ours {
-            return Err(format!(
-                "it registered different tasks (fingerprint {fingerprint:016x}, expected {ours:016x}); was the executable replaced or a different worker program configured?"
-            ));
-        }
-        Ok(())
+        check_hello(protocol, fingerprint, ours)
     }
 
     /// Forks a worker on the spawner thread.
@@ -476,6 +464,21 @@ impl Pool {
             let _ = child.wait().await;
         }
     }
+}
+
+/// Whether a worker's greeting matches this process.
+fn check_hello(protocol: u32, fingerprint: u64, ours: u64) -> Result<(), String> {
+    if protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "it speaks protocol version {protocol}, this process version {PROTOCOL_VERSION}"
+        ));
+    }
+    if fingerprint != ours {
+        return Err(format!(
+            "it registered different tasks (fingerprint {fingerprint:016x}, expected {ours:016x}); was the executable replaced, or a different worker program configured?"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the child `pid` has exited (it stays in the table to be reaped).
@@ -537,7 +540,7 @@ fn spawn_worker(config: &ProcessConfig) -> Spawned {
     if config.program.is_none()
         && let Some(arg0) = std::env::args_os().next()
     {
-        command.arg0(OsString::from(arg0));
+        command.arg0(arg0);
     }
     command.stdin(Stdio::null());
     if let Some(level) = &config.log_level {
@@ -590,5 +593,32 @@ impl fmt::Debug for ProcessExecutor {
             .field("config", &self.pool.config)
             .field("live", &self.pool.live())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_greeting_from_another_build_is_refused_with_the_reason() {
+        assert_eq!(check_hello(PROTOCOL_VERSION, 7, 7), Ok(()));
+        let version = check_hello(PROTOCOL_VERSION + 1, 7, 7).unwrap_err();
+        assert!(version.contains("protocol version"), "{version}");
+        let tasks = check_hello(PROTOCOL_VERSION, 8, 7).unwrap_err();
+        assert!(tasks.contains("registered different tasks"), "{tasks}");
+    }
+
+    #[test]
+    fn exit_statuses_read_as_words() {
+        assert_eq!(
+            describe(Some(ExitStatus::from_raw(3 << 8))),
+            "exited with status 3"
+        );
+        assert_eq!(
+            describe(Some(ExitStatus::from_raw(9))),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(describe(None), "exit status unknown");
     }
 }
