@@ -17,14 +17,14 @@ use crate::manager::{self, TaskManager};
 /// set before it is enqueued.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// #[taskflow::task]
 /// async fn greet(name: String) -> String {
 ///     let tenant = taskflow::context().and_then(|c| c.tags.get("tenant").map(str::to_owned));
 ///     format!("hello {name} from {}", tenant.unwrap_or_default())
 /// }
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let manager = taskflow::TaskManager::builder().build().await?;
 /// let handle = greet::call("ada".into()).tag("tenant", "acme").enqueue_on(&manager)?;
 /// assert_eq!(handle.await?, "hello ada from acme");

@@ -20,13 +20,13 @@ use crate::record::{Produced, SharedCell, TaskRecord};
 /// is then dropped as soon as the task finishes.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// #[taskflow::task]
 /// async fn double(n: u64) -> u64 {
 ///     n * 2
 /// }
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let manager = taskflow::TaskManager::builder().build().await?;
 /// let handle = double::call(21).enqueue_on(&manager)?;
 /// println!("enqueued {}", handle.id());

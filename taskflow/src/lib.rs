@@ -1,6 +1,213 @@
-//! Background tasks for Rust services.
+//! Background work for Rust services, declared with one attribute and run
+//! beside request handlers without fighting them for threads, cores or the
+//! async runtime.
 //!
-//! TODO(doc tour)
+//! # A tour
+//!
+//! ## Declare tasks
+//!
+//! `#[task]` on an `async fn` runs it on the async runtime; on a plain `fn`
+//! it runs on a thread pool that is not the runtime's. The function stays
+//! callable as written; beside it, a module of the same name offers
+//! `enqueue`, `call` and `NAME`.
+//!
+//! ```
+//! use taskflow::task;
+//!
+//! #[task(retries = 3, delay = "100ms", backoff = 2.0)]
+//! async fn send_email(to: String) -> Result<String, String> {
+//!     Ok(format!("sent to {to}"))
+//! }
+//!
+//! #[task] // a plain fn: the sync pool
+//! fn checksum(data: Vec<u8>) -> u64 {
+//!     data.iter().map(|&b| u64::from(b)).sum()
+//! }
+//!
+//! # fn main() {
+//! assert_eq!(checksum(vec![1, 2, 3]), 6); // still an ordinary function
+//! assert!(send_email::NAME.ends_with("send_email"));
+//! # }
+//! ```
+//!
+//! Arguments and outputs are data (`Serialize + DeserializeOwned`): that one
+//! representation serves retries, persistence and the trip to a worker
+//! process. A `Result` return fails the attempt on `Err` and records the
+//! error's text. Mistakes are compile errors on the offending token: generic
+//! functions, methods, borrowed or `impl Trait` arguments, non-serde types,
+//! unknown options, a `timeout` on a thread task.
+//!
+//! ## Run them
+//!
+//! A [`TaskManager`] admits async tasks through a semaphore
+//! (`max_concurrent_tasks`) and runs sync tasks on exactly
+//! `max_sync_threads` dedicated threads. Enqueueing returns a
+//! [`TaskHandle`]; awaiting it yields the output or the [`TaskError`].
+//!
+//! ```
+//! use taskflow::{TaskManager, task};
+//!
+//! #[task]
+//! async fn add(a: u64, b: u64) -> u64 {
+//!     a + b
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tasks = TaskManager::builder()
+//!     .max_concurrent_tasks(10)
+//!     .max_sync_threads(4)
+//!     .build()
+//!     .await?
+//!     .install(); // the default that `name::enqueue` uses
+//!
+//! let handle = add::enqueue(2, 3)?;
+//! println!("queued {}", handle.id());
+//! assert_eq!(handle.await?, 5);
+//!
+//! // Per-call options, on a chosen manager:
+//! let tagged = add::call(1, 1).tag("tenant", "acme").enqueue_on(&tasks)?;
+//! assert_eq!(tagged.await?, 2);
+//! tasks.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Failures, retries and context
+//!
+//! `retries = N` allows N+1 attempts, waiting `delay`, `delay × backoff`, …
+//! between them; a waiting task holds no slot. Inside a task,
+//! [`context()`] tells its id, name, zero-based attempt and tags, and
+//! [`log()`] records a line on the task's record.
+//!
+//! ```
+//! use taskflow::{LogLevel, TaskManager, TaskStatus, task};
+//!
+//! #[task(retries = 2)]
+//! async fn flaky() -> Result<u32, String> {
+//!     let attempt = taskflow::context().expect("inside a task").attempt;
+//!     taskflow::log(LogLevel::Info, format!("attempt {attempt}"));
+//!     if attempt < 2 { Err(format!("attempt {attempt} failed")) } else { Ok(attempt) }
+//! }
+//!
+//! #[task]
+//! async fn hopeless() {
+//!     panic!("out of luck");
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tasks = TaskManager::builder().build().await?;
+//! let handle = flaky::call().enqueue_on(&tasks)?;
+//! let id = handle.id();
+//! assert_eq!(handle.await?, 2);
+//! let record = tasks.get(id).expect("known");
+//! assert_eq!((record.status, record.attempts), (TaskStatus::Success, 3));
+//! assert_eq!(record.logs.len(), 3);
+//!
+//! let error = hopeless::call().enqueue_on(&tasks)?.await.unwrap_err();
+//! assert!(error.is_panic());
+//! assert_eq!(error.message(), "out of luck");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Resources
+//!
+//! Values that are not data (a connection pool, an HTTP client) are
+//! registered on the builder and injected by type into parameters written
+//! `Resource<T>`; `enqueue` leaves them out. A manager lacking one refuses
+//! the enqueue.
+//!
+//! ```
+//! use taskflow::{Resource, TaskManager, task};
+//!
+//! struct Mailer {
+//!     from: &'static str,
+//! }
+//!
+//! #[task]
+//! async fn notify(to: String, mailer: Resource<Mailer>) -> String {
+//!     format!("{} -> {to}", mailer.from)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tasks = TaskManager::builder().resource(Mailer { from: "noreply@example.com" }).build().await?;
+//! let sent = notify::call("ada@example.com".into()).enqueue_on(&tasks)?.await?;
+//! assert_eq!(sent, "noreply@example.com -> ada@example.com");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Watch, cancel, shut down
+//!
+//! Every task has a [`TaskRecord`]: [`TaskManager::get`], [`TaskManager::list`]
+//! (by status and name, newest first), [`TaskManager::metrics`], and
+//! [`TaskManager::subscribe`] for one [`TaskEvent`] per transition.
+//! [`TaskManager::cancel`] stops a task; [`TaskManager::shutdown`] stops
+//! admissions, lets running work finish within a timeout and marks the rest
+//! INTERRUPTED.
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskflow::{EventKind, TaskFilter, TaskManager, TaskStatus, task};
+//!
+//! #[task]
+//! async fn nap(millis: u64) {
+//!     tokio::time::sleep(Duration::from_millis(millis)).await;
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tasks = TaskManager::builder().max_concurrent_tasks(1).build().await?;
+//! let mut events = tasks.subscribe();
+//! let first = nap::call(10).enqueue_on(&tasks)?;
+//! let waiting = nap::call(10).enqueue_on(&tasks)?; // PENDING behind the first
+//! tasks.cancel(waiting.id())?;
+//! first.await?;
+//! assert!(waiting.await.unwrap_err().is_cancelled());
+//!
+//! assert_eq!(events.recv().await?.kind, EventKind::Enqueued);
+//! let cancelled = tasks.list(&TaskFilter::new().status(TaskStatus::Cancelled));
+//! assert_eq!(cancelled.len(), 1);
+//! assert_eq!(tasks.metrics().success, 1);
+//! tasks.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Worker processes
+//!
+//! `#[task(executor = "process")]` runs a CPU-bound task in a worker
+//! process: this same executable started again in worker mode. Enter worker
+//! mode first thing in `main`, with [`#[taskflow::main]`](macro@main) or
+//! [`init()`]; a worker serves tasks and never reaches the rest of `main`.
+//! A crash, panic or timeout costs only the attempt on that worker; the pool
+//! replaces it. `timeout` on a process task is a hard limit: the worker is
+//! killed.
+//!
+//! ```
+//! use taskflow::{TaskManager, task};
+//!
+//! #[task(executor = "process", timeout = "2m")]
+//! fn render_report(report_id: u64) -> Vec<u8> {
+//!     vec![0; report_id as usize] // CPU-heavy work
+//! }
+//!
+//! #[taskflow::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let tasks = TaskManager::builder().max_process_workers(2).build().await?.install();
+//!     let pdf = render_report::enqueue(42)?.await?;
+//!     assert_eq!(pdf.len(), 42);
+//!     tasks.shutdown().await; // kills and reaps every worker
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Worker processes build their own resources with an initializer
+//! (`#[taskflow::main(resources = path)]` or [`init_with`]): a connection
+//! cannot cross a process boundary.
 
 mod call;
 mod core;
@@ -15,6 +222,11 @@ mod store;
 
 #[doc(hidden)]
 pub mod __private;
+
+// The README's examples are compiled as doctests too.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 
 pub use call::TaskCall;
 pub use error::Error;
