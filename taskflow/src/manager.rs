@@ -20,6 +20,7 @@ use crate::events::EventStream;
 use crate::executor::{AsyncExecutor, SyncExecutor};
 #[cfg(unix)]
 use crate::executor::{ProcessConfig, ProcessExecutor};
+use crate::lifecycle::TaskStatus;
 use crate::record::{Metrics, TaskFilter, TaskRecord};
 
 /// The installed default manager, read on every `name::enqueue`.
@@ -142,8 +143,16 @@ impl TaskManager {
     /// ignored. Calling this again returns at once.
     pub async fn shutdown(&self) -> ShutdownReport {
         let core = &self.inner.core;
+        // Closing wakes tasks parked at an admission gate and they interrupt
+        // themselves, racing the pass below: count what both did together.
+        let interrupted_before = core.store.count(TaskStatus::Interrupted);
         core.close();
-        let pending = core.interrupt_unfinished(true);
+        core.interrupt_unfinished(true);
+        let pending = core
+            .store
+            .count(TaskStatus::Interrupted)
+            .saturating_sub(interrupted_before);
+        let pending = usize::try_from(pending).unwrap_or(usize::MAX);
         let now = Instant::now();
         let (in_process, processes) = tokio::join!(
             core.wait_idle(

@@ -85,8 +85,11 @@ async fn run(core: Arc<Core>, cell: SharedCell, permits: Option<Arc<Semaphore>>)
                 }
             }
         };
+        let retry_in = core.finish(&cell, result.map(Produced::Value));
+        // Released only once the record has left RUNNING, so RUNNING records
+        // never outnumber the permits; never held across the retry wait.
         drop(permit);
-        match core.finish(&cell, result.map(Produced::Value)) {
+        match retry_in {
             Some(wait) => tokio::time::sleep(wait).await,
             None => return,
         }
