@@ -109,66 +109,49 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
 
     let returns = &task.returns;
     let output = &returns.output;
+    let declared = &returns.declared;
     let arg_bindings: Vec<_> = task.arguments().map(|(binding, _, _)| binding).collect();
     let arg_names: Vec<_> = task.arguments().map(|(_, name, _)| name).collect();
     let arg_types: Vec<_> = task.arguments().map(|(_, _, ty)| ty).collect();
-    let resource_bindings: Vec<_> = task.resources().map(|(binding, _, _)| binding).collect();
     let resource_inners: Vec<_> = task.resources().map(|(_, inner, _)| inner).collect();
     let all_bindings: Vec<_> = task.params.iter().map(item::Param::binding).collect();
 
-    let call_user = quote!(super::#ident(#(#all_bindings),*));
+    // Every bound on the user's types is required once, in `__args`,
+    // `__returns`, `__finish` and `__body`'s resource lookups, with the user's
+    // type tokens as generic arguments: an unmet bound is one error on the
+    // user's type, and the rest of the companion, which goes through what
+    // those return, adds none.
+    let args_fn = format_ident!("args{}", arg_types.len());
     let finish = if returns.fallible {
-        quote!(#private::fallible)
+        // Spelled out rather than `#private` so every token of the check
+        // carries the return type's span, and so does its error.
+        let check =
+            quote_spanned!(returns.span=> ::taskflow::__private::fallible::<#declared, #output>);
+        quote!(__returns().finish(#check(__value)?))
     } else {
-        quote!(#private::output)
+        quote!(__returns().finish(__value))
     };
-    let (body_variant, body_fn) = if task.is_async {
+    let call_user = quote!(super::#ident(#(#all_bindings),*));
+    let (body_variant, body_output, run) = if task.is_async {
         let boxed = quote_spanned! {task.async_span=>
-            ::std::boxed::Box::pin(async move { #finish(#call_user.await) })
+            ::std::boxed::Box::pin(async move { __finish(#call_user.await) })
         };
         (
             quote!(Async),
-            quote! {
-                fn __body(
-                    __bytes: &[u8],
-                    __resources: &#private::Resources,
-                ) -> ::core::result::Result<#private::AttemptFuture, #private::TaskError> {
-                    let (#(#arg_bindings,)*): (#(#arg_types,)*) = #private::decode_args(__bytes)?;
-                    #( let #resource_bindings = #private::resource::<#resource_inners>(__resources)?; )*
-                    ::core::result::Result::Ok(#boxed)
-                }
-            },
+            quote!(#private::AttemptFuture),
+            quote!(::core::result::Result::Ok(#boxed)),
         )
     } else {
         (
             quote!(Blocking),
-            quote! {
-                fn __body(
-                    __bytes: &[u8],
-                    __resources: &#private::Resources,
-                ) -> ::core::result::Result<#private::Output, #private::TaskError> {
-                    let (#(#arg_bindings,)*): (#(#arg_types,)*) = #private::decode_args(__bytes)?;
-                    #( let #resource_bindings = #private::resource::<#resource_inners>(__resources)?; )*
-                    #finish(#call_user)
-                }
-            },
+            quote!(#private::Output),
+            quote!(__finish(#call_user)),
         )
     };
-
-    // Each bound asserted on its own type, so the error lands on the user's
-    // token rather than inside generated code.
-    let mut checks = TokenStream::new();
-    for ty in &arg_types {
-        checks.extend(quote_spanned!(span_of(ty)=> #private::assert_argument::<#ty>();));
-    }
-    for (_, inner, ty) in task.resources() {
-        checks.extend(quote_spanned!(span_of(ty)=> #private::assert_resource::<#inner>();));
-    }
-    let declared = &returns.declared;
-    if returns.fallible {
-        checks.extend(quote_spanned!(returns.span=> #private::assert_fallible::<#declared>();));
-    }
-    checks.extend(quote_spanned!(returns.span=> #private::assert_output::<#output>();));
+    let resource_lookups = task.resources().map(|(binding, inner, ty)| {
+        let lookup = quote_spanned!(span_of(ty)=> #private::resource::<#inner>);
+        quote!(let #binding = #lookup(__resources)?;)
+    });
 
     let doc_mod = format!(
         "Companion of the task [`{ident}`]({ident}()): [`enqueue`](self::enqueue) it, or build a [`call`](self::call) with options."
@@ -197,9 +180,7 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
             /// A call of the task with per-call options; finish it with
             /// `enqueue()` or `enqueue_on(&manager)`.
             pub fn call(#(#arg_bindings: #arg_types),*) -> ::taskflow::TaskCall<#output> {
-                let mut __args = #private::ArgsWriter::new();
-                #( __args.push(#arg_names, &#arg_bindings); )*
-                #private::new_call(&#entry, __args)
+                #private::new_call(&#entry, __args().write(&(#(#arg_bindings,)*)))
             }
 
             #[doc(hidden)]
@@ -207,7 +188,7 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
                 NAME,
                 #private::Executor::#executor_variant,
                 #private::Body::#body_variant(__body),
-                #private::encode_output::<#output>,
+                __encode_output,
             )
             .with_defaults(#defaults)
             .with_location(#private::Location {
@@ -217,14 +198,32 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
             })
             .with_resources(&[#( #private::ResourceKey::of::<#resource_inners>() ),*]);
 
-            #body_fn
+            fn __args() -> #private::Args<(#(#arg_types,)*)> {
+                #private::#args_fn::<#(#arg_types),*>(&[#(#arg_names),*])
+            }
+
+            fn __returns() -> #private::Returns<#output> {
+                #private::returns::<#output>()
+            }
+
+            fn __finish(__value: #declared) -> ::core::result::Result<#private::Output, #private::TaskError> {
+                #finish
+            }
+
+            fn __encode_output(__output: #private::Output) -> ::core::result::Result<::std::vec::Vec<u8>, #private::CodecError> {
+                __returns().encode(__output)
+            }
+
+            fn __body(
+                __bytes: &[u8],
+                __resources: &#private::Resources,
+            ) -> ::core::result::Result<#body_output, #private::TaskError> {
+                let (#(#arg_bindings,)*) = __args().read(__bytes)?;
+                #( #resource_lookups )*
+                #run
+            }
 
             #private::inventory::submit! { #private::Registration(&#entry) }
-
-            #[allow(dead_code)]
-            fn __assert_types() {
-                #checks
-            }
         }
     }
 }
@@ -235,4 +234,37 @@ fn span_of(ty: &syn::Type) -> Span {
 
 fn duration_nanos(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    #[test]
+    fn bad_options_still_emit_the_function_and_its_companion() {
+        let out = super::task(
+            quote!(retry = 3),
+            quote!(
+                async fn ping() {}
+            ),
+        )
+        .to_string();
+        assert!(out.contains("async fn ping ()"), "{out}");
+        assert!(out.contains("mod ping"), "{out}");
+        assert!(out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn a_bad_signature_still_emits_the_function() {
+        let out = super::task(
+            quote!(),
+            quote!(
+                fn first<T>(v: Vec<T>) {}
+            ),
+        )
+        .to_string();
+        assert!(out.contains("fn first < T >"), "{out}");
+        assert!(!out.contains("mod first"), "{out}");
+        assert!(out.contains("compile_error"), "{out}");
+    }
 }

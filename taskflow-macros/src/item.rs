@@ -97,12 +97,15 @@ pub(crate) fn parse(
     let sig = &item.sig;
 
     if !sig.generics.params.is_empty() {
-        errors.add(
-            sig.generics.span(),
-            "a task cannot be generic: the runtime calls it by name with concrete types; write a non-generic wrapper for each type",
+        errors.add_spanned(
+            &sig.generics,
+            "a task cannot be generic: it is registered and run by name, with concrete types; declare one task per type, each calling a generic function",
         );
     } else if let Some(where_clause) = &sig.generics.where_clause {
-        errors.add(where_clause.span(), "a task cannot have a `where` clause");
+        errors.add_spanned(
+            where_clause,
+            "a task cannot have a `where` clause: its types are concrete; remove the clause",
+        );
     }
     if let Some(token) = &sig.constness {
         errors.add(token.span, "a task cannot be a `const fn`");
@@ -118,14 +121,15 @@ pub(crate) fn parse(
     }
 
     let mut params = Vec::new();
+    let mut arguments = 0;
     for (index, input) in sig.inputs.iter().enumerate() {
         match input {
-            FnArg::Receiver(receiver) => errors.add(
-                receiver.span(),
-                "a task cannot be a method: `self` cannot be sent to a worker or stored; make it a free function and pass the data it needs as arguments",
+            FnArg::Receiver(receiver) => errors.add_spanned(
+                receiver,
+                "a task cannot be a method: `self` cannot be stored or sent to a worker; make it a free function and pass the data it needs as arguments",
             ),
             FnArg::Typed(typed) => {
-                check_type(&typed.ty, errors);
+                check_type(&typed.ty, Position::Argument, errors);
                 let (binding, name) = match &*typed.pat {
                     Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
                         (Ident::new(&format!("__arg_{}", pat.ident), pat.ident.span()), pat.ident.to_string())
@@ -139,7 +143,16 @@ pub(crate) fn parse(
                         inner: inner.clone(),
                         ty,
                     },
-                    None => Param::Argument { binding, name, ty },
+                    None => {
+                        arguments += 1;
+                        if arguments == MAX_ARGUMENTS + 1 {
+                            errors.add_spanned(
+                                typed,
+                                format_args!("a task takes at most {MAX_ARGUMENTS} arguments; gather them in a struct that derives `Serialize` and `Deserialize`"),
+                            );
+                        }
+                        Param::Argument { binding, name, ty }
+                    }
                 });
             }
         }
@@ -153,7 +166,7 @@ pub(crate) fn parse(
             output: syn::parse_quote!(()),
         },
         ReturnType::Type(_, ty) => {
-            check_type(ty, errors);
+            check_type(ty, Position::Output, errors);
             let declared = rebase(ty);
             let ok = result_ok_type(&declared);
             Returns {
@@ -181,39 +194,62 @@ pub(crate) fn parse(
     }
 }
 
+/// The most arguments a task takes: serde implements its traits for tuples of
+/// up to 16, and the arguments travel as one tuple.
+const MAX_ARGUMENTS: usize = 16;
+
+/// Where a type appears, for the messages.
+#[derive(Clone, Copy)]
+enum Position {
+    Argument,
+    Output,
+}
+
 /// Refuses types that cannot be sent or stored: borrowed and `impl Trait`.
-fn check_type(ty: &Type, errors: &mut Errors) {
+fn check_type(ty: &Type, position: Position, errors: &mut Errors) {
     struct Check<'e> {
+        position: Position,
         errors: &'e mut Errors,
     }
     impl syn::visit::Visit<'_> for Check<'_> {
         fn visit_type_reference(&mut self, reference: &syn::TypeReference) {
             let owned = match &*reference.elem {
                 Type::Path(p) if p.path.is_ident("str") => "`String`".to_owned(),
+                Type::Path(p) if p.path.is_ident("Path") => "`PathBuf`".to_owned(),
                 Type::Slice(slice) => format!("`Vec<{}>`", slice.elem.to_token_stream()),
                 other => format!("`{}`", other.to_token_stream()),
             };
-            self.errors.add(
-                reference.and_token.span,
-                format_args!("a task cannot take a reference: its arguments are sent as data and must be owned; use {owned}"),
-            );
+            let message = match self.position {
+                Position::Argument => format!(
+                    "a task cannot take a reference: its arguments are stored and sent as data, so they must be owned; take {owned}"
+                ),
+                Position::Output => format!(
+                    "a task cannot return a reference: its output is stored and sent as data, so it must be owned; return {owned}"
+                ),
+            };
+            self.errors.add_spanned(reference, message);
         }
         fn visit_type_impl_trait(&mut self, impl_trait: &syn::TypeImplTrait) {
-            self.errors.add(
-                impl_trait.impl_token.span,
-                "a task cannot take or return `impl Trait`: the runtime needs a concrete type to decode; name the type",
-            );
+            let message = match self.position {
+                Position::Argument => {
+                    "a task cannot take `impl Trait`: its arguments are decoded into one concrete type; name the type, as in `String`"
+                }
+                Position::Output => {
+                    "a task cannot return `impl Trait`: its output is decoded into one concrete type; name the type"
+                }
+            };
+            self.errors.add_spanned(impl_trait, message);
         }
         fn visit_lifetime(&mut self, lifetime: &syn::Lifetime) {
             if lifetime.ident != "static" {
                 self.errors.add(
                     lifetime.span(),
-                    "a task cannot borrow: its arguments and output must be owned (`'static`)",
+                    "a task cannot borrow: its arguments and output are stored and sent as data, so they must be owned (`'static`)",
                 );
             }
         }
     }
-    syn::visit::Visit::visit_type(&mut Check { errors }, ty);
+    syn::visit::Visit::visit_type(&mut Check { position, errors }, ty);
 }
 
 /// `T` when `ty` is written `Resource<T>` (by any path ending in `Resource`).
@@ -285,4 +321,69 @@ fn rebase(ty: &Type) -> Type {
     let mut ty = ty.clone();
     Rebase.visit_type_mut(&mut ty);
     ty
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn errors_of(tokens: TokenStream) -> Vec<String> {
+        let mut errors = Errors::default();
+        let parsed = parse(tokens, &mut errors);
+        assert_eq!(parsed.is_err(), !errors.is_empty());
+        errors.messages()
+    }
+
+    #[test]
+    fn every_signature_mistake_is_reported_at_once() {
+        let messages = errors_of(quote! {
+            fn f<T>(&self, a: &str, b: impl Clone) -> &'static [u8] { todo!() }
+        });
+        assert_eq!(messages.len(), 5, "{messages:#?}");
+        assert!(messages[0].starts_with("a task cannot be generic"));
+        assert!(messages[1].starts_with("a task cannot be a method"));
+        assert!(messages[2].ends_with("take `String`"));
+        assert!(messages[3].starts_with("a task cannot take `impl Trait`"));
+        assert!(messages[4].ends_with("return `Vec<u8>`"));
+    }
+
+    #[test]
+    fn resources_are_not_arguments() {
+        let mut errors = Errors::default();
+        let Ok(task) = parse(
+            quote!(
+                async fn f(db: taskflow::Resource<Db>, id: u64) -> io::Result<u64> {
+                    todo!()
+                }
+            ),
+            &mut errors,
+        ) else {
+            panic!("{:?}", errors.messages());
+        };
+        assert!(task.is_async);
+        assert_eq!(task.resources().count(), 1);
+        let names: Vec<_> = task.arguments().map(|(_, name, _)| name).collect();
+        assert_eq!(names, ["id"]);
+        assert!(task.returns.fallible);
+        assert_eq!(task.returns.output.to_token_stream().to_string(), "u64");
+    }
+
+    #[test]
+    fn relative_paths_are_rebased_for_the_companion() {
+        let ty: Type = syn::parse_quote!(Vec<(self::A, super::B, crate::C, ::std::string::String)>);
+        assert_eq!(
+            rebase(&ty).to_token_stream().to_string(),
+            quote!(Vec<(super::A, super::super::B, crate::C, ::std::string::String)>).to_string()
+        );
+    }
+
+    #[test]
+    fn more_than_sixteen_arguments_are_refused() {
+        let args = (0..17).map(|i| quote::format_ident!("a{i}"));
+        let messages = errors_of(quote!(fn f(#(#args: u8),*) {}));
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].starts_with("a task takes at most 16 arguments"));
+    }
 }

@@ -1,0 +1,12 @@
+use taskflow::task;
+
+struct Mailer;
+
+impl Mailer {
+    #[task]
+    fn send(&self, to: String) {
+        let _ = to;
+    }
+}
+
+fn main() {}
