@@ -85,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  mean duration {mean:.2?}");
     }
     println!("\nretried tasks:");
-    for record in tasks.list(&TaskFilter::new().status(TaskStatus::Success)) {
+    for record in tasks.list(&TaskFilter::new().status(TaskStatus::Success))? {
         if record.attempts > 1 {
             println!(
                 "  {} {} attempts={} duration={:.2?}",

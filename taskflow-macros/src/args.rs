@@ -11,7 +11,16 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
 use syn::{Expr, ExprLit, Lit, LitStr, Meta, MetaNameValue, Token};
 
-pub(crate) const OPTIONS: &[&str] = &["name", "executor", "retries", "delay", "backoff", "timeout"];
+pub(crate) const OPTIONS: &[&str] = &[
+    "name",
+    "executor",
+    "retries",
+    "delay",
+    "backoff",
+    "timeout",
+    "persist",
+    "requeue_on_interrupt",
+];
 
 /// Where a task runs, as written in `executor = "…"`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -38,6 +47,8 @@ pub(crate) struct TaskArgs {
     pub(crate) delay: Option<Setting<Duration>>,
     pub(crate) backoff: Option<Setting<f64>>,
     pub(crate) timeout: Option<Setting<Duration>>,
+    pub(crate) persist: Option<Setting<bool>>,
+    pub(crate) requeue_on_interrupt: Option<Setting<bool>>,
 }
 
 /// Collects errors so independent ones are reported together.
@@ -238,6 +249,26 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
                 };
                 args.backoff = setting(key, backoff, span);
             }
+            "persist" | "requeue_on_interrupt" => {
+                let flag = match literal(&value) {
+                    Some(Lit::Bool(flag)) => Some(flag.value),
+                    _ => {
+                        errors.add(
+                            span,
+                            format_args!(
+                                "`{which}` must be `true` or `false`, as in `{which} = true`"
+                            ),
+                        );
+                        None
+                    }
+                };
+                let slot = if which == "persist" {
+                    &mut args.persist
+                } else {
+                    &mut args.requeue_on_interrupt
+                };
+                *slot = setting(key, flag, span);
+            }
             _ => unreachable!("every name in OPTIONS has an arm"),
         }
     }
@@ -253,6 +284,7 @@ fn example(key: &str) -> &'static str {
         "delay" => "\"500ms\"",
         "backoff" => "2.0",
         "timeout" => "\"30s\"",
+        "persist" | "requeue_on_interrupt" => "true",
         _ => "…",
     }
 }
@@ -488,7 +520,7 @@ mod tests {
         assert_eq!(
             parse_err(quote!(priority = 1)),
             [
-                "unknown option `priority`; expected one of `name`, `executor`, `retries`, `delay`, `backoff`, `timeout`"
+                "unknown option `priority`; expected one of `name`, `executor`, `retries`, `delay`, `backoff`, `timeout`, `persist`, `requeue_on_interrupt`"
             ]
         );
     }

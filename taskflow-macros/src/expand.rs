@@ -104,6 +104,14 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
             let nanos = duration_nanos(timeout.value);
             defaults.extend(quote!(.timeout(::core::time::Duration::from_nanos(#nanos))));
         }
+        if let Some(persist) = &args.persist {
+            let flag = persist.value;
+            defaults.extend(quote!(.persist(#flag)));
+        }
+        if let Some(requeue) = &args.requeue_on_interrupt {
+            let flag = requeue.value;
+            defaults.extend(quote!(.requeue_on_interrupt(#flag)));
+        }
         defaults
     };
 
@@ -210,7 +218,7 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
                 #finish
             }
 
-            fn __encode_output(__output: #private::Output) -> ::core::result::Result<::std::vec::Vec<u8>, #private::CodecError> {
+            fn __encode_output(__output: &(dyn ::core::any::Any + ::core::marker::Send)) -> ::core::result::Result<::std::vec::Vec<u8>, #private::CodecError> {
                 __returns().encode(__output)
             }
 

@@ -57,6 +57,16 @@ impl TaskId {
     pub fn from_uuid(uuid: Uuid) -> Self {
         TaskId(uuid)
     }
+
+    /// The id's 16 bytes, big-endian, so byte order is time order.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+
+    /// The id whose [`to_bytes`](Self::to_bytes) these are.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        TaskId(Uuid::from_bytes(bytes))
+    }
 }
 
 impl Default for TaskId {

@@ -73,6 +73,12 @@ pub struct TaskDefaults {
     pub backoff: f64,
     /// Limit on one attempt's running time.
     pub timeout: Option<Duration>,
+    /// With a task store: requeue this task's PENDING rows at start even
+    /// without `requeue_pending(true)`.
+    pub persist: bool,
+    /// With a task store: run this task again at start when an instance that
+    /// died (or shut down) left it RUNNING. For idempotent work only.
+    pub requeue_on_interrupt: bool,
 }
 
 impl TaskDefaults {
@@ -82,6 +88,8 @@ impl TaskDefaults {
         delay: Duration::ZERO,
         backoff: 1.0,
         timeout: None,
+        persist: false,
+        requeue_on_interrupt: false,
     };
 
     /// The defaults with `retries` set.
@@ -105,6 +113,18 @@ impl TaskDefaults {
     /// The defaults with `timeout` set.
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// The defaults with `persist` set.
+    pub const fn persist(mut self, persist: bool) -> Self {
+        self.persist = persist;
+        self
+    }
+
+    /// The defaults with `requeue_on_interrupt` set.
+    pub const fn requeue_on_interrupt(mut self, requeue: bool) -> Self {
+        self.requeue_on_interrupt = requeue;
         self
     }
 
@@ -177,7 +197,7 @@ pub struct TaskEntry {
     location: Location,
     resources: &'static [ResourceKey],
     body: Body,
-    encode_output: fn(Output) -> Result<Vec<u8>, CodecError>,
+    encode_output: fn(&(dyn Any + Send)) -> Result<Vec<u8>, CodecError>,
 }
 
 impl TaskEntry {
@@ -186,7 +206,7 @@ impl TaskEntry {
         name: &'static str,
         executor: Executor,
         body: Body,
-        encode_output: fn(Output) -> Result<Vec<u8>, CodecError>,
+        encode_output: fn(&(dyn Any + Send)) -> Result<Vec<u8>, CodecError>,
     ) -> Self {
         TaskEntry {
             name,
@@ -256,7 +276,7 @@ impl TaskEntry {
     /// # Errors
     ///
     /// When the value cannot be encoded.
-    pub fn encode_output(&self, output: Output) -> Result<Vec<u8>, CodecError> {
+    pub fn encode_output(&self, output: &(dyn Any + Send)) -> Result<Vec<u8>, CodecError> {
         (self.encode_output)(output)
     }
 }
@@ -382,7 +402,7 @@ mod tests {
         Ok(Box::new(()))
     }
 
-    fn encode_unit(_: Output) -> Result<Vec<u8>, CodecError> {
+    fn encode_unit(_: &(dyn Any + Send)) -> Result<Vec<u8>, CodecError> {
         Ok(Vec::new())
     }
 

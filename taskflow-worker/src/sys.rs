@@ -131,3 +131,19 @@ pub fn startup() -> Startup {
         parent,
     }
 }
+
+/// Whether a process with this pid exists on this machine (a zombie counts).
+/// Used to tell a crashed manager's rows from a live one's without waiting
+/// for its heartbeat to go stale.
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 delivers nothing; it only checks whether the
+    // pid exists (EPERM means it exists but belongs to someone else).
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -206,7 +206,7 @@ mod arity {
 // Not public API. Used by generated code.
 pub struct Returns<T> {
     boxed: fn(T) -> Output,
-    encode: fn(Output) -> Result<Vec<u8>, CodecError>,
+    encode: fn(&(dyn std::any::Any + Send)) -> Result<Vec<u8>, CodecError>,
 }
 
 impl<T> Returns<T> {
@@ -216,7 +216,7 @@ impl<T> Returns<T> {
     }
 
     // Not public API. Used by generated code.
-    pub fn encode(&self, output: Output) -> Result<Vec<u8>, CodecError> {
+    pub fn encode(&self, output: &(dyn std::any::Any + Send)) -> Result<Vec<u8>, CodecError> {
         (self.encode)(output)
     }
 }
@@ -257,10 +257,12 @@ pub fn fallible<R: Fallible<Ok = T>, T>(result: R) -> Result<T, TaskError> {
     result.into_result().map_err(TaskError::error)
 }
 
-fn encode_output<T: Serialize + 'static>(output: Output) -> Result<Vec<u8>, CodecError> {
-    match output.downcast::<T>() {
-        Ok(value) => taskflow_worker::codec::encode(&*value),
-        Err(_) => Err(CodecError::Encode(
+fn encode_output<T: Serialize + 'static>(
+    output: &(dyn std::any::Any + Send),
+) -> Result<Vec<u8>, CodecError> {
+    match output.downcast_ref::<T>() {
+        Some(value) => taskflow_worker::codec::encode(value),
+        None => Err(CodecError::Encode(
             "the output is not of the task's type".into(),
         )),
     }

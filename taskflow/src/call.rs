@@ -36,6 +36,7 @@ pub struct TaskCall<T> {
     entry: &'static TaskEntry,
     args: Result<Vec<u8>, (&'static str, CodecError)>,
     tags: Vec<(String, String)>,
+    idempotency_key: Option<String>,
     output: PhantomData<fn() -> T>,
 }
 
@@ -45,6 +46,7 @@ impl<T: 'static> TaskCall<T> {
             entry,
             args: args.finish(),
             tags: Vec::new(),
+            idempotency_key: None,
             output: PhantomData,
         }
     }
@@ -52,6 +54,20 @@ impl<T: 'static> TaskCall<T> {
     /// Adds a tag; a later tag with the same key replaces an earlier one.
     pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.push((key.into(), value.into()));
+        self
+    }
+
+    /// Makes the call idempotent: while a task of this name with this key
+    /// is PENDING, RUNNING or SUCCESS, enqueueing returns a handle to that
+    /// task instead of a new one. FAILED, CANCELLED and INTERRUPTED release
+    /// the key.
+    ///
+    /// With a task store the key holds across restarts and across processes
+    /// sharing the file (a unique index decides, so two enqueues racing in
+    /// different processes still yield one task), and the enqueue waits for
+    /// the store's answer. Without one it holds within this manager.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 
@@ -82,7 +98,8 @@ impl<T: 'static> TaskCall<T> {
             argument,
             source,
         })?;
-        let cell = core.enqueue(self.entry, args, Tags::from_pairs(self.tags))?;
+        let tags = Tags::from_pairs(self.tags);
+        let cell = core.enqueue(self.entry, args, tags, self.idempotency_key)?;
         Ok(TaskHandle::new(cell))
     }
 }

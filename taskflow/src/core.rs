@@ -24,11 +24,15 @@ use crate::events::{Bus, EventKind, TaskEvent};
 use crate::executor::ProcessExecutor;
 use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::lifecycle::{self, TaskStatus, Transition};
-use crate::record::{MAX_LOGS, Produced, SharedCell, TaskCell};
-use crate::store::MemoryStore;
+use crate::record::{MAX_LOGS, Origin, Produced, SharedCell, TaskCell, TaskFilter, TaskRecord};
+use crate::store::{Claimed, MemoryStore, Recovered, SqliteStore, StoredRow, sort_newest_first};
 
 pub(crate) struct Core {
     pub(crate) store: MemoryStore,
+    /// The task store, when the manager has one.
+    pub(crate) persistence: Option<SqliteStore>,
+    /// Whether PENDING tasks interrupted by shutdown run at the next start.
+    requeue_pending: bool,
     pub(crate) bus: Bus,
     pub(crate) resources: Resources,
     pub(crate) runtime: Handle,
@@ -74,9 +78,17 @@ impl Core {
         resources: Resources,
         executors: Executors,
         event_capacity: usize,
+        memory: MemoryStore,
+        persistence: Option<(SqliteStore, bool)>,
     ) -> Self {
+        let (persistence, requeue_pending) = match persistence {
+            Some((store, requeue_pending)) => (Some(store), requeue_pending),
+            None => (None, false),
+        };
         Core {
-            store: MemoryStore::default(),
+            store: memory,
+            persistence,
+            requeue_pending,
             bus: Bus::new(event_capacity),
             resources,
             runtime,
@@ -94,12 +106,14 @@ impl Core {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Records a new PENDING task and hands it to its executor.
+    /// Records a new PENDING task and hands it to its executor. With an
+    /// idempotency key held by another task, returns that task instead.
     pub(crate) fn enqueue(
         self: &Arc<Self>,
         entry: &'static TaskEntry,
         args: Vec<u8>,
         tags: Tags,
+        key: Option<String>,
     ) -> Result<SharedCell, Error> {
         if self.is_closed() {
             return Err(Error::ShutDown);
@@ -119,27 +133,246 @@ impl Core {
                 executor: entry.executor().as_str(),
             });
         }
-        let cell = Arc::new(TaskCell::new(entry, args.into_boxed_slice(), tags));
+        let origin = Origin::new(self.persistence.is_some());
+        let cell = Arc::new(TaskCell::new(
+            entry,
+            args.into_boxed_slice(),
+            tags,
+            key.map(Into::into),
+            origin,
+        ));
+        if cell.key.is_some()
+            && let Some(holder) = self.claim_key(&cell)?
+        {
+            holder.add_handle();
+            return Ok(holder);
+        }
+        self.admit(cell.clone(), EventKind::Enqueued);
+        Ok(cell)
+    }
+
+    /// Makes `cell` the holder of its key, or returns the task that holds it.
+    /// With a task store the file decides, across processes and restarts,
+    /// through its unique index; without one, this process's key map does.
+    fn claim_key(self: &Arc<Self>, cell: &SharedCell) -> Result<Option<SharedCell>, Error> {
+        let Some(persistence) = &self.persistence else {
+            return Ok(self.store.hold_key(cell));
+        };
+        if let Some(holder) = self.store.key_holder(cell) {
+            return Ok(Some(holder));
+        }
+        // Visible here before the claim, so a racing enqueue of the same key
+        // in this process finds it by id.
         self.store.insert(cell.clone());
+        match persistence.claim(cell.clone()) {
+            Ok(Claimed::Inserted) => {
+                self.store.set_key_holder(cell);
+                Ok(None)
+            }
+            Ok(Claimed::Existing(row)) => {
+                self.store.remove_unstarted(cell);
+                Ok(Some(match self.store.get(&row.record.id) {
+                    Some(local) => local,
+                    None => self.mirror(cell.entry, *row),
+                }))
+            }
+            Err(error) => {
+                self.store.remove_unstarted(cell);
+                Err(error)
+            }
+        }
+    }
+
+    /// Records a PENDING cell (if not yet recorded), announces it, queues
+    /// its row and hands it to its executor.
+    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind) {
+        if self.store.get(&cell.id).is_none() {
+            self.store.insert(cell.clone());
+        }
         self.bus.publish(|| TaskEvent {
             id: cell.id,
-            name: entry.name(),
-            kind: EventKind::Enqueued,
+            name: cell.entry.name(),
+            kind,
             attempt: 0,
             at: cell.created_at,
         });
-        match entry.executor() {
-            Executor::Async => self.async_tasks.submit(self, cell.clone()),
-            #[cfg(unix)]
-            Executor::Process => self.process_tasks.submit(self, cell.clone()),
-            _ => self.sync_tasks.submit(self, cell.clone()),
+        if let Some(persistence) = &self.persistence
+            && !cell.is_stored()
+        {
+            persistence.write(cell.clone());
         }
-        Ok(cell)
+        match cell.entry.executor() {
+            Executor::Async => self.async_tasks.submit(self, cell),
+            #[cfg(unix)]
+            Executor::Process => self.process_tasks.submit(self, cell),
+            _ => self.sync_tasks.submit(self, cell),
+        }
+    }
+
+    /// Dispatches a row claimed from the task store at start, under its own id.
+    pub(crate) fn restore(self: &Arc<Self>, recovered: Recovered) {
+        let origin = Origin {
+            id: recovered.id,
+            created_at: recovered.created_at,
+            attempts: recovered.attempts,
+            status: TaskStatus::Pending,
+            handles: 0,
+            durable: true,
+            stored: true,
+            mirror: false,
+        };
+        let cell = Arc::new(TaskCell::new(
+            recovered.entry,
+            recovered.args.into_boxed_slice(),
+            recovered.tags,
+            recovered.idempotency_key.map(Into::into),
+            origin,
+        ));
+        self.store.set_key_holder(&cell);
+        self.admit(cell, EventKind::Requeued);
+    }
+
+    /// A handle's view of a task that another instance (or an earlier run)
+    /// owns, kept current from the task store until it finishes.
+    fn mirror(self: &Arc<Self>, entry: &'static TaskEntry, row: StoredRow) -> SharedCell {
+        let record = &row.record;
+        let origin = Origin {
+            id: record.id,
+            created_at: record.created_at,
+            attempts: record.attempts,
+            status: TaskStatus::Pending,
+            handles: 0,
+            durable: true,
+            stored: true,
+            mirror: true,
+        };
+        let cell = Arc::new(TaskCell::new(
+            entry,
+            row.args.clone().into_boxed_slice(),
+            record.tags.clone(),
+            None,
+            origin,
+        ));
+        self.transition(&cell, Transition::Observe(Box::new(row)));
+        if !cell.status().is_finished() {
+            let (core, watched) = (Arc::downgrade(self), cell.clone());
+            drop(self.runtime.spawn(async move {
+                // Polls the file: the other instance publishes nothing to us.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let Some(core) = core.upgrade() else { return };
+                    let Some(persistence) = &core.persistence else {
+                        return;
+                    };
+                    match persistence.get(watched.id) {
+                        Ok(Some(row)) => {
+                            core.transition(&watched, Transition::Observe(Box::new(row)));
+                        }
+                        Ok(None) => {
+                            core.transition(&watched, Transition::Interrupt);
+                        }
+                        Err(error) => tracing::warn!("cannot follow task {}: {error}", watched.id),
+                    }
+                    if watched.status().is_finished() {
+                        return;
+                    }
+                }
+            }));
+        }
+        cell
+    }
+
+    /// A snapshot of a task, live or stored.
+    pub(crate) fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
+        if let Some(cell) = self.store.get(&id) {
+            return Ok(Some(cell.snapshot()));
+        }
+        match &self.persistence {
+            Some(persistence) => Ok(persistence.get(id)?.map(|row| row.record)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records matching `filter`, live and stored, newest first.
+    pub(crate) fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+        let mut records = self.store.list(filter);
+        if let Some(persistence) = &self.persistence {
+            let live: std::collections::HashSet<TaskId> = records.iter().map(|r| r.id).collect();
+            records.extend(
+                persistence
+                    .list(filter)?
+                    .into_iter()
+                    .filter(|r| !live.contains(&r.id)),
+            );
+            sort_newest_first(&mut records);
+            if let Some(limit) = filter.limit {
+                records.truncate(limit);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Enqueues a FAILED, INTERRUPTED or CANCELLED task again as a new task.
+    pub(crate) fn retry(self: &Arc<Self>, id: TaskId) -> Result<TaskId, Error> {
+        let (name, status, args, tags) = match self.store.get(&id) {
+            Some(cell) => (
+                cell.entry.name().to_owned(),
+                cell.status(),
+                cell.args.to_vec(),
+                cell.tags.clone(),
+            ),
+            None => {
+                let row = match &self.persistence {
+                    Some(persistence) => persistence.get(id)?,
+                    None => None,
+                };
+                let row = row.ok_or(Error::NotFound(id))?;
+                (
+                    row.record.name,
+                    row.record.status,
+                    row.args,
+                    row.record.tags,
+                )
+            }
+        };
+        if !matches!(
+            status,
+            TaskStatus::Failed | TaskStatus::Interrupted | TaskStatus::Cancelled
+        ) {
+            return Err(Error::NotRetryable { id, status });
+        }
+        let entry = taskflow_worker::Registry::global()?
+            .get(&name)
+            .ok_or(Error::UnknownTask(name))?;
+        Ok(self.enqueue(entry, args, tags, None)?.id)
+    }
+
+    /// Reports on the bus that the task store could not be written.
+    pub(crate) fn report_store_failure(&self, cell: &TaskCell, message: &str) {
+        let status = cell.status();
+        self.bus.publish(|| TaskEvent {
+            id: cell.id,
+            name: cell.entry.name(),
+            kind: EventKind::StoreFailed(message.to_owned()),
+            attempt: 0,
+            at: SystemTime::now(),
+        });
+        let _ = status;
+    }
+
+    /// Whether a task interrupted from `from` runs again at the next start.
+    fn runs_again(&self, cell: &TaskCell, from: TaskStatus) -> bool {
+        self.persistence.is_some()
+            && match from {
+                TaskStatus::Pending => self.requeue_pending || cell.entry.defaults().persist,
+                TaskStatus::Running => cell.entry.defaults().requeue_on_interrupt,
+                _ => false,
+            }
     }
 
     /// Applies `transition` to `cell`; `None` when it does not apply in the
     /// task's current status (see [`lifecycle::next`]).
-    pub(crate) fn transition(&self, cell: &TaskCell, transition: Transition) -> Option<Applied> {
+    pub(crate) fn transition(&self, cell: &SharedCell, transition: Transition) -> Option<Applied> {
         let now = SystemTime::now();
         // Once closed, nothing more is admitted: a start becomes an interrupt.
         let transition = match transition {
@@ -152,6 +385,7 @@ impl Core {
         let to = lifecycle::next(from, &transition, state.attempts, policy)?;
         let mut retry_in = None;
         let mut abort = None;
+        let mut observed_finish = None;
         let kind = match transition {
             Transition::Start => {
                 state.attempts += 1;
@@ -160,6 +394,11 @@ impl Core {
             }
             Transition::Succeed(output) => {
                 state.last_error = None;
+                if cell.key.is_some() {
+                    // Every later handle to a keyed task reads it, here or
+                    // in another process, so it goes to the store encoded.
+                    state.output_bytes = encoded(cell.entry, &output);
+                }
                 if state.handles > 0 {
                     state.output = Some(output);
                 }
@@ -185,21 +424,38 @@ impl Core {
                 EventKind::Cancelled
             }
             Transition::Interrupt => {
+                if self.runs_again(cell, from) {
+                    cell.release();
+                }
                 abort = state.abort.take();
                 EventKind::Interrupted
+            }
+            Transition::Observe(row) => {
+                let record = row.record;
+                state.attempts = record.attempts;
+                state.started_at = record.started_at;
+                state.last_error = record.last_error.map(Box::new);
+                if let Some(bytes) = row.output {
+                    state.output = Some(Produced::Encoded(bytes));
+                }
+                observed_finish = record.finished_at;
+                EventKind::Observed(to)
             }
         };
         state.status = to;
         let mut duration = None;
         if to.is_finished() {
-            state.finished_at = Some(now);
+            let finished_at = observed_finish.unwrap_or(now);
+            state.finished_at = Some(finished_at);
             if matches!(to, TaskStatus::Success | TaskStatus::Failed) {
                 duration = state
                     .started_at
-                    .map(|start| now.duration_since(start).unwrap_or_default());
+                    .map(|start| finished_at.duration_since(start).unwrap_or_default());
             }
         }
-        self.store.count_transition(from, to, duration);
+        if !cell.is_mirror() {
+            self.store.count_transition(from, to, duration);
+        }
         let running = &self.running[executor_index(cell.entry.executor())];
         if to == TaskStatus::Running {
             running.fetch_add(1, Ordering::SeqCst);
@@ -220,6 +476,16 @@ impl Core {
         };
         drop(state);
 
+        if !cell.is_mirror() {
+            match &self.persistence {
+                Some(persistence) => persistence.write(cell.clone()),
+                // Without a store, a finished record may leave memory at once;
+                // with one, only after its final state is committed.
+                None if to.is_finished() => self.store.evict_when_full(cell),
+                None => {}
+            }
+        }
+
         waiters.into_iter().for_each(std::task::Waker::wake);
         if let Some(abort) = abort {
             abort.abort();
@@ -236,7 +502,7 @@ impl Core {
 
     /// Admits the next attempt of `cell`: its zero-based number, or `None`
     /// when the task may not start (cancelled, interrupted, shut down).
-    pub(crate) fn start(&self, cell: &TaskCell) -> Option<u32> {
+    pub(crate) fn start(&self, cell: &SharedCell) -> Option<u32> {
         self.transition(cell, Transition::Start)
             .filter(|applied| applied.status == TaskStatus::Running)
             .map(|applied| applied.attempt)
@@ -246,7 +512,7 @@ impl Core {
     /// attempt when the task will be retried.
     pub(crate) fn finish(
         &self,
-        cell: &TaskCell,
+        cell: &SharedCell,
         result: Result<Produced, TaskError>,
     ) -> Option<Duration> {
         let transition = match result {
@@ -292,10 +558,7 @@ impl Core {
     pub(crate) fn close(&self) -> bool {
         let first = !self.closed.swap(true, Ordering::SeqCst);
         if first {
-            self.async_tasks.close();
             self.sync_tasks.close();
-            #[cfg(unix)]
-            self.process_tasks.close();
         }
         first
     }
@@ -332,6 +595,23 @@ impl Core {
                 return self.running_on(executors) == 0;
             }
         }
+    }
+}
+
+/// The encoding of a keyed task's output, or `None` (logged) if it has none.
+fn encoded(entry: &TaskEntry, output: &Produced) -> Option<Arc<[u8]>> {
+    match output {
+        Produced::Encoded(bytes) => Some(bytes.as_slice().into()),
+        Produced::Value(value) => match entry.encode_output(value.as_ref()) {
+            Ok(bytes) => Some(bytes.into()),
+            Err(error) => {
+                tracing::warn!(
+                    task = entry.name(),
+                    "cannot encode the output for the task store: {error}"
+                );
+                None
+            }
+        },
     }
 }
 

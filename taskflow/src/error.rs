@@ -74,6 +74,57 @@ pub enum Error {
     /// A worker process could not be started.
     #[error("cannot start a worker process: {0}")]
     WorkerStart(String),
+    /// The task store could not be opened or set up: a path that cannot be
+    /// written, a file that is not SQLite, a database locked past the busy
+    /// timeout.
+    #[error("cannot open the task store at {path}")]
+    OpenStore {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The task store was written by a newer taskflow.
+    #[error(
+        "the task store at {path} has schema version {found}, newer than this taskflow's {supported}; upgrade taskflow to open it"
+    )]
+    SchemaTooNew {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this code knows.
+        supported: i64,
+    },
+    /// Reading the task store failed.
+    #[error("cannot read the task store at {path}")]
+    ReadStore {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Writing the task store failed (the writer keeps retrying).
+    #[error("{0}")]
+    Store(String),
+    /// `persisted()` on a task whose manager has no task store.
+    #[error(
+        "the manager has no task store (`TaskManagerBuilder::snapshot_db`), so nothing is persisted"
+    )]
+    NotDurable,
+    /// A stored task's name is not registered in this binary.
+    #[error("no task named `{0}` is registered in this binary")]
+    UnknownTask(String),
+    /// `retry` of a task that did not fail, get cancelled or get interrupted.
+    #[error("task {id} is {status}; only FAILED, INTERRUPTED and CANCELLED tasks can be retried")]
+    NotRetryable {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
     /// No task with this id is known.
     #[error("no task with id {0}")]
     NotFound(TaskId),

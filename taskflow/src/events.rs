@@ -31,15 +31,21 @@ pub struct TaskEvent {
 }
 
 impl TaskEvent {
-    /// The task's status right after this event.
+    /// The task's status right after this event. A log record or a store
+    /// failure does not change it; they are reported as RUNNING and PENDING
+    /// respectively, the statuses they normally occur in.
     pub fn status(&self) -> TaskStatus {
         match self.kind {
-            EventKind::Enqueued | EventKind::Retrying { .. } => TaskStatus::Pending,
+            EventKind::Enqueued | EventKind::Requeued | EventKind::Retrying { .. } => {
+                TaskStatus::Pending
+            }
+            EventKind::StoreFailed(_) => TaskStatus::Pending,
             EventKind::Started | EventKind::Log(_) => TaskStatus::Running,
             EventKind::Succeeded => TaskStatus::Success,
             EventKind::Failed(_) => TaskStatus::Failed,
             EventKind::Cancelled => TaskStatus::Cancelled,
             EventKind::Interrupted => TaskStatus::Interrupted,
+            EventKind::Observed(status) => status,
         }
     }
 }
@@ -50,6 +56,9 @@ impl TaskEvent {
 pub enum EventKind {
     /// Enqueued: now PENDING.
     Enqueued,
+    /// Taken back from the task store at start (left PENDING, or RUNNING
+    /// and declared `requeue_on_interrupt`): PENDING again, under its own id.
+    Requeued,
     /// An attempt started: now RUNNING.
     Started,
     /// An attempt failed and another will run after `delay`: PENDING again.
@@ -69,6 +78,13 @@ pub enum EventKind {
     Interrupted,
     /// The running task logged this record; the status is unchanged.
     Log(LogRecord),
+    /// Changes to this task (and possibly others) could not be written to the
+    /// task store; they are kept and written once it recovers. Reported once
+    /// per run of failures.
+    StoreFailed(String),
+    /// A task another instance runs, followed through the task store, was
+    /// seen in this status.
+    Observed(TaskStatus),
 }
 
 pub(crate) struct Bus {

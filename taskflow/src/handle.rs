@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use serde::de::DeserializeOwned;
 use taskflow_worker::{ErrorKind, TaskError, TaskId};
 
+use crate::error::Error;
 use crate::lifecycle::TaskStatus;
 use crate::record::{Produced, SharedCell, TaskRecord};
 
@@ -61,6 +62,42 @@ impl<T> TaskHandle<T> {
     pub fn record(&self) -> TaskRecord {
         self.cell.snapshot()
     }
+
+    /// Resolves once the task's row is committed to the task store: from
+    /// then on the task survives a crash of this process (`kill -9`
+    /// included). With `requeue_pending(true)` a restart runs it if it had
+    /// not finished, under its own id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotDurable`] when the manager has no task store, and
+    /// [`Error::Store`] when the store stopped (at shutdown) before it could
+    /// write the row.
+    pub async fn persisted(&self) -> Result<(), Error> {
+        if !self.cell.is_durable() {
+            return Err(Error::NotDurable);
+        }
+        std::future::poll_fn(|cx| {
+            let mut state = self.cell.lock();
+            if self.cell.is_stored() {
+                Poll::Ready(Ok(()))
+            } else if self.cell.is_unwritten() {
+                Poll::Ready(Err(Error::Store(
+                    "the task store stopped before this task could be written".into(),
+                )))
+            } else {
+                if !state
+                    .persist_waiters
+                    .iter()
+                    .any(|w| w.will_wake(cx.waker()))
+                {
+                    state.persist_waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
@@ -82,9 +119,15 @@ impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
                     .map_err(|_| TaskError::error("the task's output is not of the handle's type")),
                 Some(Produced::Encoded(bytes)) => taskflow_worker::codec::decode::<T>(&bytes)
                     .map_err(|e| TaskError::error(format!("cannot decode the task's output: {e}"))),
-                None => Err(TaskError::error(
-                    "the task's output was already taken from this handle",
-                )),
+                None => match &state.output_bytes {
+                    // Another handle took the value; a keyed task keeps its encoding.
+                    Some(bytes) => taskflow_worker::codec::decode::<T>(bytes).map_err(|e| {
+                        TaskError::error(format!("cannot decode the task's output: {e}"))
+                    }),
+                    None => Err(TaskError::error(
+                        "the task's output was already taken from this handle",
+                    )),
+                },
             },
             TaskStatus::Failed => Err(state
                 .last_error

@@ -101,7 +101,7 @@
 //! let handle = flaky::call().enqueue_on(&tasks)?;
 //! let id = handle.id();
 //! assert_eq!(handle.await?, 2);
-//! let record = tasks.get(id).expect("known");
+//! let record = tasks.get(id)?.expect("known");
 //! assert_eq!((record.status, record.attempts), (TaskStatus::Success, 3));
 //! assert_eq!(record.logs.len(), 3);
 //!
@@ -169,7 +169,7 @@
 //! assert!(waiting.await.unwrap_err().is_cancelled());
 //!
 //! assert_eq!(events.recv().await?.kind, EventKind::Enqueued);
-//! let cancelled = tasks.list(&TaskFilter::new().status(TaskStatus::Cancelled));
+//! let cancelled = tasks.list(&TaskFilter::new().status(TaskStatus::Cancelled))?;
 //! assert_eq!(cancelled.len(), 1);
 //! assert_eq!(tasks.metrics().success, 1);
 //! tasks.shutdown().await;

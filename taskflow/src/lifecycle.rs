@@ -8,7 +8,11 @@
 //!                        └──────────────────▶ FAILED
 //!  PENDING | RUNNING ── Cancel ──▶ CANCELLED
 //!  PENDING | RUNNING ── Interrupt ─▶ INTERRUPTED
+//!  PENDING | RUNNING ── Observe ───▶ what the task store says
 //! ```
+//!
+//! `Observe` applies only to a handle's view of a task that another instance
+//! runs: the store is then the authority.
 //!
 //! [`next`] is total over (status, transition): every pair not drawn above
 //! yields `None` and changes nothing. That is how a late result is dropped (a
@@ -25,6 +29,7 @@ use taskflow_worker::TaskError;
 use taskflow_worker::registry::TaskDefaults;
 
 use crate::record::Produced;
+use crate::store::StoredRow;
 
 /// Where a task is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -119,6 +124,9 @@ pub(crate) enum Transition {
     Cancel,
     /// Shutdown reached the task before it finished.
     Interrupt,
+    /// The task store says where a task another instance runs has got to
+    /// (for a handle to it).
+    Observe(Box<StoredRow>),
 }
 
 /// The status after `transition` from `status`, or `None` when the transition
@@ -138,6 +146,9 @@ pub(crate) fn next(
         (Running, Transition::Fail(_)) => Some(Failed),
         (Pending | Running, Transition::Cancel) => Some(Cancelled),
         (Pending | Running, Transition::Interrupt) => Some(Interrupted),
+        (Pending | Running, Transition::Observe(row)) if row.record.status != status => {
+            Some(row.record.status)
+        }
         _ => None,
     }
 }

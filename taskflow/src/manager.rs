@@ -22,6 +22,7 @@ use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::executor::{ProcessConfig, ProcessExecutor};
 use crate::lifecycle::TaskStatus;
 use crate::record::{Metrics, TaskFilter, TaskRecord};
+use crate::store::{MemoryStore, SqliteStore, StoreConfig};
 
 /// The installed default manager, read on every `name::enqueue`.
 static INSTALLED: ArcSwapOption<Inner> = ArcSwapOption::const_empty();
@@ -92,14 +93,49 @@ impl TaskManager {
         INSTALLED.load_full().map(|inner| TaskManager { inner })
     }
 
-    /// A snapshot of the task's record.
-    pub fn get(&self, id: TaskId) -> Option<TaskRecord> {
-        self.inner.core.store.get(&id).map(|cell| cell.snapshot())
+    /// A snapshot of the task's record: from memory while the task is live
+    /// or recently finished, else from the task store, if there is one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadStore`] when the task store cannot be read.
+    pub fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
+        self.inner.core.get(id)
     }
 
-    /// Records matching `filter`, newest first.
-    pub fn list(&self, filter: &TaskFilter) -> Vec<TaskRecord> {
-        self.inner.core.store.list(filter)
+    /// Records matching `filter`, newest first: live ones and, with a task
+    /// store, stored ones (of every instance sharing the file).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadStore`] when the task store cannot be read.
+    pub fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+        self.inner.core.list(filter)
+    }
+
+    /// Waits until every change so far is committed to the task store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotDurable`] without a task store, [`Error::Store`] when the
+    /// store cannot be written right now (it keeps retrying).
+    pub async fn flush(&self) -> Result<(), Error> {
+        match &self.inner.core.persistence {
+            Some(persistence) => persistence.flush().await,
+            None => Err(Error::NotDurable),
+        }
+    }
+
+    /// Enqueues a FAILED, INTERRUPTED or CANCELLED task again, as a new task
+    /// with the original arguments and tags; returns the new task's id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotRetryable`] for a task in another
+    /// status, [`Error::UnknownTask`] for a stored task this binary does not
+    /// register, and whatever enqueueing reports.
+    pub fn retry(&self, id: TaskId) -> Result<TaskId, Error> {
+        self.inner.core.retry(id)
     }
 
     /// Counts per status and the mean duration.
@@ -167,6 +203,11 @@ impl TaskManager {
         let running = core.interrupt_unfinished(false);
         #[cfg(unix)]
         core.process_tasks.kill_all().await;
+        if let Some(persistence) = &core.persistence
+            && let Err(error) = persistence.stop().await
+        {
+            tracing::error!("the task store could not be brought up to date at shutdown: {error}");
+        }
         ShutdownReport {
             pending_interrupted: pending,
             running_interrupted: running,
@@ -253,6 +294,12 @@ pub struct TaskManagerBuilder {
     process_shutdown_timeout: Duration,
     worker_start_timeout: Duration,
     event_capacity: usize,
+    snapshot_db: Option<std::path::PathBuf>,
+    requeue_pending: bool,
+    retention: Option<Duration>,
+    store_busy_timeout: Duration,
+    store_max_size: Option<u64>,
+    max_finished_in_memory: usize,
 }
 
 impl Default for TaskManagerBuilder {
@@ -270,6 +317,12 @@ impl Default for TaskManagerBuilder {
             process_shutdown_timeout: Duration::from_secs(30),
             worker_start_timeout: Duration::from_secs(30),
             event_capacity: 4096,
+            snapshot_db: None,
+            requeue_pending: false,
+            retention: None,
+            store_busy_timeout: Duration::from_secs(5),
+            store_max_size: None,
+            max_finished_in_memory: 100_000,
         }
     }
 }
@@ -360,6 +413,58 @@ impl TaskManagerBuilder {
         self
     }
 
+    /// Keeps every task in a SQLite file at `path` (created if missing), so
+    /// history survives restarts and acknowledged tasks survive crashes.
+    ///
+    /// One thread writes it, committing changes in groups; the async runtime
+    /// never waits on the disk. [`TaskHandle::persisted`](crate::TaskHandle::persisted)
+    /// resolves once a task's row is committed. Several managers (processes)
+    /// may share one file.
+    pub fn snapshot_db(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.snapshot_db = Some(path.into());
+        self
+    }
+
+    /// With a task store: at start, run again the tasks a previous instance
+    /// left PENDING (crashed, or shut down before they ran), under their own
+    /// ids. `#[task(persist = true)]` asks the same for one task. Default
+    /// off.
+    pub fn requeue_pending(mut self, requeue: bool) -> Self {
+        self.requeue_pending = requeue;
+        self
+    }
+
+    /// With a task store: delete finished tasks older than `age` (by finish
+    /// time). PENDING and RUNNING tasks are never deleted. Default: keep all.
+    pub fn retention(mut self, age: Duration) -> Self {
+        self.retention = Some(age);
+        self
+    }
+
+    /// How long the task store waits for a lock another process holds on
+    /// the file before giving up. Default 5 s.
+    pub fn store_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.store_busy_timeout = timeout;
+        self
+    }
+
+    /// Caps the task store file at about `bytes`. A full store behaves like
+    /// a full disk: tasks keep running, the failure is reported once on the
+    /// event bus ([`EventKind::StoreFailed`](crate::EventKind::StoreFailed))
+    /// and in the log, changes are kept, and writing resumes once
+    /// [`retention`](Self::retention) (or anything else) frees space.
+    pub fn store_max_size(mut self, bytes: u64) -> Self {
+        self.store_max_size = Some(bytes);
+        self
+    }
+
+    /// How many finished records stay in memory (the oldest leave first);
+    /// with a task store they remain readable from it. Default 100 000.
+    pub fn max_finished_in_memory(mut self, n: usize) -> Self {
+        self.max_finished_in_memory = n;
+        self
+    }
+
     /// Events kept for a subscriber that falls behind. Default 4096.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
@@ -404,13 +509,44 @@ impl TaskManagerBuilder {
                 handshake_timeout: self.worker_start_timeout,
             }),
         };
+        let (persistence, recovered) = match self.snapshot_db {
+            None => (None, Vec::new()),
+            Some(path) => {
+                let config = StoreConfig {
+                    path,
+                    requeue_pending: self.requeue_pending,
+                    retention: self.retention,
+                    busy_timeout: self.store_busy_timeout,
+                    max_size: self.store_max_size,
+                };
+                let registry = Registry::global()?;
+                // Opening and recovery touch the disk: off the async runtime.
+                let opened =
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&config, registry))
+                        .await
+                        .map_err(|_| {
+                            Error::Store(
+                                "the task store could not be opened: its thread panicked".into(),
+                            )
+                        })??;
+                (Some((opened.0, self.requeue_pending)), opened.1)
+            }
+        };
         let core = Arc::new(Core::new(
             runtime,
             self.resources,
             executors,
             self.event_capacity,
+            MemoryStore::new(self.max_finished_in_memory),
+            persistence,
         ));
         SyncExecutor::start(&core)?;
+        if let Some(persistence) = &core.persistence {
+            persistence.start(Arc::downgrade(&core))?;
+        }
+        for task in recovered {
+            core.restore(task);
+        }
         Ok(TaskManager {
             inner: Arc::new(Inner {
                 core,
@@ -429,6 +565,9 @@ impl fmt::Debug for TaskManagerBuilder {
             .field("max_process_workers", &self.max_process_workers)
             .field("max_tasks_per_worker", &self.max_tasks_per_worker)
             .field("process_nice", &self.process_nice)
+            .field("snapshot_db", &self.snapshot_db)
+            .field("requeue_pending", &self.requeue_pending)
+            .field("retention", &self.retention)
             .field("resources", &self.resources)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish_non_exhaustive()

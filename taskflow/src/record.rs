@@ -6,6 +6,7 @@
 //! that only `Core::transition` writes, plus handle bookkeeping.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, SystemTime};
@@ -34,7 +35,53 @@ pub(crate) struct TaskCell {
     pub(crate) args: Box<[u8]>,
     pub(crate) tags: Tags,
     pub(crate) created_at: SystemTime,
+    /// The idempotency key given at enqueue.
+    pub(crate) key: Option<Box<str>>,
+    /// Flags: see the `FLAG_*` constants.
+    flags: AtomicU8,
     state: Mutex<CellState>,
+}
+
+/// The manager keeps this task in a store.
+const FLAG_DURABLE: u8 = 1;
+/// The task's row is committed.
+const FLAG_STORED: u8 = 2;
+/// Interrupted by shutdown but to run again at the next start: its row is
+/// written back as PENDING and unowned.
+const FLAG_RELEASED: u8 = 4;
+/// Counted in the memory window of finished tasks.
+const FLAG_WINDOWED: u8 = 8;
+/// A view of a task another instance runs: never dispatched or written here.
+const FLAG_MIRROR: u8 = 16;
+/// The task store stopped before this task's row could be written.
+const FLAG_UNWRITTEN: u8 = 32;
+
+/// Where a new cell comes from.
+pub(crate) struct Origin {
+    pub(crate) id: TaskId,
+    pub(crate) created_at: SystemTime,
+    pub(crate) attempts: u32,
+    pub(crate) status: TaskStatus,
+    pub(crate) handles: u32,
+    pub(crate) durable: bool,
+    pub(crate) stored: bool,
+    pub(crate) mirror: bool,
+}
+
+impl Origin {
+    /// A task enqueued now, with one handle.
+    pub(crate) fn new(durable: bool) -> Self {
+        Origin {
+            id: TaskId::new(),
+            created_at: SystemTime::now(),
+            attempts: 0,
+            status: TaskStatus::Pending,
+            handles: 1,
+            durable,
+            stored: false,
+            mirror: false,
+        }
+    }
 }
 
 /// The mutable half of a cell.
@@ -47,6 +94,12 @@ pub(crate) struct CellState {
     /// The output of a successful task, until a handle takes it. Only kept
     /// while a handle exists to take it.
     pub(crate) output: Option<Produced>,
+    /// The encoded output of a successful task with an idempotency key, kept
+    /// so every handle to it (here, in another process, after a restart)
+    /// can read it.
+    pub(crate) output_bytes: Option<Arc<[u8]>>,
+    /// `persisted()` futures waiting for the row to be committed.
+    pub(crate) persist_waiters: Vec<Waker>,
     /// The latest log records, oldest first, at most [`MAX_LOGS`].
     pub(crate) logs: VecDeque<LogRecord>,
     /// Live `TaskHandle`s.
@@ -58,28 +111,104 @@ pub(crate) struct CellState {
 }
 
 impl TaskCell {
-    pub(crate) fn new(entry: &'static TaskEntry, args: Box<[u8]>, tags: Tags) -> Self {
+    pub(crate) fn new(
+        entry: &'static TaskEntry,
+        args: Box<[u8]>,
+        tags: Tags,
+        key: Option<Box<str>>,
+        origin: Origin,
+    ) -> Self {
+        let flags = [
+            (origin.durable, FLAG_DURABLE),
+            (origin.stored, FLAG_STORED),
+            (origin.mirror, FLAG_MIRROR),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .fold(0, |flags, (_, flag)| flags | flag);
         TaskCell {
-            id: TaskId::new(),
+            id: origin.id,
             entry,
             args,
             tags,
-            created_at: SystemTime::now(),
+            created_at: origin.created_at,
+            key,
+            flags: AtomicU8::new(flags),
             state: Mutex::new(CellState {
-                status: TaskStatus::Pending,
-                attempts: 0,
+                status: origin.status,
+                attempts: origin.attempts,
                 started_at: None,
                 finished_at: None,
                 last_error: None,
                 output: None,
+                output_bytes: None,
+                persist_waiters: Vec::new(),
                 logs: VecDeque::new(),
-                // The handle `enqueue` returns, counted before any executor
-                // can finish the task.
-                handles: 1,
+                handles: origin.handles,
                 waiters: Vec::new(),
                 abort: None,
             }),
         }
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & flag != 0
+    }
+
+    /// Sets `flag`; whether it was clear before.
+    fn set_flag(&self, flag: u8) -> bool {
+        self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0
+    }
+
+    pub(crate) fn is_durable(&self) -> bool {
+        self.flag(FLAG_DURABLE)
+    }
+
+    pub(crate) fn is_stored(&self) -> bool {
+        self.flag(FLAG_STORED)
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        self.flag(FLAG_RELEASED)
+    }
+
+    pub(crate) fn is_mirror(&self) -> bool {
+        self.flag(FLAG_MIRROR)
+    }
+
+    /// Marks the task to run again at the next start.
+    pub(crate) fn release(&self) {
+        self.set_flag(FLAG_RELEASED);
+    }
+
+    /// Whether this call is the first to put the cell in the memory window.
+    pub(crate) fn enter_window(&self) -> bool {
+        self.set_flag(FLAG_WINDOWED)
+    }
+
+    /// Records that the row is committed and wakes `persisted()` futures.
+    pub(crate) fn mark_stored(&self) {
+        if self.set_flag(FLAG_STORED) {
+            let waiters = std::mem::take(&mut self.lock().persist_waiters);
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Records that the store gave up on this row and wakes `persisted()`.
+    pub(crate) fn mark_unwritten(&self) {
+        if self.set_flag(FLAG_UNWRITTEN) {
+            let waiters = std::mem::take(&mut self.lock().persist_waiters);
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    pub(crate) fn is_unwritten(&self) -> bool {
+        self.flag(FLAG_UNWRITTEN)
+    }
+
+    /// A new handle to this task.
+    pub(crate) fn add_handle(&self) {
+        self.lock().handles += 1;
     }
 
     /// The mutable state. No code panics while holding it, so poisoning is
@@ -149,7 +278,8 @@ pub struct TaskRecord {
     pub last_error: Option<TaskError>,
     /// Tags given at enqueue.
     pub tags: Tags,
-    /// Log records the task emitted, oldest first (the latest 1000).
+    /// Log records the task emitted, oldest first (the latest 1000). Kept in
+    /// memory only: a record read back from the task store has none.
     pub logs: Vec<LogRecord>,
 }
 

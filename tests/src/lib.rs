@@ -65,10 +65,14 @@ pub async fn wait_for_status(manager: &TaskManager, id: TaskId, status: TaskStat
     let reached = wait_until(PATIENCE, || {
         manager
             .get(id)
+            .expect("the store is readable")
             .is_some_and(|record| record.status == status)
     })
     .await;
-    let record = manager.get(id).expect("the task has a record");
+    let record = manager
+        .get(id)
+        .expect("the store is readable")
+        .expect("the task has a record");
     assert!(
         reached,
         "task {id} did not reach {status} within {PATIENCE:?}; it is {}",

@@ -132,7 +132,7 @@ async fn at_most_three_of_thirty_run_at_once() {
         "the event stream shows {peak} tasks RUNNING at once"
     );
     for id in ids {
-        let record = manager.get(id).unwrap();
+        let record = manager.get(id).expect("the store is readable").unwrap();
         assert_eq!(record.status, TaskStatus::Success);
         assert_eq!(record.attempts, 1);
     }
@@ -191,7 +191,9 @@ async fn tasks_beyond_the_cap_wait_pending() {
     assert_eq!(HELD.current(), 3);
     let metrics = manager.metrics();
     assert_eq!((metrics.running, metrics.pending), (3, 7));
-    let pending = manager.list(&TaskFilter::new().status(TaskStatus::Pending));
+    let pending = manager
+        .list(&TaskFilter::new().status(TaskStatus::Pending))
+        .expect("the store is readable");
     assert_eq!(pending.len(), 7);
     for record in &pending {
         assert_eq!(record.attempts, 0, "a waiting task has not started");

@@ -103,7 +103,7 @@ async fn pending_tasks_cancelled_never_run() {
     assert_eq!(ASYNC_VICTIM_RUNS.load(Ordering::SeqCst), 0);
     assert_eq!(SYNC_VICTIM_RUNS.load(Ordering::SeqCst), 0);
     for id in victims {
-        let record = manager.get(id).unwrap();
+        let record = manager.get(id).expect("the store is readable").unwrap();
         assert_eq!(record.status, TaskStatus::Cancelled);
         assert_eq!((record.attempts, record.started_at), (0, None));
         assert!(record.finished_at.is_some());
@@ -182,7 +182,7 @@ async fn running_async_task_is_aborted_at_its_await() {
         "the body ran past its await"
     );
 
-    let record = manager.get(id).unwrap();
+    let record = manager.get(id).expect("the store is readable").unwrap();
     assert_eq!((record.status, record.attempts), (TaskStatus::Cancelled, 1));
     // The only permit came back with the abort.
     within(
@@ -191,7 +191,14 @@ async fn running_async_task_is_aborted_at_its_await() {
     )
     .await
     .unwrap();
-    assert_eq!(manager.get(id).unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(
+        manager
+            .get(id)
+            .expect("the store is readable")
+            .unwrap()
+            .status,
+        TaskStatus::Cancelled
+    );
     manager.shutdown().await;
 }
 
@@ -226,7 +233,7 @@ async fn running_sync_task_is_cancelled_and_its_late_result_ignored() {
         .await
         .unwrap_err();
     assert!(error.is_cancelled(), "{error:?}");
-    let cancelled = manager.get(id).unwrap();
+    let cancelled = manager.get(id).expect("the store is readable").unwrap();
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
 
     // The thread is still inside the function: the next task must wait.
@@ -244,7 +251,7 @@ async fn running_sync_task_is_cancelled_and_its_late_result_ignored() {
         .await
         .unwrap();
     assert!(STUCK_RETURNED.load(Ordering::SeqCst));
-    let after = manager.get(id).unwrap();
+    let after = manager.get(id).expect("the store is readable").unwrap();
     assert_eq!(after, cancelled, "the late result changed nothing");
     let metrics = manager.metrics();
     assert_eq!(
@@ -269,7 +276,14 @@ async fn cancelling_unknown_or_finished_tasks_is_an_error() {
         manager.cancel(done_id),
         Err(Error::AlreadyFinished { id, status: TaskStatus::Success }) if id == done_id
     ));
-    assert_eq!(manager.get(done_id).unwrap().status, TaskStatus::Success);
+    assert_eq!(
+        manager
+            .get(done_id)
+            .expect("the store is readable")
+            .unwrap()
+            .status,
+        TaskStatus::Success
+    );
 
     let twice = async_sleeper::call().enqueue_on(&manager).unwrap();
     manager.cancel(twice.id()).unwrap();

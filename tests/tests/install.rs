@@ -31,7 +31,7 @@ async fn enqueue_goes_to_the_installed_manager() {
         2
     );
     assert!(
-        first.get(id).is_some(),
+        first.get(id).expect("the store is readable").is_some(),
         "the task went to the installed manager"
     );
     let handle = ping::call(2).tag("via", "call").enqueue().unwrap();
@@ -42,7 +42,15 @@ async fn enqueue_goes_to_the_installed_manager() {
             .unwrap(),
         3
     );
-    assert_eq!(first.get(id).unwrap().tags.get("via"), Some("call"));
+    assert_eq!(
+        first
+            .get(id)
+            .expect("the store is readable")
+            .unwrap()
+            .tags
+            .get("via"),
+        Some("call")
+    );
 
     let second = TaskManager::builder().build().await.unwrap().install();
     let handle = ping::enqueue(3).unwrap();
@@ -51,9 +59,9 @@ async fn enqueue_goes_to_the_installed_manager() {
         within("a task on the new manager", handle).await.unwrap(),
         4
     );
-    assert!(second.get(id).is_some());
+    assert!(second.get(id).expect("the store is readable").is_some());
     assert!(
-        first.get(id).is_none(),
+        first.get(id).expect("the store is readable").is_none(),
         "install replaced the earlier default"
     );
 

@@ -98,6 +98,7 @@ async fn get_and_list_filter_newest_first_with_limit() {
     let ids_of = |filter: TaskFilter| {
         manager
             .list(&filter)
+            .expect("the store is readable")
             .into_iter()
             .map(|r| r.id)
             .collect::<Vec<_>>()
@@ -134,7 +135,10 @@ async fn get_and_list_filter_newest_first_with_limit() {
         [work_ids[2]]
     );
 
-    let record = manager.get(work_ids[1]).unwrap();
+    let record = manager
+        .get(work_ids[1])
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!(record.id, work_ids[1]);
     assert_eq!(record.name, work::NAME);
     assert_eq!(record.executor, Executor::Async);
@@ -145,12 +149,18 @@ async fn get_and_list_filter_newest_first_with_limit() {
     assert!(record.created_at <= started && started <= finished);
     assert!(record.duration().unwrap() >= Duration::from_millis(1));
 
-    let failed = manager.get(broken_ids[0]).unwrap();
+    let failed = manager
+        .get(broken_ids[0])
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
     assert_eq!(failed.last_error.unwrap().message(), "broken on purpose");
     assert!(failed.tags.is_empty());
 
-    assert_eq!(manager.get(TaskId::new()), None);
+    assert_eq!(
+        manager.get(TaskId::new()).expect("the store is readable"),
+        None
+    );
     manager.shutdown().await;
 }
 
@@ -196,7 +206,15 @@ async fn metrics_count_statuses_and_average_durations() {
     // Four tasks of at least 40 ms and two of about nothing: at least 26 ms.
     let mean = metrics.mean_duration.unwrap();
     assert!(mean >= Duration::from_millis(26), "{mean:?}");
-    assert!(manager.get(slow_id).unwrap().duration().unwrap() >= Duration::from_millis(40));
+    assert!(
+        manager
+            .get(slow_id)
+            .expect("the store is readable")
+            .unwrap()
+            .duration()
+            .unwrap()
+            >= Duration::from_millis(40)
+    );
     manager.shutdown().await;
 }
 
@@ -323,6 +341,7 @@ async fn handle_reports_id_and_status() {
     assert_eq!(second.record().status, TaskStatus::Pending);
     let listed: Vec<_> = manager
         .list(&TaskFilter::new())
+        .expect("the store is readable")
         .into_iter()
         .map(|r| r.id)
         .collect();
@@ -332,6 +351,13 @@ async fn handle_reports_id_and_status() {
     let second_id = second.id();
     assert!(within("the first gated task", first).await.unwrap());
     assert!(within("the second gated task", second).await.unwrap());
-    assert_eq!(manager.get(second_id).unwrap().status, TaskStatus::Success);
+    assert_eq!(
+        manager
+            .get(second_id)
+            .expect("the store is readable")
+            .unwrap()
+            .status,
+        TaskStatus::Success
+    );
     manager.shutdown().await;
 }

@@ -373,14 +373,21 @@ fn failures_have_the_right_kind_and_text() -> Result<(), Failed> {
             error.message().contains("signal 9"),
             "the signal is recorded: {error:?}"
         );
-        assert_eq!(tasks.get(id).unwrap().status, TaskStatus::Failed);
+        assert_eq!(
+            tasks
+                .get(id)
+                .expect("the store is readable")
+                .unwrap()
+                .status,
+            TaskStatus::Failed
+        );
 
         let handle = sleeps_too_long::call().enqueue_on(&tasks).unwrap();
         let id = handle.id();
         let error = handle.await.unwrap_err();
         assert!(error.is_timeout(), "{error:?}");
         assert!(error.message().contains("was killed"), "{error:?}");
-        let record = tasks.get(id).unwrap();
+        let record = tasks.get(id).expect("the store is readable").unwrap();
         assert_eq!(record.status, TaskStatus::Failed);
         assert_eq!(
             record.last_error.as_ref().map(|e| e.is_timeout()),
@@ -410,7 +417,7 @@ fn a_crash_costs_one_attempt_and_the_retry_runs_elsewhere() -> Result<(), Failed
         let second_pid = handle.await.unwrap();
         let first_pid: u32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
         assert_ne!(first_pid, second_pid, "the retry ran on a fresh worker");
-        let record = tasks.get(id).unwrap();
+        let record = tasks.get(id).expect("the store is readable").unwrap();
         assert_eq!(record.status, TaskStatus::Success);
         assert_eq!(record.attempts, 2);
         assert!(!alive(first_pid), "the dead worker was reaped");
@@ -479,7 +486,7 @@ fn logs_before_a_failure_are_on_the_record_in_order() -> Result<(), Failed> {
         let id = handle.id();
         assert_eq!(handle.await.unwrap_err().message(), "failed after logging");
 
-        let record = tasks.get(id).unwrap();
+        let record = tasks.get(id).expect("the store is readable").unwrap();
         let lines: Vec<(LogLevel, &str)> = record
             .logs
             .iter()
@@ -526,7 +533,11 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
         let long = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = long.id();
         assert!(
-            wait_until_async(Duration::from_secs(30), || tasks.get(id).unwrap().status
+            wait_until_async(Duration::from_secs(30), || tasks
+                .get(id)
+                .expect("the store is readable")
+                .unwrap()
+                .status
                 == TaskStatus::Running)
             .await
         );
@@ -539,7 +550,14 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
         assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
         assert!(!report.drained);
         assert_eq!(report.running_interrupted, 1);
-        assert_eq!(tasks.get(id).unwrap().status, TaskStatus::Interrupted);
+        assert_eq!(
+            tasks
+                .get(id)
+                .expect("the store is readable")
+                .unwrap()
+                .status,
+            TaskStatus::Interrupted
+        );
         assert!(long.await.unwrap_err().is_interrupted());
         for pid in pids {
             assert!(!alive(pid), "worker {pid} outlived shutdown");
@@ -584,7 +602,11 @@ fn cancelling_a_running_process_task_kills_its_worker() -> Result<(), Failed> {
         let handle = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = handle.id();
         assert!(
-            wait_until_async(Duration::from_secs(30), || tasks.get(id).unwrap().status
+            wait_until_async(Duration::from_secs(30), || tasks
+                .get(id)
+                .expect("the store is readable")
+                .unwrap()
+                .status
                 == TaskStatus::Running)
             .await
         );
@@ -643,7 +665,10 @@ fn an_argument_bincode_cannot_carry_is_refused_at_enqueue() -> Result<(), Failed
         }
         assert!(error.to_string().contains("shape"));
         assert!(
-            tasks.list(&TaskFilter::new()).is_empty(),
+            tasks
+                .list(&TaskFilter::new())
+                .expect("the store is readable")
+                .is_empty(),
             "no record was created"
         );
         assert!(

@@ -109,7 +109,10 @@ async fn a_missing_resource_is_refused_at_enqueue() {
     );
 
     assert!(
-        manager.list(&TaskFilter::new()).is_empty(),
+        manager
+            .list(&TaskFilter::new())
+            .expect("the store is readable")
+            .is_empty(),
         "no record for a refused task"
     );
     assert_eq!(manager.metrics().total(), 0);

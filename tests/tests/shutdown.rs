@@ -111,7 +111,7 @@ async fn shutdown_with_running_and_pending_tasks() {
     assert_eq!(long_async.status(), TaskStatus::Interrupted);
     assert_eq!(long_sync.status(), TaskStatus::Interrupted);
     for &id in &pending {
-        let record = manager.get(id).unwrap();
+        let record = manager.get(id).expect("the store is readable").unwrap();
         assert_eq!(
             (record.status, record.attempts),
             (TaskStatus::Interrupted, 0)
@@ -155,7 +155,11 @@ async fn shutdown_with_running_and_pending_tasks() {
         "the interrupted async body was aborted"
     );
     assert_eq!(
-        manager.get(long_sync_id).unwrap().status,
+        manager
+            .get(long_sync_id)
+            .expect("the store is readable")
+            .unwrap()
+            .status,
         TaskStatus::Interrupted,
         "late result ignored"
     );
@@ -229,7 +233,12 @@ async fn enqueue_after_shutdown_is_refused_and_records_nothing() {
     let error = never_enqueued::call().enqueue_on(&clone).unwrap_err();
     assert!(matches!(error, Error::ShutDown), "{error:?}");
     assert_eq!(error.to_string(), "the task manager has shut down");
-    assert!(manager.list(&TaskFilter::new()).is_empty());
+    assert!(
+        manager
+            .list(&TaskFilter::new())
+            .expect("the store is readable")
+            .is_empty()
+    );
     assert_eq!(manager.metrics().total(), 0);
 }
 

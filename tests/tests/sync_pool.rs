@@ -95,6 +95,13 @@ async fn unset_uses_tokios_blocking_pool() {
     assert!(!thread.starts_with("taskflow-sync-"), "ran on {thread}");
     assert_ne!(thread, thread_name(), "not on the test's own thread");
     assert!(in_runtime);
-    assert_eq!(manager.get(id).unwrap().status, TaskStatus::Success);
+    assert_eq!(
+        manager
+            .get(id)
+            .expect("the store is readable")
+            .unwrap()
+            .status,
+        TaskStatus::Success
+    );
     manager.shutdown().await;
 }

@@ -217,7 +217,7 @@ impl State {
             }
         };
         let bytes = entry
-            .encode_output(output)
+            .encode_output(output.as_ref())
             .map_err(|e| TaskError::error(format!("cannot encode the task's output: {e}")))?;
         if bytes.len() > MAX_FRAME - 1024 {
             return Err(TaskError::error(format!(

@@ -1,97 +1,81 @@
-//! The async executor: one tokio task per enqueued task, gated by a semaphore.
+//! The async executor: each admitted attempt is a tokio task, behind a
+//! [`Gate`] of `max_concurrent_tasks` permits (no gate when unset).
 
 use std::sync::Arc;
 
 use taskflow_worker::attempt::{CatchUnwind, catch_panic};
 use taskflow_worker::registry::Body;
 use taskflow_worker::{ErrorKind, TaskError, context};
-use tokio::sync::Semaphore;
 
 use super::context_of;
+use super::gate::{Gate, Permit};
 use crate::core::Core;
-use crate::lifecycle::Transition;
 use crate::record::{Produced, SharedCell};
 
 pub(crate) struct AsyncExecutor {
     /// `None` means no cap.
-    permits: Option<Arc<Semaphore>>,
+    gate: Option<Gate>,
 }
 
 impl AsyncExecutor {
     pub(crate) fn new(max_concurrent_tasks: Option<usize>) -> Self {
         AsyncExecutor {
-            permits: max_concurrent_tasks.map(|n| Arc::new(Semaphore::new(n))),
+            gate: max_concurrent_tasks.map(Gate::new),
         }
     }
 
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
-        let task = core
-            .runtime
-            .spawn(run(core.clone(), cell.clone(), self.permits.clone()));
-        cell.set_abort(task.abort_handle());
-    }
-
-    /// Wakes every task waiting for a permit; they will find the manager closed.
-    pub(crate) fn close(&self) {
-        if let Some(permits) = &self.permits {
-            permits.close();
+        match &self.gate {
+            None => start(core, cell, None),
+            Some(gate) => gate.submit(core, cell, |core| core.async_tasks.gate.as_ref(), start),
         }
     }
 }
 
-/// Drives one task through all its attempts.
-async fn run(core: Arc<Core>, cell: SharedCell, permits: Option<Arc<Semaphore>>) {
-    let Body::Async(body) = cell.entry.body() else {
-        // `#[task]` never pairs these; only a hand-built entry could.
-        core.transition(&cell, Transition::Start);
-        core.finish(
-            &cell,
-            Err(TaskError::error(
-                "an async task's entry has a blocking body",
-            )),
-        );
+/// Spawns one admitted attempt.
+fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
+    let task = core
+        .runtime
+        .spawn(attempt(core.clone(), cell.clone(), permit));
+    cell.set_abort(task.abort_handle());
+}
+
+/// Runs one attempt; after a failure with retries left, waits (holding no
+/// permit) and queues the task again.
+async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
+    let Some(attempt) = core.start(&cell) else {
         return;
     };
-    loop {
-        let permit = match &permits {
-            Some(permits) => match permits.clone().acquire_owned().await {
-                Ok(permit) => Some(permit),
-                // Closed: the manager is shutting down.
-                Err(_) => {
-                    core.transition(&cell, Transition::Interrupt);
-                    return;
-                }
-            },
-            None => None,
-        };
-        let Some(attempt) = core.start(&cell) else {
-            return;
-        };
-        let attempt_future = catch_panic(|| body(&cell.args, &core.resources));
-        let result = match attempt_future {
+    let result = match cell.entry.body() {
+        // `#[task]` never pairs these; only a hand-built entry could.
+        Body::Blocking(_) => Err(TaskError::error(
+            "an async task's entry has a blocking body",
+        )),
+        Body::Async(body) => match catch_panic(|| body(&cell.args, &core.resources)) {
             Err(error) => Err(error),
             Ok(future) => {
                 let future =
                     context::scope(context_of(&core, &cell, attempt), CatchUnwind::new(future));
                 match cell.entry.defaults().timeout {
                     None => future.await,
-                    Some(limit) => match tokio::time::timeout(limit, future).await {
-                        Ok(result) => result,
-                        Err(_) => Err(TaskError::new(
-                            ErrorKind::Timeout,
-                            format!("attempt exceeded the timeout of {limit:?}"),
-                        )),
-                    },
+                    Some(limit) => tokio::time::timeout(limit, future)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(TaskError::new(
+                                ErrorKind::Timeout,
+                                format!("attempt exceeded the timeout of {limit:?}"),
+                            ))
+                        }),
                 }
             }
-        };
-        let retry_in = core.finish(&cell, result.map(Produced::Value));
-        // Released only once the record has left RUNNING, so RUNNING records
-        // never outnumber the permits; never held across the retry wait.
-        drop(permit);
-        match retry_in {
-            Some(wait) => tokio::time::sleep(wait).await,
-            None => return,
-        }
+        },
+    };
+    let retry_in = core.finish(&cell, result.map(Produced::Value));
+    // Released only once the record has left RUNNING, so RUNNING records
+    // never outnumber the permits; never held across the retry wait.
+    drop(permit);
+    if let Some(wait) = retry_in {
+        tokio::time::sleep(wait).await;
+        core.async_tasks.submit(&core, cell);
     }
 }

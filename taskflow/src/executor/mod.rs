@@ -1,19 +1,20 @@
 //! Executors: an admission gate in front of a runner, one per kind of task.
 //!
-//! - [`AsyncExecutor`]: a tokio task per enqueued task, admitted through a
-//!   semaphore of `max_concurrent_tasks` permits. A task waiting for a permit
-//!   is parked, costing no scheduler time; the permit is held for one attempt
-//!   and never across a retry wait.
+//! - [`AsyncExecutor`]: a tokio task per admitted attempt, behind a FIFO
+//!   admission gate of `max_concurrent_tasks` permits. A task waiting for a
+//!   permit is a queued cell, costing no scheduler time; the permit is held
+//!   for one attempt and never across a retry wait.
 //! - [`SyncExecutor`]: a dedicated pool of `max_sync_threads` threads fed by a
 //!   queue, or tokio's blocking pool when no size is set.
 //! - [`ProcessExecutor`]: worker processes, at most `max_process_workers`,
-//!   admitted like async tasks and run one attempt per worker at a time.
+//!   admitted through the same kind of gate, one attempt per worker at a time.
 //!
 //! All run an attempt the same way: set the task context, call the body with
 //! panics caught, and report the result to `Core::finish`, which decides
 //! between done and a retry after a delay.
 
 mod async_tasks;
+mod gate;
 #[cfg(unix)]
 mod process;
 mod sync_pool;

@@ -1,7 +1,7 @@
 //! The process executor: tasks run in worker processes that are this very
 //! executable started again in worker mode.
 //!
-//! Admission is a semaphore of `max_process_workers` permits, as for async
+//! Admission is a FIFO gate of `max_process_workers` permits, as for async
 //! tasks; an admitted attempt checks a worker out of the pool (starting one
 //! if none is idle), sends it the task, relays its log records, and awaits
 //! its answer. A worker runs one attempt at a time, so at most
@@ -33,10 +33,10 @@ use taskflow_worker::registry::Registry;
 use taskflow_worker::{ErrorKind, TaskError, sys, worker};
 use tokio::net::UnixStream;
 use tokio::process::Child;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
+use super::gate::{Gate, Permit};
 use crate::core::Core;
-use crate::lifecycle::Transition;
 use crate::record::{Produced, SharedCell, TaskCell};
 
 /// How the pool starts and treats its workers.
@@ -51,14 +51,14 @@ pub(crate) struct ProcessConfig {
 }
 
 pub(crate) struct ProcessExecutor {
-    permits: Arc<Semaphore>,
+    gate: Gate,
     pool: Arc<Pool>,
 }
 
 impl ProcessExecutor {
     pub(crate) fn new(config: ProcessConfig) -> Self {
         ProcessExecutor {
-            permits: Arc::new(Semaphore::new(config.workers)),
+            gate: Gate::new(config.workers),
             pool: Arc::new(Pool {
                 config,
                 state: Mutex::new(PoolState::default()),
@@ -69,19 +69,8 @@ impl ProcessExecutor {
     }
 
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
-        let run = run(
-            core.clone(),
-            cell.clone(),
-            self.permits.clone(),
-            self.pool.clone(),
-        );
-        let task = core.runtime.spawn(run);
-        cell.set_abort(task.abort_handle());
-    }
-
-    /// Wakes tasks waiting for a worker; they will find the manager closed.
-    pub(crate) fn close(&self) {
-        self.permits.close();
+        self.gate
+            .submit(core, cell, |core| Some(&core.process_tasks.gate), start);
     }
 
     /// Starts every worker now rather than on the first task.
@@ -118,22 +107,27 @@ impl ProcessExecutor {
     }
 }
 
-/// Drives one process task through all its attempts.
-async fn run(core: Arc<Core>, cell: SharedCell, permits: Arc<Semaphore>, pool: Arc<Pool>) {
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            core.transition(&cell, Transition::Interrupt);
-            return;
-        };
-        let Some(attempt) = core.start(&cell) else {
-            return;
-        };
-        let result = pool.attempt(&core, &cell, attempt).await;
-        drop(permit);
-        match core.finish(&cell, result) {
-            Some(wait) => tokio::time::sleep(wait).await,
-            None => return,
-        }
+/// Spawns one admitted attempt.
+fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
+    let task = core
+        .runtime
+        .spawn(attempt(core.clone(), cell.clone(), permit));
+    cell.set_abort(task.abort_handle());
+}
+
+/// Runs one attempt on a worker; after a failure with retries left, waits
+/// (holding no permit) and queues the task again.
+async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
+    let Some(attempt) = core.start(&cell) else {
+        return;
+    };
+    let pool = core.process_tasks.pool.clone();
+    let result = pool.attempt(&core, &cell, attempt).await;
+    let retry_in = core.finish(&cell, result);
+    drop(permit);
+    if let Some(wait) = retry_in {
+        tokio::time::sleep(wait).await;
+        core.process_tasks.submit(&core, cell);
     }
 }
 

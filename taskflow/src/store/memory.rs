@@ -4,33 +4,96 @@
 //! completing tasks on different threads rarely meet on one lock. Counts per
 //! status are atomics kept current by `Core::transition`, so `metrics()` reads
 //! them without scanning.
+//!
+//! Finished records stay for a bounded window: once more than
+//! `max_finished` have finished, the oldest finished ones leave memory (with
+//! a task store they remain readable from it). The window is a lock-free
+//! queue of ids in the order tasks finished.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use taskflow_worker::TaskId;
 
 use crate::lifecycle::TaskStatus;
-use crate::record::{Metrics, SharedCell, TaskFilter, TaskRecord};
+use crate::record::{Metrics, SharedCell, TaskCell, TaskFilter, TaskRecord};
 
-#[derive(Default)]
 pub(crate) struct MemoryStore {
     records: DashMap<TaskId, SharedCell>,
+    /// Holders of idempotency keys, for keyed enqueues in this process.
+    keys: DashMap<Box<str>, SharedCell>,
     counts: [AtomicU64; 6],
     /// Sum and count of durations of tasks that succeeded or failed, in µs.
     duration_total_us: AtomicU64,
     duration_count: AtomicU64,
+    max_finished: usize,
+    finished: (Sender<TaskId>, Receiver<TaskId>),
+    finished_len: AtomicUsize,
 }
 
 impl MemoryStore {
+    pub(crate) fn new(max_finished: usize) -> Self {
+        MemoryStore {
+            records: DashMap::new(),
+            keys: DashMap::new(),
+            counts: Default::default(),
+            duration_total_us: AtomicU64::new(0),
+            duration_count: AtomicU64::new(0),
+            max_finished,
+            finished: crossbeam_channel::unbounded(),
+            finished_len: AtomicUsize::new(0),
+        }
+    }
+
     pub(crate) fn insert(&self, cell: SharedCell) {
-        self.counts[TaskStatus::Pending.index()].fetch_add(1, Ordering::Relaxed);
+        self.counts[cell.status().index()].fetch_add(1, Ordering::Relaxed);
         self.records.insert(cell.id, cell);
+    }
+
+    /// Forgets a cell that was never dispatched (its key was taken).
+    pub(crate) fn remove_unstarted(&self, cell: &TaskCell) {
+        if self.records.remove(&cell.id).is_some() {
+            self.counts[cell.status().index()].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn get(&self, id: &TaskId) -> Option<SharedCell> {
         self.records.get(id).map(|entry| entry.value().clone())
+    }
+
+    /// The live holder of `cell`'s key in this process, or makes `cell` the
+    /// holder. A key is held while its task is PENDING, RUNNING or SUCCESS.
+    pub(crate) fn hold_key(&self, cell: &SharedCell) -> Option<SharedCell> {
+        let key = key_of(cell)?;
+        match self.keys.entry(key) {
+            Entry::Occupied(holder) if holds_key(holder.get()) => Some(holder.get().clone()),
+            Entry::Occupied(mut released) => {
+                released.insert(cell.clone());
+                None
+            }
+            Entry::Vacant(free) => {
+                free.insert(cell.clone());
+                None
+            }
+        }
+    }
+
+    /// The live holder of `cell`'s key in this process, if any.
+    pub(crate) fn key_holder(&self, cell: &TaskCell) -> Option<SharedCell> {
+        self.keys
+            .get(&key_of(cell)?)
+            .map(|holder| holder.value().clone())
+            .filter(holds_key)
+    }
+
+    /// Makes `cell` the holder of its key, as the task store decided.
+    pub(crate) fn set_key_holder(&self, cell: &SharedCell) {
+        if let Some(key) = key_of(cell) {
+            self.keys.insert(key, cell.clone());
+        }
     }
 
     /// Moves one count from `from` to `to`, adding `duration` to the mean when
@@ -47,6 +110,28 @@ impl MemoryStore {
             let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
             self.duration_total_us.fetch_add(micros, Ordering::Relaxed);
             self.duration_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts a finished cell in the window, dropping the oldest finished
+    /// record from memory when the window is full.
+    pub(crate) fn evict_when_full(&self, cell: &TaskCell) {
+        if !cell.enter_window() {
+            return;
+        }
+        // Only fails if the receiver is gone, and this struct owns it.
+        let _ = self.finished.0.send(cell.id);
+        if self.finished_len.fetch_add(1, Ordering::AcqRel) < self.max_finished {
+            return;
+        }
+        if let Ok(oldest) = self.finished.1.try_recv() {
+            self.finished_len.fetch_sub(1, Ordering::AcqRel);
+            if let Some((_, evicted)) = self.records.remove(&oldest)
+                && let Some(key) = key_of(&evicted)
+            {
+                self.keys
+                    .remove_if(&key, |_, holder| holder.id == evicted.id);
+            }
         }
     }
 
@@ -73,7 +158,7 @@ impl MemoryStore {
                 filter.matches(cell, cell.status()).then(|| cell.snapshot())
             })
             .collect();
-        matching.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        sort_newest_first(&mut matching);
         if let Some(limit) = filter.limit {
             matching.truncate(limit);
         }
@@ -96,4 +181,23 @@ impl MemoryStore {
             mean_duration,
         }
     }
+}
+
+/// Keys are scoped to their task: `order-42` for one task and for another
+/// are different keys.
+fn key_of(cell: &TaskCell) -> Option<Box<str>> {
+    let key = cell.key.as_deref()?;
+    Some(format!("{}\u{0}{key}", cell.entry.name()).into())
+}
+
+fn holds_key(cell: &SharedCell) -> bool {
+    matches!(
+        cell.status(),
+        TaskStatus::Pending | TaskStatus::Running | TaskStatus::Success
+    )
+}
+
+/// Newest first: ids are time-ordered, creation time breaks no ties they miss.
+pub(crate) fn sort_newest_first(records: &mut [TaskRecord]) {
+    records.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
 }

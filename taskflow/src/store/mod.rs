@@ -1,8 +1,11 @@
 //! Where task records live.
 //!
-//! [`MemoryStore`] holds every live record of this manager, keyed by id, and
-//! keeps a count per status that transitions update as they happen.
+//! [`MemoryStore`] holds the live records of this manager and a window of
+//! finished ones. [`SqliteStore`], when configured, keeps every task in a
+//! file that survives restarts and crashes, written by one thread in groups.
 
 mod memory;
+mod sqlite;
 
-pub(crate) use memory::MemoryStore;
+pub(crate) use memory::{MemoryStore, sort_newest_first};
+pub(crate) use sqlite::{Claimed, Recovered, SqliteStore, StoreConfig, StoredRow};
