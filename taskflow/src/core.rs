@@ -193,6 +193,7 @@ impl Core {
             id: cell.id,
             name: cell.entry.name(),
             kind,
+            status: TaskStatus::Pending,
             attempt: 0,
             at: cell.created_at,
         });
@@ -354,10 +355,10 @@ impl Core {
             id: cell.id,
             name: cell.entry.name(),
             kind: EventKind::StoreFailed(message.to_owned()),
+            status,
             attempt: 0,
             at: SystemTime::now(),
         });
-        let _ = status;
     }
 
     /// Whether a task interrupted from `from` runs again at the next start.
@@ -439,7 +440,7 @@ impl Core {
                     state.output = Some(Produced::Encoded(bytes));
                 }
                 observed_finish = record.finished_at;
-                EventKind::Observed(to)
+                EventKind::Observed
             }
         };
         state.status = to;
@@ -467,6 +468,7 @@ impl Core {
             id: cell.id,
             name: cell.entry.name(),
             kind,
+            status: to,
             attempt,
             at: now,
         });
@@ -537,6 +539,7 @@ impl Core {
             id: cell.id,
             name: cell.entry.name(),
             kind: EventKind::Log(record.clone()),
+            status: state.status,
             attempt,
             at: record.at,
         });

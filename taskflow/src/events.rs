@@ -24,30 +24,12 @@ pub struct TaskEvent {
     pub name: &'static str,
     /// What happened.
     pub kind: EventKind,
+    /// The task's status right after the event.
+    pub status: TaskStatus,
     /// Zero-based attempt the event belongs to (0 before the first start).
     pub attempt: u32,
     /// When it happened.
     pub at: SystemTime,
-}
-
-impl TaskEvent {
-    /// The task's status right after this event. A log record or a store
-    /// failure does not change it; they are reported as RUNNING and PENDING
-    /// respectively, the statuses they normally occur in.
-    pub fn status(&self) -> TaskStatus {
-        match self.kind {
-            EventKind::Enqueued | EventKind::Requeued | EventKind::Retrying { .. } => {
-                TaskStatus::Pending
-            }
-            EventKind::StoreFailed(_) => TaskStatus::Pending,
-            EventKind::Started | EventKind::Log(_) => TaskStatus::Running,
-            EventKind::Succeeded => TaskStatus::Success,
-            EventKind::Failed(_) => TaskStatus::Failed,
-            EventKind::Cancelled => TaskStatus::Cancelled,
-            EventKind::Interrupted => TaskStatus::Interrupted,
-            EventKind::Observed(status) => status,
-        }
-    }
 }
 
 /// What happened to a task.
@@ -83,8 +65,8 @@ pub enum EventKind {
     /// per run of failures.
     StoreFailed(String),
     /// A task another instance runs, followed through the task store, was
-    /// seen in this status.
-    Observed(TaskStatus),
+    /// seen in a new status (the event's `status`).
+    Observed,
 }
 
 pub(crate) struct Bus {

@@ -208,6 +208,46 @@
 //! Worker processes build their own resources with an initializer
 //! (`#[taskflow::main(resources = path)]` or [`init_with`]): a connection
 //! cannot cross a process boundary.
+//!
+//! ## Persistence
+//!
+//! With [`TaskManagerBuilder::snapshot_db`] every task lives in a SQLite file
+//! too. [`TaskHandle::persisted`] resolves once a task is on disk, after which
+//! it survives a crash; a later start with `requeue_pending(true)` runs what
+//! was left, under the same ids. History stays readable after restarts, and
+//! idempotency keys hold across them.
+//!
+//! ```
+//! use taskflow::{TaskManager, TaskStatus, task};
+//!
+//! #[task]
+//! async fn charge(order: u64) -> u64 {
+//!     order * 100
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = std::env::temp_dir().join(format!("taskflow-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let db = dir.join("tasks.db");
+//!
+//! let tasks = TaskManager::builder().snapshot_db(&db).requeue_pending(true).build().await?;
+//! let handle = charge::call(42).idempotency_key("order-42").enqueue_on(&tasks)?;
+//! handle.persisted().await?; // on disk from here on
+//! let id = handle.id();
+//! assert_eq!(handle.await?, 4200);
+//! tasks.shutdown().await;
+//!
+//! // Another process, or this one after a restart:
+//! let again = TaskManager::builder().snapshot_db(&db).build().await?;
+//! assert_eq!(again.get(id)?.expect("stored").status, TaskStatus::Success);
+//! let same = charge::call(42).idempotency_key("order-42").enqueue_on(&again)?;
+//! assert_eq!((same.id(), same.await?), (id, 4200)); // not charged twice
+//! again.shutdown().await;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod call;
 mod core;

@@ -251,7 +251,7 @@ async fn one_tasks_events_arrive_in_order() {
                 EventKind::Succeeded
             ]
         );
-        let statuses: Vec<_> = seen.iter().map(|e| e.status()).collect();
+        let statuses: Vec<_> = seen.iter().map(|e| e.status).collect();
         assert_eq!(
             statuses,
             [

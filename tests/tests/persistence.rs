@@ -145,6 +145,17 @@ async fn sized(payload: Vec<u8>) -> usize {
     payload.len()
 }
 
+#[task(executor = "process")]
+fn crunch(n: u32, side: String) -> u32 {
+    record_run(n, &side);
+    n * 3
+}
+
+#[task(executor = "process")]
+fn process_blocker(millis: u64) {
+    std::thread::sleep(Duration::from_millis(millis));
+}
+
 // ---------------------------------------------------------------- helpers
 
 fn block_on(test: impl Future<Output = ()>) -> Result<(), Failed> {
@@ -787,6 +798,60 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+fn process_tasks_are_stored_and_requeued_too() -> Result<(), Failed> {
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+        let side_text = side.display().to_string();
+        let first = TaskManager::builder()
+            .snapshot_db(&db)
+            .requeue_pending(true)
+            .max_process_workers(1)
+            .process_shutdown_timeout(Duration::from_millis(100))
+            .build()
+            .await
+            .unwrap();
+        let done = crunch::call(1, side_text.clone())
+            .enqueue_on(&first)
+            .unwrap();
+        let done_id = done.id();
+        assert_eq!(done.await.unwrap(), 3);
+        let blocked = process_blocker::call(60_000).enqueue_on(&first).unwrap();
+        let waiting = crunch::call(2, side_text.clone())
+            .enqueue_on(&first)
+            .unwrap();
+        waiting.persisted().await.unwrap();
+        let (blocked, waiting) = (blocked.id(), waiting.id());
+        eventually("the blocker to run", || {
+            record(&first, blocked).status == TaskStatus::Running
+        })
+        .await;
+        first.shutdown().await;
+
+        let second = TaskManager::builder()
+            .snapshot_db(&db)
+            .requeue_pending(true)
+            .max_process_workers(1)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(record(&second, done_id).status, TaskStatus::Success);
+        assert_eq!(record(&second, blocked).status, TaskStatus::Interrupted);
+        eventually("the requeued process task to run", || {
+            record(&second, waiting).status == TaskStatus::Success
+        })
+        .await;
+        let runs = runs(&side);
+        assert_eq!(runs[&2].len(), 1);
+        assert_ne!(
+            runs[&2][0],
+            std::process::id(),
+            "it ran in a worker process"
+        );
+        second.shutdown().await;
+    })
+}
+
 // ---------------------------------------------------------------- processes
 
 fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
@@ -1104,6 +1169,10 @@ fn main() -> ExitCode {
     let mut arguments = Arguments::from_args();
     arguments.test_threads.get_or_insert(1);
     let trials = vec![
+        Trial::test(
+            "process_tasks_are_stored_and_requeued_too",
+            process_tasks_are_stored_and_requeued_too,
+        ),
         Trial::test(
             "every_stored_field_round_trips_through_a_restart",
             every_stored_field_round_trips_through_a_restart,
