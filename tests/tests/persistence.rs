@@ -707,6 +707,7 @@ fn retention_prunes_finished_rows_and_never_unfinished_ones() -> Result<(), Fail
             .retention(Duration::from_millis(300))
             .max_finished_in_memory(0)
             .max_concurrent_tasks(1)
+            .shutdown_timeout(Duration::from_millis(100))
             .build()
             .await
             .unwrap();

@@ -145,6 +145,9 @@ struct PoolState {
     children: HashMap<u32, Child>,
     /// Starts in flight; shutdown waits for them to settle.
     starting: usize,
+    /// Children taken out of `children` and being waited for; shutdown
+    /// waits for these too, so none outlives it.
+    reaping: usize,
     closed: bool,
 }
 
@@ -229,7 +232,7 @@ impl Pool {
             }
             Ok(Err(error)) => {
                 busy.worker.take();
-                let status = self.reap(pid).await;
+                let status = self.reap(pid, Duration::from_secs(2)).await;
                 Err(TaskError::new(
                     ErrorKind::WorkerDied,
                     format!(
@@ -297,36 +300,45 @@ impl Pool {
     /// Asks a worker to stop, killing it if it does not within a second.
     async fn retire(&self, mut worker: Worker) {
         let asked = protocol::write_frame_async(&mut worker.channel, &ToWorker::Stop, &[]).await;
-        let child = self.state().children.remove(&worker.pid);
-        if let Some(mut child) = child
-            && (asked.is_err()
-                || tokio::time::timeout(Duration::from_secs(1), child.wait())
-                    .await
-                    .is_err())
-        {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+        let grace = if asked.is_ok() {
+            Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        self.reap(worker.pid, grace).await;
     }
 
     /// Kills a worker and waits for it.
     async fn kill(&self, pid: u32) -> Option<ExitStatus> {
-        let child = self.state().children.remove(&pid);
-        let mut child = child?;
-        let _ = child.start_kill();
-        child.wait().await.ok()
+        self.reap(pid, Duration::ZERO).await
     }
 
-    /// Waits for a worker whose channel broke; kills it if it lingers.
-    async fn reap(&self, pid: u32) -> Option<ExitStatus> {
-        let child = self.state().children.remove(&pid);
-        let mut child = child?;
-        match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+    /// Waits up to `grace` for a worker to exit, then kills it and waits.
+    async fn reap(&self, pid: u32, grace: Duration) -> Option<ExitStatus> {
+        let mut taken = self.take(pid)?;
+        let child = &mut taken.child;
+        match tokio::time::timeout(grace, child.wait()).await {
             Ok(status) => status.ok(),
             Err(_) => {
                 let _ = child.start_kill();
                 child.wait().await.ok()
             }
+        }
+    }
+
+    /// Takes a child out of the table to wait for it, counted in `reaping`
+    /// until the returned guard is dropped.
+    fn take(&self, pid: u32) -> Option<Taken<'_>> {
+        let mut state = self.state();
+        let child = state.children.remove(&pid)?;
+        state.reaping += 1;
+        Some(Taken { pool: self, child })
+    }
+
+    /// Signals a worker to die now, leaving it in the table to be reaped.
+    fn signal_kill(&self, pid: u32) {
+        if let Some(child) = self.state().children.get_mut(&pid) {
+            let _ = child.start_kill();
         }
     }
 
@@ -441,11 +453,12 @@ impl Pool {
             {
                 let mut state = self.state();
                 state.closed = true;
-                if state.starting == 0 {
+                if state.starting == 0 && state.reaping == 0 {
                     break;
                 }
             }
-            // Bounded: a start settles within the spawn plus nothing else.
+            // Bounded: a start settles within the spawn plus the handshake
+            // timeout, a reap within a kill.
             let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
         }
         let children: Vec<Child> = {
@@ -495,6 +508,8 @@ struct Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
+            // Killed now, reaped soon; shutdown waits for either.
+            self.pool.signal_kill(worker.pid);
             let pool = self.pool.clone();
             drop(
                 self.core
@@ -502,6 +517,19 @@ impl Drop for Busy {
                     .spawn(async move { pool.kill(worker.pid).await }),
             );
         }
+    }
+}
+
+/// A child being waited for, out of the table.
+struct Taken<'a> {
+    pool: &'a Pool,
+    child: Child,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.pool.state().reaping -= 1;
+        self.pool.settled.notify_waiters();
     }
 }
 
