@@ -4,6 +4,8 @@
 //! message saying what it was waiting for. Nothing asserts a timing; timeouts
 //! are generous ceilings for a shared, noisy machine.
 
+pub mod harness;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -194,4 +196,16 @@ impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.current.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Waits until `done` holds, failing the test after [`PATIENCE`].
+///
+/// # Panics
+///
+/// When `done` does not hold in time; `what` names what was awaited.
+pub async fn eventually(what: &str, done: impl FnMut() -> bool) {
+    assert!(
+        wait_until(PATIENCE, done).await,
+        "timed out after {PATIENCE:?} waiting for {what}"
+    );
 }

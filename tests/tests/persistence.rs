@@ -11,18 +11,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Failed, Trial};
 use serde::{Deserialize, Serialize};
 use taskflow::{Error, EventKind, TaskFilter, TaskId, TaskManager, TaskStatus, task};
+use taskflow_tests::eventually;
+use taskflow_tests::harness::{self, finish, lines, read_until, scenario_name, trial};
 
-const SCENARIO: &str = "TASKFLOW_TEST_SCENARIO";
 const DB: &str = "TASKFLOW_TEST_DB";
 const SIDE: &str = "TASKFLOW_TEST_SIDE";
 
@@ -158,16 +158,6 @@ fn process_blocker(millis: u64) {
 
 // ---------------------------------------------------------------- helpers
 
-fn block_on(test: impl Future<Output = ()>) -> Result<(), Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("cannot start a runtime: {e}")))?;
-    runtime.block_on(test);
-    Ok(())
-}
-
 /// Runs per task number in the side file, and the pids that ran each.
 fn runs(side: &Path) -> HashMap<u32, Vec<u32>> {
     let mut runs: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -198,14 +188,6 @@ fn record(manager: &TaskManager, id: TaskId) -> taskflow::TaskRecord {
         .unwrap_or_else(|| panic!("task {id} is unknown"))
 }
 
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Whether the file has no unfinished task left.
 fn settled(manager: &TaskManager) -> bool {
     [TaskStatus::Pending, TaskStatus::Running]
@@ -220,43 +202,9 @@ fn settled(manager: &TaskManager) -> bool {
 
 /// This binary, as a scenario process on `db` with side file `side`.
 fn scenario(name: &str, db: &Path, side: &Path) -> Command {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command.env(SCENARIO, name).env(DB, db).env(SIDE, side);
+    let mut command = harness::scenario(name);
+    command.env(DB, db).env(SIDE, side);
     command
-}
-
-/// Reads the child's stdout until a line starting with `prefix`.
-fn read_until(
-    child: &mut Child,
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-    prefix: &str,
-) -> String {
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.starts_with(prefix) {
-            return line;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the scenario ended before printing `{prefix}`");
-}
-
-/// Waits for a scenario to exit successfully, within a minute.
-fn finish(mut child: Child) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "the scenario failed: {status}");
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the scenario did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Warnings the runtime logged, captured by a minimal `tracing` subscriber.
@@ -293,7 +241,7 @@ impl tracing::Subscriber for CaptureWarnings {
 // ---------------------------------------------------------------- in-process
 
 fn every_stored_field_round_trips_through_a_restart() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("tasks.db");
         let flag = dir.path().join("flag").display().to_string();
@@ -375,7 +323,7 @@ fn every_stored_field_round_trips_through_a_restart() -> Result<(), Failed> {
 }
 
 fn pending_tasks_run_again_after_a_restart_under_their_own_ids() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
         let side_text = side.display().to_string();
@@ -446,7 +394,7 @@ fn pending_tasks_run_again_after_a_restart_under_their_own_ids() -> Result<(), F
 }
 
 fn persist_true_requeues_that_task_alone() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
         let side_text = side.display().to_string();
@@ -486,7 +434,7 @@ fn persist_true_requeues_that_task_alone() -> Result<(), Failed> {
 }
 
 fn interrupted_tasks_run_again_only_when_declared() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
         let first = TaskManager::builder()
@@ -525,7 +473,7 @@ fn interrupted_tasks_run_again_only_when_declared() -> Result<(), Failed> {
 }
 
 fn unregistered_names_are_kept_untouched_with_a_warning() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("tasks.db");
         with_store(&db).await.shutdown().await;
@@ -570,7 +518,7 @@ fn unregistered_names_are_kept_untouched_with_a_warning() -> Result<(), Failed> 
 }
 
 fn idempotency_keys_hold_while_live_or_successful() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
         let side_text = side.display().to_string();
@@ -651,7 +599,7 @@ fn idempotency_keys_hold_while_live_or_successful() -> Result<(), Failed> {
 }
 
 fn retry_enqueues_a_copy_with_the_original_arguments_and_tags() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("tasks.db");
         let flag = dir.path().join("flag").display().to_string();
@@ -699,7 +647,7 @@ fn retry_enqueues_a_copy_with_the_original_arguments_and_tags() -> Result<(), Fa
 }
 
 fn retention_prunes_finished_rows_and_never_unfinished_ones() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("tasks.db");
         let manager = TaskManager::builder()
@@ -733,7 +681,7 @@ fn retention_prunes_finished_rows_and_never_unfinished_ones() -> Result<(), Fail
 }
 
 fn files_that_cannot_be_used_are_clear_errors() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
 
         let garbage = dir.path().join("garbage.db");
@@ -800,7 +748,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 fn process_tasks_are_stored_and_requeued_too() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
         let side_text = side.display().to_string();
@@ -863,7 +811,7 @@ fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
         .spawn()
         .unwrap();
     let burst_pid = burst.id();
-    let mut lines = BufReader::new(burst.stdout.take().unwrap()).lines();
+    let mut lines = lines(&mut burst);
     let acknowledged = read_until(&mut burst, &mut lines, "acknowledged");
     let total: usize = acknowledged
         .split_whitespace()
@@ -889,7 +837,7 @@ fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
     finish(scenario("recover", &db, &side).spawn().unwrap());
 
     let after = runs(&side);
-    block_on(async {
+    trial(async {
         let manager = with_store(&db).await;
         let all = manager.list(&TaskFilter::new()).unwrap();
         assert_eq!(all.len(), 500, "every acknowledged task is in the file");
@@ -949,7 +897,7 @@ fn two_processes_requeue_each_pending_task_exactly_once() -> Result<(), Failed> 
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(fill.stdout.take().unwrap()).lines();
+    let mut lines = lines(&mut fill);
     read_until(&mut fill, &mut lines, "filled");
     fill.kill().unwrap();
     fill.wait().unwrap();
@@ -973,7 +921,7 @@ fn two_processes_requeue_each_pending_task_exactly_once() -> Result<(), Failed> 
 fn idempotency_keys_hold_across_processes() -> Result<(), Failed> {
     let dir = tempfile::tempdir().unwrap();
     let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
-    block_on(async {
+    trial(async {
         with_store(&db).await.shutdown().await;
     })?;
     let children: Vec<Child> = (0..2)
@@ -986,7 +934,7 @@ fn idempotency_keys_hold_across_processes() -> Result<(), Failed> {
         .collect();
     let mut answers = Vec::new();
     for mut child in children {
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = lines(&mut child);
         answers.push(read_until(&mut child, &mut lines, "keyed"));
         finish(child);
     }
@@ -1004,7 +952,7 @@ fn idempotency_keys_hold_across_processes() -> Result<(), Failed> {
 }
 
 fn a_full_store_delays_writes_without_stopping_tasks() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("tasks.db");
         // A capped file fails its writes exactly as a full disk does
@@ -1154,7 +1102,7 @@ async fn keyed() -> ExitCode {
 fn main() -> ExitCode {
     taskflow::init();
     let _ = tracing::subscriber::set_global_default(CaptureWarnings);
-    if let Ok(name) = std::env::var(SCENARIO) {
+    if let Some(name) = scenario_name() {
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         return match name.as_str() {
             "burst" => runtime.block_on(burst()),
@@ -1167,8 +1115,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut arguments = Arguments::from_args();
-    arguments.test_threads.get_or_insert(1);
     let trials = vec![
         Trial::test(
             "process_tasks_are_stored_and_requeued_too",
@@ -1227,5 +1173,5 @@ fn main() -> ExitCode {
             a_full_store_delays_writes_without_stopping_tasks,
         ),
     ];
-    libtest_mimic::run(&arguments, trials).exit_code()
+    harness::run(trials)
 }

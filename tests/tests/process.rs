@@ -12,16 +12,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Failed, Trial};
 use serde::{Deserialize, Serialize};
 use taskflow::{Error, EventKind, LogLevel, RecvError, TaskFilter, TaskManager, TaskStatus, task};
-
-const SCENARIO: &str = "TASKFLOW_TEST_SCENARIO";
+use taskflow_tests::harness::{self, alive, scenario, scenario_name, trial};
+use taskflow_tests::{wait_until, wait_until_blocking};
 
 // ---------------------------------------------------------------- the tasks
 
@@ -192,16 +191,6 @@ fn my_nice() -> i64 {
 
 // ---------------------------------------------------------------- helpers
 
-fn block_on(test: impl Future<Output = ()>) -> Result<(), Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Failed::from(format!("cannot start a runtime: {e}")))?;
-    runtime.block_on(test);
-    Ok(())
-}
-
 async fn manager(workers: usize) -> TaskManager {
     TaskManager::builder()
         .max_process_workers(workers)
@@ -210,41 +199,10 @@ async fn manager(workers: usize) -> TaskManager {
         .expect("the manager builds")
 }
 
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
-}
-
-/// Waits up to `limit` for `done`, polling.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
-
-/// This test binary, started as a parent process running `scenario`.
-fn scenario(scenario: &str) -> Command {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut command = Command::new(exe);
-    command.env(SCENARIO, scenario);
-    command
-}
-
 // ---------------------------------------------------------------- the tests
 
 fn returns_result_from_another_process() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(2).await;
         let (doubled, pid) = double_elsewhere::call(21)
             .enqueue_on(&tasks)
@@ -271,7 +229,7 @@ fn returns_result_from_another_process() -> Result<(), Failed> {
 }
 
 fn context_crosses_the_boundary() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(1).await;
         let handle = context_echo::call()
             .tag("tenant", "acme")
@@ -288,7 +246,7 @@ fn context_crosses_the_boundary() -> Result<(), Failed> {
 }
 
 fn two_workers_run_at_most_two_tasks_at_once() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(2).await;
         let mut events = tasks.subscribe();
         let handles: Vec<_> = (0..6)
@@ -345,7 +303,7 @@ fn two_workers_run_at_most_two_tasks_at_once() -> Result<(), Failed> {
 }
 
 fn failures_have_the_right_kind_and_text() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(2).await;
 
         let error = fails::call().enqueue_on(&tasks).unwrap().await.unwrap_err();
@@ -406,7 +364,7 @@ fn failures_have_the_right_kind_and_text() -> Result<(), Failed> {
 }
 
 fn a_crash_costs_one_attempt_and_the_retry_runs_elsewhere() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("first-attempt-pid");
         let tasks = manager(2).await;
@@ -426,7 +384,7 @@ fn a_crash_costs_one_attempt_and_the_retry_runs_elsewhere() -> Result<(), Failed
 }
 
 fn a_crash_leaves_tasks_on_other_workers_untouched() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(2).await;
         tasks.prewarm().await.unwrap();
         let survivor = sleeper::call(800).enqueue_on(&tasks).unwrap();
@@ -479,7 +437,7 @@ fn megabytes_of_output_do_not_disturb_the_protocol() -> Result<(), Failed> {
 }
 
 fn logs_before_a_failure_are_on_the_record_in_order() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(1).await;
         let mut events = tasks.subscribe();
         let handle = logs_then_fails::call().enqueue_on(&tasks).unwrap();
@@ -523,7 +481,7 @@ fn logs_before_a_failure_are_on_the_record_in_order() -> Result<(), Failed> {
 }
 
 fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = TaskManager::builder()
             .max_process_workers(2)
             .process_shutdown_timeout(Duration::from_millis(300))
@@ -533,7 +491,7 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
         let long = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = long.id();
         assert!(
-            wait_until_async(Duration::from_secs(30), || tasks
+            wait_until(Duration::from_secs(30), || tasks
                 .get(id)
                 .expect("the store is readable")
                 .unwrap()
@@ -570,19 +528,8 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
     })
 }
 
-async fn wait_until_async(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
-}
-
 fn shutdown_of_a_pool_that_never_started_returns_at_once() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(2).await;
         let started = Instant::now();
         let report = tasks.shutdown().await;
@@ -597,12 +544,12 @@ fn shutdown_of_a_pool_that_never_started_returns_at_once() -> Result<(), Failed>
 }
 
 fn cancelling_a_running_process_task_kills_its_worker() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(1).await;
         let handle = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = handle.id();
         assert!(
-            wait_until_async(Duration::from_secs(30), || tasks
+            wait_until(Duration::from_secs(30), || tasks
                 .get(id)
                 .expect("the store is readable")
                 .unwrap()
@@ -613,7 +560,7 @@ fn cancelling_a_running_process_task_kills_its_worker() -> Result<(), Failed> {
         let pids = tasks.worker_pids();
         tasks.cancel(id).unwrap();
         assert!(handle.await.unwrap_err().is_cancelled());
-        assert!(wait_until(Duration::from_secs(10), || pids
+        assert!(wait_until_blocking(Duration::from_secs(10), || pids
             .iter()
             .all(|&pid| !alive(pid))));
         // The slot is free again.
@@ -643,7 +590,7 @@ fn killing_the_parent_leaves_no_worker_running() -> Result<(), Failed> {
     assert!(pids.iter().all(|&pid| alive(pid)));
     parent.kill().unwrap(); // SIGKILL
     parent.wait().unwrap();
-    let gone = wait_until(Duration::from_secs(10), || {
+    let gone = wait_until_blocking(Duration::from_secs(10), || {
         pids.iter().all(|&pid| !alive(pid))
     });
     assert!(gone, "workers {pids:?} outlived their parent");
@@ -651,7 +598,7 @@ fn killing_the_parent_leaves_no_worker_running() -> Result<(), Failed> {
 }
 
 fn an_argument_bincode_cannot_carry_is_refused_at_enqueue() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = manager(1).await;
         let error = takes_loose::call(Loose::Number(3))
             .enqueue_on(&tasks)
@@ -680,7 +627,7 @@ fn an_argument_bincode_cannot_carry_is_refused_at_enqueue() -> Result<(), Failed
 }
 
 fn workers_are_recycled_after_max_tasks() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = TaskManager::builder()
             .max_process_workers(1)
             .max_tasks_per_worker(3)
@@ -705,7 +652,7 @@ fn workers_are_recycled_after_max_tasks() -> Result<(), Failed> {
 }
 
 fn a_worker_that_never_greets_is_an_error_not_a_hang() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let dir = tempfile::tempdir().unwrap();
         let silent = dir.path().join("silent-worker");
         std::fs::write(&silent, "#!/bin/sh\nexec sleep 60\n").unwrap();
@@ -746,7 +693,7 @@ fn a_worker_that_never_greets_is_an_error_not_a_hang() -> Result<(), Failed> {
 }
 
 fn process_tasks_take_resources_built_in_the_worker() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = TaskManager::builder()
             .max_process_workers(1)
             .resource(Greeting("built in the parent, never sent".into()))
@@ -764,7 +711,7 @@ fn process_tasks_take_resources_built_in_the_worker() -> Result<(), Failed> {
 }
 
 fn workers_run_at_the_configured_nice_value() -> Result<(), Failed> {
-    block_on(async {
+    trial(async {
         let tasks = TaskManager::builder()
             .max_process_workers(1)
             .process_nice(7)
@@ -811,7 +758,7 @@ async fn orphan_scenario() -> ExitCode {
 
 fn main() -> ExitCode {
     taskflow::init_with(|resources| resources.insert(Greeting("hello from a worker,".into())));
-    if let Ok(name) = std::env::var(SCENARIO) {
+    if let Some(name) = scenario_name() {
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         return match name.as_str() {
             "noisy" => runtime.block_on(noisy_scenario()),
@@ -822,9 +769,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut arguments = Arguments::from_args();
-    // Each test starts its own workers; on two cores they take turns.
-    arguments.test_threads.get_or_insert(1);
     let trials = vec![
         Trial::test(
             "returns_result_from_another_process",
@@ -892,5 +836,5 @@ fn main() -> ExitCode {
             workers_run_at_the_configured_nice_value,
         ),
     ];
-    libtest_mimic::run(&arguments, trials).exit_code()
+    harness::run(trials)
 }

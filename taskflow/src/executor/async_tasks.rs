@@ -7,8 +7,8 @@ use taskflow_worker::attempt::{CatchUnwind, catch_panic};
 use taskflow_worker::registry::Body;
 use taskflow_worker::{ErrorKind, TaskError, context};
 
-use super::context_of;
 use super::gate::{Gate, Permit};
+use super::{context_of, spawn_attempt};
 use crate::core::Core;
 use crate::record::{Produced, SharedCell};
 
@@ -34,10 +34,7 @@ impl AsyncExecutor {
 
 /// Spawns one admitted attempt.
 fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
-    let task = core
-        .runtime
-        .spawn(attempt(core.clone(), cell.clone(), permit));
-    cell.set_abort(task.abort_handle());
+    spawn_attempt(core, &cell.clone(), attempt(core.clone(), cell, permit));
 }
 
 /// Runs one attempt; after a failure with retries left, waits (holding no

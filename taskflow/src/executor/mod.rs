@@ -19,6 +19,7 @@ mod gate;
 mod process;
 mod sync_pool;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use taskflow_worker::context::TaskContext;
@@ -31,6 +32,13 @@ pub(crate) use sync_pool::SyncExecutor;
 
 use crate::core::Core;
 use crate::record::TaskCell;
+
+/// Spawns an admitted attempt of `cell` on the runtime, abortable through
+/// the cell (cancellation, shutdown).
+fn spawn_attempt(core: &Core, cell: &TaskCell, attempt: impl Future<Output = ()> + Send + 'static) {
+    let task = core.runtime.spawn(attempt);
+    cell.set_abort(task.abort_handle());
+}
 
 /// The context an in-process attempt runs in; its log records go to `core`.
 fn context_of(core: &Arc<Core>, cell: &TaskCell, attempt: u32) -> TaskContext {

@@ -36,6 +36,7 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 
 use super::gate::{Gate, Permit};
+use super::spawn_attempt;
 use crate::core::Core;
 use crate::record::{Produced, SharedCell, TaskCell};
 
@@ -109,10 +110,7 @@ impl ProcessExecutor {
 
 /// Spawns one admitted attempt.
 fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
-    let task = core
-        .runtime
-        .spawn(attempt(core.clone(), cell.clone(), permit));
-    cell.set_abort(task.abort_handle());
+    spawn_attempt(core, &cell.clone(), attempt(core.clone(), cell, permit));
 }
 
 /// Runs one attempt on a worker; after a failure with retries left, waits

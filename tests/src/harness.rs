@@ -1,0 +1,117 @@
+//! For test binaries with their own `main` (`harness = false`): the process
+//! and persistence tests, which must enter worker mode before anything else
+//! and sometimes start themselves again as a separate *scenario* process.
+
+use std::future::Future;
+use std::io::BufRead;
+use std::process::{Child, ChildStdout, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Names the scenario a re-started test binary runs instead of its tests.
+pub const SCENARIO: &str = "TASKFLOW_TEST_SCENARIO";
+
+/// How long a scenario process may take before the test gives up on it.
+const SCENARIO_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs the trials one at a time: each starts its own workers or managers,
+/// and on a two-core machine they take turns.
+pub fn run(trials: Vec<Trial>) -> ExitCode {
+    let mut arguments = Arguments::from_args();
+    arguments.test_threads.get_or_insert(1);
+    libtest_mimic::run(&arguments, trials).exit_code()
+}
+
+/// Runs an async test body on a fresh two-worker runtime.
+///
+/// # Errors
+///
+/// When the runtime cannot start; a failing body panics, as in any test.
+pub fn trial(test: impl Future<Output = ()>) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("cannot start a runtime: {e}")))?;
+    runtime.block_on(test);
+    Ok(())
+}
+
+/// The scenario this process was started to run, if any.
+pub fn scenario_name() -> Option<String> {
+    std::env::var(SCENARIO).ok()
+}
+
+/// This test binary, to be started as a process running `scenario`.
+///
+/// # Panics
+///
+/// When the binary's own path is unknown.
+pub fn scenario(scenario: &str) -> Command {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut command = Command::new(exe);
+    command.env(SCENARIO, scenario);
+    command
+}
+
+/// A scenario's stdout, read line by line.
+pub type Lines = std::io::Lines<std::io::BufReader<ChildStdout>>;
+
+/// The lines of a child started with a piped stdout.
+///
+/// # Panics
+///
+/// When its stdout was not piped.
+pub fn lines(child: &mut Child) -> Lines {
+    std::io::BufReader::new(child.stdout.take().expect("a piped stdout")).lines()
+}
+
+/// Reads the child's stdout until a line starting with `prefix`.
+///
+/// # Panics
+///
+/// When the child ends first (it is killed and reaped).
+pub fn read_until(child: &mut Child, lines: &mut Lines, prefix: &str) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("the scenario's output is text");
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the scenario ended before printing `{prefix}`");
+}
+
+/// Waits for a scenario to exit successfully.
+///
+/// # Panics
+///
+/// When it fails, or does not finish within two minutes (it is killed).
+pub fn finish(mut child: Child) {
+    let deadline = Instant::now() + SCENARIO_PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().expect("the scenario can be waited for") {
+            assert!(status.success(), "the scenario failed: {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the scenario did not finish within {SCENARIO_PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
