@@ -393,6 +393,12 @@ fn a_crash_leaves_tasks_on_other_workers_untouched() -> Result<(), Failed> {
         assert!(crash.await.unwrap_err().is_worker_died());
         let survivor_pid = survivor.await.unwrap();
         assert!(tasks.worker_pids().contains(&survivor_pid));
+        // The pool replaces the lost worker by itself.
+        assert!(
+            wait_until(Duration::from_secs(30), || tasks.worker_pids().len() == 2).await,
+            "the pool did not replace its lost worker: {:?}",
+            tasks.worker_pids()
+        );
         tasks.shutdown().await;
     })
 }

@@ -231,6 +231,7 @@ impl Pool {
             Ok(Err(error)) => {
                 busy.worker.take();
                 let status = self.reap(pid, Duration::from_secs(2)).await;
+                self.replace(core);
                 Err(TaskError::new(
                     ErrorKind::WorkerDied,
                     format!(
@@ -242,6 +243,7 @@ impl Pool {
             Err(limit) => {
                 busy.worker.take();
                 self.kill(pid).await;
+                self.replace(core);
                 Err(TaskError::new(
                     ErrorKind::Timeout,
                     format!(
@@ -249,6 +251,24 @@ impl Pool {
                     ),
                 ))
             }
+        }
+    }
+
+    /// Starts a worker in the background to take a lost one's place, so the
+    /// next task does not wait for a process start.
+    fn replace(self: &Arc<Self>, core: &Arc<Core>) {
+        let short = {
+            let state = self.state();
+            !state.closed && state.children.len() + state.starting < self.config.workers
+        };
+        if short {
+            let (pool, core) = (self.clone(), core.clone());
+            drop(core.runtime.clone().spawn(async move {
+                match pool.start(&core).await {
+                    Ok(worker) => pool.check_in(&core, worker),
+                    Err(error) => tracing::warn!("cannot replace a lost worker process: {error}"),
+                }
+            }));
         }
     }
 
