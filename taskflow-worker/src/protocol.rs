@@ -12,6 +12,7 @@
 //! one [`FromWorker::Done`]. [`ToWorker::Stop`], or the channel closing, ends
 //! the worker.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
@@ -29,15 +30,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest frame either side sends or accepts: 256 MiB.
 pub const MAX_FRAME: usize = 256 << 20;
 
-/// Parent to worker.
+/// Parent to worker. The name is borrowed when sending, owned when received.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ToWorker {
+pub enum ToWorker<'a> {
     /// Run one attempt; the payload is the encoded arguments.
     Run {
         /// The task's id.
         id: TaskId,
         /// Its registered name.
-        name: String,
+        name: Cow<'a, str>,
         /// Zero-based attempt.
         attempt: u32,
         /// Its tags.
@@ -211,7 +212,7 @@ mod tests {
         let id = TaskId::new();
         let run = ToWorker::Run {
             id,
-            name: "app::report".into(),
+            name: Cow::Borrowed("app::report"),
             attempt: 2,
             tags: Tags::from_pairs([("k", "v")]),
         };

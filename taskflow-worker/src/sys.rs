@@ -1,47 +1,59 @@
 //! The system calls of the process boundary: the only `unsafe` in taskflow.
 //!
-//! A worker is this executable started again with the parent's end of a Unix
-//! socket pair on descriptor [`CHANNEL_FD`] and [`WORKER_ENV`] naming the
-//! parent's pid. Three things need raw system calls: placing the socket on
-//! that descriptor between `fork` and `exec`, asking the kernel to kill the
-//! worker when its parent dies, and adopting the inherited descriptor in the
-//! worker. Each `unsafe` block says why it is sound.
+//! A worker is this executable started again with two pipes on inherited
+//! descriptors, [`REQUESTS_FD`] (parent to worker) and [`REPLIES_FD`] (worker
+//! to parent), and [`WORKER_ENV`] naming the parent's pid. Pipes rather than
+//! a socket pair: reading a socket wakes the peer's waiters, so every reply
+//! the parent read would wake an idle worker for nothing. Three things need
+//! raw system calls: placing the pipes on those descriptors between `fork`
+//! and `exec`, asking the kernel to kill the worker when its parent dies, and
+//! adopting the inherited descriptors in the worker. Each `unsafe` block says
+//! why it is sound.
 #![allow(unsafe_code)]
 
-use std::io;
+use std::io::{self, PipeReader, PipeWriter};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// The descriptor a worker finds its channel on.
-pub const CHANNEL_FD: RawFd = 3;
+/// The descriptor a worker reads requests from.
+pub const REQUESTS_FD: RawFd = 3;
+
+/// The descriptor a worker writes replies to.
+pub const REPLIES_FD: RawFd = 4;
 
 /// Set in a worker's environment to the parent's pid.
 pub const WORKER_ENV: &str = "TASKFLOW_WORKER_PARENT";
 
-/// Prepares `command` to start a worker: the worker's end of the channel goes
-/// to [`CHANNEL_FD`], the worker is killed when the parent dies (Linux), and
-/// runs at `nice` when given.
-pub fn prepare_worker(command: &mut Command, channel: &UnixStream, nice: Option<i32>) {
-    let channel_fd = channel.as_raw_fd();
+/// Prepares `command` to start a worker: `requests` (the read end of the
+/// parent-to-worker pipe) goes to [`REQUESTS_FD`], `replies` (the write end
+/// of the worker-to-parent pipe) to [`REPLIES_FD`]; the worker is killed
+/// when the parent dies (Linux), and runs at `nice` when given.
+pub fn prepare_worker(
+    command: &mut Command,
+    requests: &PipeReader,
+    replies: &PipeWriter,
+    nice: Option<i32>,
+) {
+    let (requests, replies) = (requests.as_raw_fd(), replies.as_raw_fd());
     let parent = std::process::id();
     command.env(WORKER_ENV, parent.to_string());
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed. It makes only raw system calls
-    // (dup2, fcntl, prctl, getppid, setpriority), allocates nothing, takes no
+    // (fcntl, dup2, prctl, getppid, setpriority), allocates nothing, takes no
     // lock, and touches only integers copied in above.
     unsafe {
         command.pre_exec(move || {
-            if channel_fd == CHANNEL_FD {
-                // dup2 onto itself would keep close-on-exec set; clear it.
-                let flags = libc::fcntl(CHANNEL_FD, libc::F_GETFD);
-                if flags < 0
-                    || libc::fcntl(CHANNEL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(channel_fd, CHANNEL_FD) < 0 {
+            // Copy both ends above the targets first, so placing one cannot
+            // overwrite the other (either may already sit on 3 or 4). The
+            // copies are close-on-exec; dup2's targets are not.
+            let high_requests = libc::fcntl(requests, libc::F_DUPFD_CLOEXEC, 10);
+            let high_replies = libc::fcntl(replies, libc::F_DUPFD_CLOEXEC, 10);
+            if high_requests < 0
+                || high_replies < 0
+                || libc::dup2(high_requests, REQUESTS_FD) < 0
+                || libc::dup2(high_replies, REPLIES_FD) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             #[cfg(target_os = "linux")]
@@ -80,21 +92,52 @@ pub enum Startup {
     Application,
     /// A worker whose parent has already gone: exit at once.
     Orphan,
-    /// A worker: serve tasks from this channel for the parent `parent`.
+    /// A worker: serve requests for the parent `parent`.
     Worker {
-        /// The channel to the parent.
-        channel: UnixStream,
+        /// Requests from the parent.
+        requests: PipeReader,
+        /// Replies to the parent.
+        replies: PipeWriter,
         /// The parent's pid.
         parent: u32,
     },
 }
 
-/// Decides whether this process is a worker, adopting the channel if so.
+/// Whether `fd` is an open pipe.
+fn is_pipe(fd: RawFd) -> bool {
+    // SAFETY: fstat only reads the descriptor's metadata into a zeroed,
+    // properly sized buffer; an unused descriptor number yields EBADF.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFIFO
+    }
+}
+
+/// Adopts an inherited descriptor, setting close-on-exec so programs a task
+/// starts do not inherit it.
+///
+/// # Safety
+///
+/// `fd` must be open and owned by nobody else in this process.
+unsafe fn adopt(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller guarantees `fd` is open and unowned.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fcntl on a descriptor this process now owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        }
+    }
+    owned
+}
+
+/// Decides whether this process is a worker, adopting its pipes if so.
 ///
 /// The environment marker alone is not enough: a process the worker's task
-/// starts inherits the environment too. It does not inherit the channel,
-/// which is close-on-exec in a running worker, so a worker is a process with
-/// the marker *and* a socket on [`CHANNEL_FD`].
+/// starts inherits the environment too. It does not inherit the pipes, which
+/// are close-on-exec in a running worker, so a worker is a process with the
+/// marker *and* pipes on [`REQUESTS_FD`] and [`REPLIES_FD`].
 pub fn startup() -> Startup {
     let Some(parent) = std::env::var(WORKER_ENV)
         .ok()
@@ -102,32 +145,19 @@ pub fn startup() -> Startup {
     else {
         return Startup::Application;
     };
-    // SAFETY: fstat only reads the descriptor's metadata into a zeroed,
-    // properly sized buffer; an unused descriptor number yields EBADF.
-    let is_socket = unsafe {
-        let mut stat: libc::stat = std::mem::zeroed();
-        libc::fstat(CHANNEL_FD, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-    };
-    if !is_socket {
+    if !is_pipe(REQUESTS_FD) || !is_pipe(REPLIES_FD) {
         return Startup::Application;
     }
-    // SAFETY: the descriptor is open (fstat succeeded) and was placed there
+    // SAFETY: both descriptors are open pipes (checked above), placed there
     // by `prepare_worker` in the parent for this process alone; nothing else
-    // in the process knows its number, so this becomes its single owner.
-    let owned = unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) };
-    // SAFETY: fcntl on a descriptor this process owns; sets close-on-exec so
-    // programs a task starts do not inherit the channel.
-    unsafe {
-        let flags = libc::fcntl(CHANNEL_FD, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(CHANNEL_FD, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
-    }
+    // in the process knows their numbers, so each gets a single owner here.
+    let (requests, replies) = unsafe { (adopt(REQUESTS_FD), adopt(REPLIES_FD)) };
     if std::os::unix::process::parent_id() != parent {
         return Startup::Orphan;
     }
     Startup::Worker {
-        channel: UnixStream::from(owned),
+        requests: PipeReader::from(requests),
+        replies: PipeWriter::from(replies),
         parent,
     }
 }

@@ -444,6 +444,11 @@ impl Core {
             }
         };
         state.status = to;
+        if to.is_finished() && abort.is_none() {
+            // A finished task's tokio task is done too; holding its handle
+            // would keep its memory alive as long as the record.
+            drop(state.abort.take());
+        }
         let mut duration = None;
         if to.is_finished() {
             let finished_at = observed_finish.unwrap_or(now);

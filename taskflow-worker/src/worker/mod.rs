@@ -10,8 +10,7 @@
 //! second even while a task keeps this thread busy; on Linux the kernel's
 //! parent-death signal does so at once.
 
-use std::io::BufReader;
-use std::os::unix::net::UnixStream;
+use std::io::{BufReader, PipeReader, PipeWriter};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,13 +39,17 @@ pub fn enter(init: Option<Initializer>) {
     match sys::startup() {
         Startup::Application => {}
         Startup::Orphan => std::process::exit(0),
-        Startup::Worker { channel, parent } => std::process::exit(serve(channel, parent, init)),
+        Startup::Worker {
+            requests,
+            replies,
+            parent,
+        } => std::process::exit(serve(requests, replies, parent, init)),
     }
 }
 
-/// The worker's side of the channel, shared by the loop and log sinks.
+/// The worker's replies, shared by the loop and log sinks.
 #[derive(Clone)]
-struct Channel(Arc<Mutex<UnixStream>>);
+struct Channel(Arc<Mutex<PipeWriter>>);
 
 impl Channel {
     fn send(&self, message: &FromWorker, payload: &[u8]) -> Result<(), ProtocolError> {
@@ -64,16 +67,10 @@ impl LogSink for Channel {
     }
 }
 
-fn serve(stream: UnixStream, parent: u32, init: Option<Initializer>) -> i32 {
+fn serve(requests: PipeReader, replies: PipeWriter, parent: u32, init: Option<Initializer>) -> i32 {
     spawn_watchdog(parent);
     record_panic_locations();
-    let writer = match stream.try_clone() {
-        Ok(writer) => Channel(Arc::new(Mutex::new(writer))),
-        Err(error) => {
-            eprintln!("taskflow worker: cannot use its channel: {error}");
-            return 2;
-        }
-    };
+    let writer = Channel(Arc::new(Mutex::new(replies)));
     forward::install(std::env::var(LOG_LEVEL_ENV).ok().as_deref());
 
     let registry = match Registry::global() {
@@ -99,9 +96,9 @@ fn serve(stream: UnixStream, parent: u32, init: Option<Initializer>) -> i32 {
         resources: None,
         runtime: None,
     };
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(requests);
     loop {
-        match protocol::read_frame::<ToWorker>(&mut reader) {
+        match protocol::read_frame::<ToWorker<'static>>(&mut reader) {
             Ok((
                 ToWorker::Run {
                     id,

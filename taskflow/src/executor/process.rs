@@ -19,9 +19,10 @@
 //! Linux delivers the parent-death signal when the *thread* that forked a
 //! child exits.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
+use std::io::{self, PipeReader, PipeWriter};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -31,7 +32,8 @@ use std::time::Duration;
 use taskflow_worker::protocol::{self, FromWorker, PROTOCOL_VERSION, ProtocolError, ToWorker};
 use taskflow_worker::registry::Registry;
 use taskflow_worker::{ErrorKind, TaskError, sys, worker};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tokio::sync::oneshot;
 
@@ -132,7 +134,9 @@ async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
 /// A started, greeted worker.
 struct Worker {
     pid: u32,
-    channel: UnixStream,
+    requests: pipe::Sender,
+    /// Buffered, so a frame usually arrives in one read.
+    replies: BufReader<pipe::Receiver>,
     served: u32,
 }
 
@@ -158,7 +162,8 @@ struct Pool {
     settled: tokio::sync::Notify,
 }
 
-type Spawned = io::Result<(Child, std::os::unix::net::UnixStream)>;
+/// A started child, the write end of its requests and the read end of its replies.
+type Spawned = io::Result<(Child, PipeWriter, PipeReader)>;
 
 struct SpawnRequest {
     reply: oneshot::Sender<Spawned>,
@@ -180,23 +185,24 @@ impl Pool {
         cell: &TaskCell,
         attempt: u32,
     ) -> Result<Produced, TaskError> {
-        let mut busy = Busy {
-            pool: self.clone(),
-            core: core.clone(),
-            worker: Some(self.check_out(core).await?),
-        };
         let request = ToWorker::Run {
             id: cell.id,
-            name: cell.entry.name().to_owned(),
+            name: Cow::Borrowed(cell.entry.name()),
             attempt,
             tags: cell.tags.clone(),
         };
+        let frame = protocol::encode_frame(&request, &cell.args)
+            .map_err(|e| TaskError::error(format!("cannot send the task to a worker: {e}")))?;
+        let mut busy = Busy {
+            pool: self.clone(),
+            core: core.clone(),
+            worker: Some(self.deliver(core, &frame).await?),
+        };
         let exchange = async {
             let worker = busy.worker.as_mut().ok_or(ProtocolError::Closed)?;
-            protocol::write_frame_async(&mut worker.channel, &request, &cell.args).await?;
             loop {
                 let (message, payload) =
-                    protocol::read_frame_async::<FromWorker>(&mut worker.channel).await?;
+                    protocol::read_frame_async::<FromWorker>(&mut worker.replies).await?;
                 match message {
                     FromWorker::Log { id, record } if id == cell.id => core.log(cell, record),
                     FromWorker::Done { id, failure } if id == cell.id => {
@@ -272,25 +278,35 @@ impl Pool {
         }
     }
 
-    /// An idle live worker, or a new one.
-    async fn check_out(self: &Arc<Self>, core: &Arc<Core>) -> Result<Worker, TaskError> {
+    /// Hands `frame` to an idle worker, or a new one. A worker that died
+    /// while idle cannot take it: it is reaped and another tried, without
+    /// blaming the task.
+    async fn deliver(
+        self: &Arc<Self>,
+        core: &Arc<Core>,
+        frame: &[u8],
+    ) -> Result<Worker, TaskError> {
+        let mut tries = self.config.workers + 1;
         loop {
-            let idle = {
-                let mut state = self.state();
-                let idle = state.idle.pop();
-                // A worker that died while idle is discarded, not blamed.
-                match idle {
-                    Some(worker) if exited(&mut state, worker.pid) => {
-                        state.children.remove(&worker.pid);
-                        continue;
-                    }
-                    other => other,
+            let idle = self.state().idle.pop();
+            let mut worker = match idle {
+                Some(worker) => worker,
+                None => self.start(core).await?,
+            };
+            match worker.requests.write_all(frame).await {
+                Ok(()) => return Ok(worker),
+                Err(error) if tries > 1 => {
+                    tries -= 1;
+                    tracing::debug!(pid = worker.pid, "a worker died while idle: {error}");
+                    self.kill(worker.pid).await;
                 }
-            };
-            return match idle {
-                Some(worker) => Ok(worker),
-                None => self.start(core).await,
-            };
+                Err(error) => {
+                    self.kill(worker.pid).await;
+                    return Err(TaskError::error(format!(
+                        "cannot reach a worker process: {error}"
+                    )));
+                }
+            }
         }
     }
 
@@ -317,7 +333,7 @@ impl Pool {
 
     /// Asks a worker to stop, killing it if it does not within a second.
     async fn retire(&self, mut worker: Worker) {
-        let asked = protocol::write_frame_async(&mut worker.channel, &ToWorker::Stop, &[]).await;
+        let asked = protocol::write_frame_async(&mut worker.requests, &ToWorker::Stop, &[]).await;
         let grace = if asked.is_ok() {
             Duration::from_secs(1)
         } else {
@@ -377,10 +393,10 @@ impl Pool {
             let mut state = self.state();
             state.starting -= 1;
             match started {
-                Ok((child, channel)) => {
+                Ok((child, requests, replies)) => {
                     let pid = child.id().unwrap_or(0);
                     state.children.insert(pid, child);
-                    Ok((pid, channel, state.closed))
+                    Ok((pid, requests, replies, state.closed))
                 }
                 Err(error) => Err(error),
             }
@@ -388,7 +404,7 @@ impl Pool {
         self.settled.notify_waiters();
         let failed =
             |message: String| TaskError::error(format!("cannot start a worker process: {message}"));
-        let (pid, channel, closed) = registered.map_err(|e| failed(e.to_string()))?;
+        let (pid, requests, replies, closed) = registered.map_err(|e| failed(e.to_string()))?;
         if closed {
             self.kill(pid).await;
             return Err(TaskError::new(
@@ -396,10 +412,19 @@ impl Pool {
                 "the manager is shutting down",
             ));
         }
-        let channel = UnixStream::from_std(channel).map_err(|e| failed(e.to_string()))?;
+        let requests = pipe::Sender::from_owned_fd(requests.into());
+        let replies = pipe::Receiver::from_owned_fd(replies.into());
+        let (requests, replies) = match (requests, replies) {
+            (Ok(requests), Ok(replies)) => (requests, replies),
+            (Err(error), _) | (_, Err(error)) => {
+                self.kill(pid).await;
+                return Err(failed(error.to_string()));
+            }
+        };
         let mut worker = Worker {
             pid,
-            channel,
+            requests,
+            replies: BufReader::with_capacity(64 * 1024, replies),
             served: 0,
         };
         match tokio::time::timeout(self.config.handshake_timeout, self.handshake(&mut worker)).await
@@ -423,7 +448,7 @@ impl Pool {
     }
 
     async fn handshake(&self, worker: &mut Worker) -> Result<(), String> {
-        let (hello, _) = protocol::read_frame_async::<FromWorker>(&mut worker.channel)
+        let (hello, _) = protocol::read_frame_async::<FromWorker>(&mut worker.replies)
             .await
             .map_err(|error| match error {
                 ProtocolError::Closed => "it exited before greeting; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?".to_owned(),
@@ -506,14 +531,6 @@ fn check_hello(protocol: u32, fingerprint: u64, ours: u64) -> Result<(), String>
     Ok(())
 }
 
-/// Whether the child `pid` has exited (it stays in the table to be reaped).
-fn exited(state: &mut PoolState, pid: u32) -> bool {
-    state
-        .children
-        .get_mut(&pid)
-        .is_none_or(|child| !matches!(child.try_wait(), Ok(None)))
-}
-
 /// A worker checked out for an attempt. If the attempt is abandoned (the
 /// task was cancelled or interrupted and its future dropped), the worker is
 /// still running the task: kill it rather than reuse it.
@@ -569,7 +586,9 @@ fn start_spawner(
 }
 
 fn spawn_worker(config: &ProcessConfig) -> Spawned {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    // Both ends are close-on-exec; `prepare_worker` places the child's two.
+    let (their_requests, our_requests) = std::io::pipe()?;
+    let (our_replies, their_replies) = std::io::pipe()?;
     let program = match &config.program {
         Some(program) => program.clone(),
         // The running binary itself, even if the file was replaced since.
@@ -586,13 +605,13 @@ fn spawn_worker(config: &ProcessConfig) -> Spawned {
     if let Some(level) = &config.log_level {
         command.env(worker::LOG_LEVEL_ENV, level);
     }
-    sys::prepare_worker(&mut command, &theirs, config.nice);
+    sys::prepare_worker(&mut command, &their_requests, &their_replies, config.nice);
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(true);
     let child = command.spawn()?;
-    drop(theirs);
-    ours.set_nonblocking(true)?;
-    Ok((child, ours))
+    // Only the child may hold these, so its exit closes the pipes.
+    drop((their_requests, their_replies));
+    Ok((child, our_requests, our_replies))
 }
 
 /// "exited with status 3", "killed by signal 9 (SIGKILL)".
