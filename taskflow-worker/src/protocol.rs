@@ -220,13 +220,13 @@ mod tests {
         write_frame(&mut wire, &run, b"args").unwrap();
         write_frame(&mut wire, &ToWorker::Stop, &[]).unwrap();
         let mut reader = wire.as_slice();
-        let (first, payload): (ToWorker, _) = read_frame(&mut reader).unwrap();
+        let (first, payload): (ToWorker<'static>, _) = read_frame(&mut reader).unwrap();
         assert!(matches!(first, ToWorker::Run { id: got, attempt: 2, .. } if got == id));
         assert_eq!(payload, b"args");
-        let (second, _): (ToWorker, _) = read_frame(&mut reader).unwrap();
+        let (second, _): (ToWorker<'static>, _) = read_frame(&mut reader).unwrap();
         assert!(matches!(second, ToWorker::Stop));
         assert!(matches!(
-            read_frame::<ToWorker>(&mut reader),
+            read_frame::<ToWorker<'static>>(&mut reader),
             Err(ProtocolError::Closed)
         ));
     }
@@ -235,7 +235,7 @@ mod tests {
     fn oversized_frames_are_refused_before_reading() {
         let mut wire = Vec::new();
         wire.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
-        let result = read_frame::<ToWorker>(&mut wire.as_slice());
+        let result = read_frame::<ToWorker<'static>>(&mut wire.as_slice());
         assert!(matches!(result, Err(ProtocolError::FrameTooLarge { .. })));
     }
 
@@ -245,7 +245,7 @@ mod tests {
         write_frame(&mut wire, &ToWorker::Stop, b"payload").unwrap();
         wire.truncate(wire.len() - 3);
         assert!(matches!(
-            read_frame::<ToWorker>(&mut wire.as_slice()),
+            read_frame::<ToWorker<'static>>(&mut wire.as_slice()),
             Err(ProtocolError::Io(_))
         ));
     }
