@@ -32,9 +32,13 @@ pub struct TaskId(Uuid);
 impl TaskId {
     /// A new time-ordered id.
     pub fn new() -> Self {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        Self::at(SystemTime::now())
+    }
+
+    /// A new id for something created at `time` (a clock read the caller
+    /// needs anyway).
+    pub fn at(time: SystemTime) -> Self {
+        let now = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         let millis = now.as_millis() as u64 & ((1 << 48) - 1);
         // RFC 9562 §6.2 method 3: spend rand_a on extra clock precision so ids
         // from one thread within a millisecond still sort by time.

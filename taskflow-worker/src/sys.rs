@@ -177,3 +177,35 @@ pub fn process_exists(pid: u32) -> bool {
     let result = unsafe { libc::kill(pid, 0) };
     result == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// Sets the calling thread's nice value (Linux, where nice is per thread),
+/// so a background thread yields the CPU to the application's threads.
+///
+/// # Errors
+///
+/// What `setpriority` reports, e.g. `EACCES` for a value below the current
+/// one without privilege; on other systems, `Unsupported`.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority only read their integer arguments;
+        // PRIO_PROCESS with a thread id changes that one thread on Linux.
+        let result = unsafe {
+            let tid = libc::gettid();
+            #[allow(clippy::useless_conversion)]
+            libc::setpriority(libc::PRIO_PROCESS as _, tid as libc::id_t, nice)
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "per-thread nice needs Linux",
+        ))
+    }
+}

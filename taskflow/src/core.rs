@@ -8,7 +8,7 @@
 //! call it; no other code assigns a status.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use taskflow_worker::log::LogSink;
@@ -26,6 +26,7 @@ use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::lifecycle::{self, TaskStatus, Transition};
 use crate::record::{MAX_LOGS, Origin, Produced, SharedCell, TaskCell, TaskFilter, TaskRecord};
 use crate::store::{Claimed, MemoryStore, Recovered, SqliteStore, StoredRow, sort_newest_first};
+use crate::tally::Tally;
 
 pub(crate) struct Core {
     pub(crate) store: MemoryStore,
@@ -42,7 +43,7 @@ pub(crate) struct Core {
     pub(crate) process_tasks: ProcessExecutor,
     closed: AtomicBool,
     /// RUNNING tasks per executor, indexed by [`executor_index`].
-    running: [AtomicU64; 3],
+    running: Tally<3>,
     /// Signalled whenever a task stops running after close.
     idle: Notify,
 }
@@ -147,7 +148,9 @@ impl Core {
             holder.add_handle();
             return Ok(holder);
         }
-        self.admit(cell.clone(), EventKind::Enqueued);
+        // A keyed claim against the task store recorded the cell already.
+        let recorded = cell.key.is_some() && self.persistence.is_some();
+        self.admit(cell.clone(), EventKind::Enqueued, recorded);
         Ok(cell)
     }
 
@@ -185,8 +188,8 @@ impl Core {
 
     /// Records a PENDING cell (if not yet recorded), announces it, queues
     /// its row and hands it to its executor.
-    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind) {
-        if self.store.get(&cell.id).is_none() {
+    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind, recorded: bool) {
+        if !recorded {
             self.store.insert(cell.clone());
         }
         self.bus.publish(|| TaskEvent {
@@ -230,7 +233,7 @@ impl Core {
             origin,
         ));
         self.store.set_key_holder(&cell);
-        self.admit(cell, EventKind::Requeued);
+        self.admit(cell, EventKind::Requeued, false);
     }
 
     /// A handle's view of a task that another instance (or an earlier run)
@@ -462,11 +465,11 @@ impl Core {
         if !cell.is_mirror() {
             self.store.count_transition(from, to, duration);
         }
-        let running = &self.running[executor_index(cell.entry.executor())];
+        let executor = executor_index(cell.entry.executor());
         if to == TaskStatus::Running {
-            running.fetch_add(1, Ordering::SeqCst);
+            self.running.add(executor, 1);
         } else if from == TaskStatus::Running {
-            running.fetch_sub(1, Ordering::SeqCst);
+            self.running.add(executor, -1);
         }
         let attempt = state.attempts.saturating_sub(1);
         self.bus.publish(|| TaskEvent {
@@ -585,8 +588,9 @@ impl Core {
     fn running_on(&self, executors: &[Executor]) -> u64 {
         executors
             .iter()
-            .map(|&executor| self.running[executor_index(executor)].load(Ordering::SeqCst))
-            .sum()
+            .map(|&executor| self.running.get(executor_index(executor)))
+            .sum::<i64>()
+            .max(0) as u64
     }
 
     /// Waits until no task of `executors` is RUNNING or `deadline` passes;

@@ -259,6 +259,7 @@ mod lifecycle;
 mod manager;
 mod record;
 mod store;
+mod tally;
 
 #[doc(hidden)]
 pub mod __private;

@@ -201,6 +201,7 @@ impl TaskManager {
             ),
         );
         let running = core.interrupt_unfinished(false);
+        core.async_tasks.stop();
         #[cfg(unix)]
         core.process_tasks.kill_all().await;
         if let Some(persistence) = &core.persistence
@@ -284,6 +285,8 @@ pub struct ShutdownReport {
 pub struct TaskManagerBuilder {
     max_concurrent_tasks: Option<usize>,
     max_sync_threads: Option<usize>,
+    async_worker_threads: Option<usize>,
+    background_nice: Option<i32>,
     max_process_workers: Option<usize>,
     max_tasks_per_worker: Option<u32>,
     process_nice: Option<i32>,
@@ -307,6 +310,8 @@ impl Default for TaskManagerBuilder {
         TaskManagerBuilder {
             max_concurrent_tasks: None,
             max_sync_threads: None,
+            async_worker_threads: None,
+            background_nice: None,
             max_process_workers: None,
             max_tasks_per_worker: None,
             process_nice: None,
@@ -338,6 +343,33 @@ impl TaskManagerBuilder {
     /// `taskflow-sync-1` … `taskflow-sync-n`. Unset: tokio's blocking pool.
     pub fn max_sync_threads(mut self, n: usize) -> Self {
         self.max_sync_threads = Some(n);
+        self
+    }
+
+    /// Runs async tasks on `n` threads of the manager's own (a second tokio
+    /// runtime, threads named `taskflow-async-N`) instead of the
+    /// application's runtime. Unset: the application's runtime.
+    ///
+    /// Tasks on the application's runtime share its worker threads with
+    /// request handlers: a burst of tasks that wake together runs ahead of a
+    /// request queued behind them, even with a cap. On threads of their own,
+    /// the operating system's scheduler interleaves them with the handlers'
+    /// threads instead, so request latency stays flat under a burst (see
+    /// BENCHMARKS.md, B7). Tasks then run on another runtime: `tokio::spawn`
+    /// inside one spawns there.
+    pub fn async_worker_threads(mut self, n: usize) -> Self {
+        self.async_worker_threads = Some(n);
+        self
+    }
+
+    /// Runs the manager's own threads (the `max_sync_threads` pool and the
+    /// `async_worker_threads`) at this nice value, so background work yields
+    /// the CPU to request handlers (Linux, where nice is per thread; 0 to 19
+    /// without privilege, higher is kinder). Worker processes have
+    /// [`process_nice`](Self::process_nice). A value the system refuses is
+    /// logged and the threads run at normal priority.
+    pub fn background_nice(mut self, nice: i32) -> Self {
+        self.background_nice = Some(nice);
         self
     }
 
@@ -483,6 +515,7 @@ impl TaskManagerBuilder {
         for (option, value) in [
             ("max_concurrent_tasks", self.max_concurrent_tasks),
             ("max_sync_threads", self.max_sync_threads),
+            ("async_worker_threads", self.async_worker_threads),
             ("max_process_workers", self.max_process_workers),
             (
                 "max_tasks_per_worker",
@@ -495,8 +528,16 @@ impl TaskManagerBuilder {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let executors = Executors {
-            async_tasks: AsyncExecutor::new(self.max_concurrent_tasks),
-            sync_tasks: SyncExecutor::new(self.max_sync_threads),
+            async_tasks: AsyncExecutor::new(
+                self.max_concurrent_tasks,
+                self.async_worker_threads,
+                self.background_nice,
+            )
+            .map_err(|source| Error::SpawnThread {
+                name: "taskflow-async".into(),
+                source,
+            })?,
+            sync_tasks: SyncExecutor::new(self.max_sync_threads, self.background_nice),
             #[cfg(unix)]
             process_tasks: ProcessExecutor::new(ProcessConfig {
                 workers: self

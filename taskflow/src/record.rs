@@ -71,9 +71,10 @@ pub(crate) struct Origin {
 impl Origin {
     /// A task enqueued now, with one handle.
     pub(crate) fn new(durable: bool) -> Self {
+        let now = SystemTime::now();
         Origin {
-            id: TaskId::new(),
-            created_at: SystemTime::now(),
+            id: TaskId::at(now),
+            created_at: now,
             attempts: 0,
             status: TaskStatus::Pending,
             handles: 1,

@@ -209,3 +209,22 @@ pub async fn eventually(what: &str, done: impl FnMut() -> bool) {
         "timed out after {PATIENCE:?} waiting for {what}"
     );
 }
+
+/// The calling thread's nice value, from `/proc/thread-self/stat` (Linux).
+///
+/// # Panics
+///
+/// When the file cannot be read or parsed.
+pub fn thread_nice() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")
+        .expect("/proc/thread-self/stat is readable");
+    // Field 19; the first field after the parenthesised command name is field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    rest.split_whitespace()
+        .nth(16)
+        .and_then(|nice| nice.parse().ok())
+        .expect("a nice value in field 19")
+}

@@ -9,7 +9,9 @@ use std::time::Duration;
 use taskflow::{
     EventKind, EventStream, RecvError, TaskEvent, TaskFilter, TaskManager, TaskStatus, task,
 };
-use taskflow_tests::{Gauge, Latch, PATIENCE, wait_for_status, wait_until, within};
+use taskflow_tests::{
+    Gauge, Latch, PATIENCE, live_threads_named, wait_for_status, wait_until, within,
+};
 
 static NAPPING: Gauge = Gauge::new();
 
@@ -43,6 +45,11 @@ static UNCAPPED_RELEASE: Latch = Latch::new();
 async fn uncapped() -> bool {
     let _executing = UNCAPPED.enter();
     UNCAPPED_RELEASE.wait().await
+}
+
+#[task]
+async fn where_am_i() -> (String, i64) {
+    (taskflow_tests::thread_name(), taskflow_tests::thread_nice())
 }
 
 static SLOW_REACHED_END: AtomicBool = AtomicBool::new(false);
@@ -267,4 +274,35 @@ async fn timeout_aborts_each_attempt() {
         "a timed-out body ran on"
     );
     manager.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_worker_threads_run_tasks_on_threads_of_their_own() {
+    let manager = TaskManager::builder()
+        .max_concurrent_tasks(4)
+        .async_worker_threads(2)
+        .background_nice(6)
+        .build()
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    for _ in 0..20 {
+        names.push(where_am_i::call().enqueue_on(&manager).unwrap());
+    }
+    for handle in names {
+        let (name, nice) = within("a task", handle).await.unwrap();
+        assert!(name.starts_with("taskflow-async-"), "ran on {name}");
+        assert_eq!(
+            nice, 6,
+            "the dedicated threads run at the background nice value"
+        );
+    }
+    assert_eq!(live_threads_named("taskflow-async-").len(), 2);
+    manager.shutdown().await;
+    assert!(
+        wait_until(PATIENCE, || live_threads_named("taskflow-async-")
+            .is_empty())
+        .await,
+        "the dedicated threads outlived shutdown"
+    );
 }

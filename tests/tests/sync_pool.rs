@@ -105,3 +105,28 @@ async fn unset_uses_tokios_blocking_pool() {
     );
     manager.shutdown().await;
 }
+
+#[task]
+fn my_nice() -> (String, i64) {
+    (thread_name(), taskflow_tests::thread_nice())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_nice_lowers_the_pool_threads() {
+    let manager = TaskManager::builder()
+        .max_sync_threads(2)
+        .background_nice(5)
+        .build()
+        .await
+        .expect("the manager builds");
+    let (name, nice) = my_nice::call()
+        .enqueue_on(&manager)
+        .expect("enqueued")
+        .await
+        .expect("ran");
+    assert!(name.starts_with("taskflow-sync-"), "ran on {name}");
+    assert_eq!(nice, 5);
+    // The application's threads keep their priority.
+    assert_eq!(taskflow_tests::thread_nice(), 0);
+    manager.shutdown().await;
+}

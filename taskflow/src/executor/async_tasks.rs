@@ -8,19 +8,93 @@ use taskflow_worker::registry::Body;
 use taskflow_worker::{ErrorKind, TaskError, context};
 
 use super::gate::{Gate, Permit};
-use super::{context_of, spawn_attempt};
+use super::{context_of, lower_priority, spawn_attempt};
 use crate::core::Core;
 use crate::record::{Produced, SharedCell};
 
 pub(crate) struct AsyncExecutor {
     /// `None` means no cap.
     gate: Option<Gate>,
+    /// Threads of the manager's own, when asked for; else the application's
+    /// runtime runs the tasks.
+    dedicated: Option<Dedicated>,
+}
+
+/// A runtime the manager owns, for async tasks only.
+struct Dedicated {
+    handle: tokio::runtime::Handle,
+    runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Dedicated {
+    fn stop(&self) {
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Shutting down in the background is allowed in async contexts,
+        // where dropping a runtime is not.
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl AsyncExecutor {
-    pub(crate) fn new(max_concurrent_tasks: Option<usize>) -> Self {
-        AsyncExecutor {
+    /// # Errors
+    ///
+    /// When the dedicated runtime's threads cannot start.
+    pub(crate) fn new(
+        max_concurrent_tasks: Option<usize>,
+        threads: Option<usize>,
+        nice: Option<i32>,
+    ) -> std::io::Result<Self> {
+        let dedicated = match threads {
+            None => None,
+            Some(threads) => {
+                let next = std::sync::atomic::AtomicUsize::new(1);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .thread_name_fn(move || {
+                        format!(
+                            "taskflow-async-{}",
+                            next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        )
+                    })
+                    .on_thread_start(move || lower_priority(nice))
+                    .enable_all()
+                    .build()?;
+                Some(Dedicated {
+                    handle: runtime.handle().clone(),
+                    runtime: std::sync::Mutex::new(Some(runtime)),
+                })
+            }
+        };
+        Ok(AsyncExecutor {
             gate: max_concurrent_tasks.map(Gate::new),
+            dedicated,
+        })
+    }
+
+    /// The runtime that runs the attempts.
+    fn runtime<'a>(&'a self, core: &'a Core) -> &'a tokio::runtime::Handle {
+        match &self.dedicated {
+            Some(dedicated) => &dedicated.handle,
+            None => &core.runtime,
+        }
+    }
+
+    /// Stops the dedicated threads, if any; after shutdown nothing runs there.
+    pub(crate) fn stop(&self) {
+        if let Some(dedicated) = &self.dedicated {
+            dedicated.stop();
         }
     }
 
@@ -34,7 +108,8 @@ impl AsyncExecutor {
 
 /// Spawns one admitted attempt.
 fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
-    spawn_attempt(core, &cell.clone(), attempt(core.clone(), cell, permit));
+    let runtime = core.async_tasks.runtime(core);
+    spawn_attempt(runtime, &cell.clone(), attempt(core.clone(), cell, permit));
 }
 
 /// Runs one attempt; after a failure with retries left, waits (holding no
@@ -55,7 +130,9 @@ async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
                     context::scope(context_of(&core, &cell, attempt), CatchUnwind::new(future));
                 match cell.entry.defaults().timeout {
                     None => future.await,
-                    Some(limit) => tokio::time::timeout(limit, future)
+                    // Boxed: a timer is large, and only some tasks have one;
+                    // every live attempt pays for its state's size.
+                    Some(limit) => Box::pin(tokio::time::timeout(limit, future))
                         .await
                         .unwrap_or_else(|_| {
                             Err(TaskError::new(
@@ -72,7 +149,17 @@ async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
     // never outnumber the permits; never held across the retry wait.
     drop(permit);
     if let Some(wait) = retry_in {
+        retry_after(core, cell, wait);
+    }
+}
+
+/// Queues the task again after `wait`, on a timer task of its own so the
+/// attempts' state stays small. Cancelling or interrupting the task
+/// meanwhile needs no abort: the gate skips a finished task.
+fn retry_after(core: Arc<Core>, cell: SharedCell, wait: std::time::Duration) {
+    let runtime = core.async_tasks.runtime(&core).clone();
+    drop(runtime.spawn(async move {
         tokio::time::sleep(wait).await;
         core.async_tasks.submit(&core, cell);
-    }
+    }));
 }

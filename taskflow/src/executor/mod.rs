@@ -22,6 +22,8 @@ mod sync_pool;
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::runtime::Handle;
+
 use taskflow_worker::context::TaskContext;
 use taskflow_worker::log::SharedSink;
 
@@ -35,9 +37,26 @@ use crate::record::TaskCell;
 
 /// Spawns an admitted attempt of `cell` on the runtime, abortable through
 /// the cell (cancellation, shutdown).
-fn spawn_attempt(core: &Core, cell: &TaskCell, attempt: impl Future<Output = ()> + Send + 'static) {
-    let task = core.runtime.spawn(attempt);
+fn spawn_attempt(
+    runtime: &Handle,
+    cell: &TaskCell,
+    attempt: impl Future<Output = ()> + Send + 'static,
+) {
+    let task = runtime.spawn(attempt);
     cell.set_abort(task.abort_handle());
+}
+
+/// Lowers the calling thread's priority to `nice`, if asked; a refusal is
+/// logged and the thread carries on at its priority.
+fn lower_priority(nice: Option<i32>) {
+    let Some(nice) = nice else { return };
+    #[cfg(unix)]
+    let result = taskflow_worker::sys::set_thread_nice(nice);
+    #[cfg(not(unix))]
+    let result: std::io::Result<()> = Err(std::io::ErrorKind::Unsupported.into());
+    if let Err(error) = result {
+        tracing::warn!("cannot set nice {nice} on a taskflow thread: {error}");
+    }
 }
 
 /// The context an in-process attempt runs in; its log records go to `core`.

@@ -112,7 +112,11 @@ impl ProcessExecutor {
 
 /// Spawns one admitted attempt.
 fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
-    spawn_attempt(core, &cell.clone(), attempt(core.clone(), cell, permit));
+    spawn_attempt(
+        &core.runtime,
+        &cell.clone(),
+        attempt(core.clone(), cell, permit),
+    );
 }
 
 /// Runs one attempt on a worker; after a failure with retries left, waits

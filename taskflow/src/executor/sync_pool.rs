@@ -14,7 +14,7 @@ use taskflow_worker::attempt::catch_panic;
 use taskflow_worker::registry::Body;
 use taskflow_worker::{TaskError, context};
 
-use super::context_of;
+use super::{context_of, lower_priority};
 use crate::core::Core;
 use crate::error::Error;
 use crate::lifecycle::Transition;
@@ -29,6 +29,7 @@ pub(crate) enum SyncExecutor {
 
 pub(crate) struct Pool {
     size: usize,
+    nice: Option<i32>,
     jobs: Sender<Job>,
     /// Taken when the threads start.
     receiver: Mutex<Option<Receiver<Job>>>,
@@ -41,13 +42,14 @@ enum Job {
 }
 
 impl SyncExecutor {
-    pub(crate) fn new(max_sync_threads: Option<usize>) -> Self {
+    pub(crate) fn new(max_sync_threads: Option<usize>, nice: Option<i32>) -> Self {
         match max_sync_threads {
             None => SyncExecutor::Shared,
             Some(size) => {
                 let (jobs, receiver) = crossbeam_channel::unbounded();
                 SyncExecutor::Dedicated(Pool {
                     size,
+                    nice,
                     jobs,
                     receiver: Mutex::new(Some(receiver)),
                 })
@@ -68,12 +70,13 @@ impl SyncExecutor {
         let Some(receiver) = receiver else {
             return Ok(());
         };
+        let nice = pool.nice;
         for index in 1..=pool.size {
             let name = format!("taskflow-sync-{index}");
             let (thread_core, receiver) = (core.clone(), receiver.clone());
             let spawned = thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || serve(&thread_core, &receiver));
+                .spawn(move || serve(&thread_core, &receiver, nice));
             if let Err(source) = spawned {
                 // Stop the threads already started before reporting.
                 core.sync_tasks.close();
@@ -117,7 +120,8 @@ impl SyncExecutor {
 }
 
 /// A dedicated thread's loop.
-fn serve(core: &Arc<Core>, jobs: &Receiver<Job>) {
+fn serve(core: &Arc<Core>, jobs: &Receiver<Job>, nice: Option<i32>) {
+    lower_priority(nice);
     // Task bodies may use `Handle::current()`, as on tokio's blocking pool.
     let _runtime = core.runtime.enter();
     while let Ok(Job::Run(cell)) = jobs.recv() {

@@ -10,7 +10,7 @@
 //! a task store they remain readable from it). The window is a lock-free
 //! queue of ids in the order tasks finished.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -20,15 +20,18 @@ use taskflow_worker::TaskId;
 
 use crate::lifecycle::TaskStatus;
 use crate::record::{Metrics, SharedCell, TaskCell, TaskFilter, TaskRecord};
+use crate::tally::Tally;
+
+const DURATION_SUM: usize = 6;
+const DURATION_COUNT: usize = 7;
 
 pub(crate) struct MemoryStore {
     records: DashMap<TaskId, SharedCell>,
     /// Holders of idempotency keys, for keyed enqueues in this process.
     keys: DashMap<Box<str>, SharedCell>,
-    counts: [AtomicU64; 6],
-    /// Sum and count of durations of tasks that succeeded or failed, in µs.
-    duration_total_us: AtomicU64,
-    duration_count: AtomicU64,
+    /// Per status (by `TaskStatus::index`), then the sum and count of the
+    /// durations of tasks that succeeded or failed, in µs.
+    counts: Tally<8>,
     max_finished: usize,
     finished: (Sender<TaskId>, Receiver<TaskId>),
     finished_len: AtomicUsize,
@@ -39,9 +42,7 @@ impl MemoryStore {
         MemoryStore {
             records: DashMap::new(),
             keys: DashMap::new(),
-            counts: Default::default(),
-            duration_total_us: AtomicU64::new(0),
-            duration_count: AtomicU64::new(0),
+            counts: Tally::default(),
             max_finished,
             finished: crossbeam_channel::unbounded(),
             finished_len: AtomicUsize::new(0),
@@ -49,14 +50,14 @@ impl MemoryStore {
     }
 
     pub(crate) fn insert(&self, cell: SharedCell) {
-        self.counts[cell.status().index()].fetch_add(1, Ordering::Relaxed);
+        self.counts.add(cell.status().index(), 1);
         self.records.insert(cell.id, cell);
     }
 
     /// Forgets a cell that was never dispatched (its key was taken).
     pub(crate) fn remove_unstarted(&self, cell: &TaskCell) {
         if self.records.remove(&cell.id).is_some() {
-            self.counts[cell.status().index()].fetch_sub(1, Ordering::Relaxed);
+            self.counts.add(cell.status().index(), -1);
         }
     }
 
@@ -104,12 +105,12 @@ impl MemoryStore {
         to: TaskStatus,
         duration: Option<Duration>,
     ) {
-        self.counts[from.index()].fetch_sub(1, Ordering::Relaxed);
-        self.counts[to.index()].fetch_add(1, Ordering::Relaxed);
+        self.counts.add(from.index(), -1);
+        self.counts.add(to.index(), 1);
         if let Some(duration) = duration {
-            let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-            self.duration_total_us.fetch_add(micros, Ordering::Relaxed);
-            self.duration_count.fetch_add(1, Ordering::Relaxed);
+            let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+            self.counts.add(DURATION_SUM, micros);
+            self.counts.add(DURATION_COUNT, 1);
         }
     }
 
@@ -136,7 +137,7 @@ impl MemoryStore {
     }
 
     pub(crate) fn count(&self, status: TaskStatus) -> u64 {
-        self.counts[status.index()].load(Ordering::Relaxed)
+        u64::try_from(self.counts.get(status.index())).unwrap_or(0)
     }
 
     /// Cells not yet finished.
@@ -167,9 +168,11 @@ impl MemoryStore {
 
     pub(crate) fn metrics(&self) -> Metrics {
         let count = |status: TaskStatus| self.count(status);
-        let finished = self.duration_count.load(Ordering::Relaxed);
+        let finished = u64::try_from(self.counts.get(DURATION_COUNT)).unwrap_or(0);
         let mean_duration = (finished > 0).then(|| {
-            Duration::from_micros(self.duration_total_us.load(Ordering::Relaxed) / finished)
+            Duration::from_micros(
+                u64::try_from(self.counts.get(DURATION_SUM)).unwrap_or(0) / finished,
+            )
         });
         Metrics {
             pending: count(TaskStatus::Pending),
