@@ -401,7 +401,7 @@ impl Core {
                 if cell.key.is_some() {
                     // Every later handle to a keyed task reads it, here or
                     // in another process, so it goes to the store encoded.
-                    state.output_bytes = encoded(cell.entry, &output);
+                    state.extra().output_bytes = encoded(cell.entry, &output);
                 }
                 if state.handles > 0 {
                     state.output = Some(output);
@@ -539,8 +539,9 @@ impl Core {
         if state.status.is_finished() {
             return;
         }
-        if state.logs.len() == MAX_LOGS {
-            state.logs.pop_front();
+        let logs = &mut state.extra().logs;
+        if logs.len() == MAX_LOGS {
+            logs.pop_front();
         }
         let attempt = state.attempts.saturating_sub(1);
         self.bus.publish(|| TaskEvent {
@@ -551,7 +552,7 @@ impl Core {
             attempt,
             at: record.at,
         });
-        state.logs.push_back(record);
+        state.extra().logs.push_back(record);
     }
 
     pub(crate) fn cancel(&self, id: TaskId) -> Result<(), Error> {

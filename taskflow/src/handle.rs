@@ -87,11 +87,12 @@ impl<T> TaskHandle<T> {
                 )))
             } else {
                 if !state
+                    .extra()
                     .persist_waiters
                     .iter()
                     .any(|w| w.will_wake(cx.waker()))
                 {
-                    state.persist_waiters.push(cx.waker().clone());
+                    state.extra().persist_waiters.push(cx.waker().clone());
                 }
                 Poll::Pending
             }
@@ -119,7 +120,7 @@ impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
                     .map_err(|_| TaskError::error("the task's output is not of the handle's type")),
                 Some(Produced::Encoded(bytes)) => taskflow_worker::codec::decode::<T>(&bytes)
                     .map_err(|e| TaskError::error(format!("cannot decode the task's output: {e}"))),
-                None => match &state.output_bytes {
+                None => match state.output_bytes() {
                     // Another handle took the value; a keyed task keeps its encoding.
                     Some(bytes) => taskflow_worker::codec::decode::<T>(bytes).map_err(|e| {
                         TaskError::error(format!("cannot decode the task's output: {e}"))

@@ -85,6 +85,31 @@ impl Origin {
     }
 }
 
+/// The parts of a cell's state that most tasks never use.
+#[derive(Default)]
+pub(crate) struct Extra {
+    /// The encoded output of a successful task with an idempotency key, kept
+    /// so every handle to it (here, in another process, after a restart)
+    /// can read it.
+    pub(crate) output_bytes: Option<Arc<[u8]>>,
+    /// `persisted()` futures waiting for the row to be committed.
+    pub(crate) persist_waiters: Vec<Waker>,
+    /// The latest log records, oldest first, at most [`MAX_LOGS`].
+    pub(crate) logs: VecDeque<LogRecord>,
+}
+
+impl CellState {
+    /// The rarely used parts, allocated now if they were not.
+    pub(crate) fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The encoded output kept for a keyed task, if any.
+    pub(crate) fn output_bytes(&self) -> Option<&Arc<[u8]>> {
+        self.extra.as_ref()?.output_bytes.as_ref()
+    }
+}
+
 /// The mutable half of a cell.
 pub(crate) struct CellState {
     pub(crate) status: TaskStatus,
@@ -95,14 +120,9 @@ pub(crate) struct CellState {
     /// The output of a successful task, until a handle takes it. Only kept
     /// while a handle exists to take it.
     pub(crate) output: Option<Produced>,
-    /// The encoded output of a successful task with an idempotency key, kept
-    /// so every handle to it (here, in another process, after a restart)
-    /// can read it.
-    pub(crate) output_bytes: Option<Arc<[u8]>>,
-    /// `persisted()` futures waiting for the row to be committed.
-    pub(crate) persist_waiters: Vec<Waker>,
-    /// The latest log records, oldest first, at most [`MAX_LOGS`].
-    pub(crate) logs: VecDeque<LogRecord>,
+    /// What only some tasks need, allocated on first use so the common
+    /// record stays small.
+    extra: Option<Box<Extra>>,
     /// Live `TaskHandle`s.
     pub(crate) handles: u32,
     /// Handles waiting for the task to finish.
@@ -142,9 +162,7 @@ impl TaskCell {
                 finished_at: None,
                 last_error: None,
                 output: None,
-                output_bytes: None,
-                persist_waiters: Vec::new(),
-                logs: VecDeque::new(),
+                extra: None,
                 handles: origin.handles,
                 waiters: Vec::new(),
                 abort: None,
@@ -190,7 +208,7 @@ impl TaskCell {
     /// Records that the row is committed and wakes `persisted()` futures.
     pub(crate) fn mark_stored(&self) {
         if self.set_flag(FLAG_STORED) {
-            let waiters = std::mem::take(&mut self.lock().persist_waiters);
+            let waiters = std::mem::take(&mut self.lock().extra().persist_waiters);
             waiters.into_iter().for_each(Waker::wake);
         }
     }
@@ -198,7 +216,7 @@ impl TaskCell {
     /// Records that the store gave up on this row and wakes `persisted()`.
     pub(crate) fn mark_unwritten(&self) {
         if self.set_flag(FLAG_UNWRITTEN) {
-            let waiters = std::mem::take(&mut self.lock().persist_waiters);
+            let waiters = std::mem::take(&mut self.lock().extra().persist_waiters);
             waiters.into_iter().for_each(Waker::wake);
         }
     }
@@ -249,7 +267,11 @@ impl TaskCell {
             attempts: state.attempts,
             last_error: state.last_error.as_deref().cloned(),
             tags: self.tags.clone(),
-            logs: state.logs.iter().cloned().collect(),
+            logs: state
+                .extra
+                .as_ref()
+                .map(|extra| extra.logs.iter().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -378,3 +400,16 @@ impl Metrics {
 }
 
 pub(crate) type SharedCell = Arc<TaskCell>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stays_small() {
+        // B9: a finished record is budgeted at 512 bytes with its map entry.
+        let size = std::mem::size_of::<TaskCell>();
+        println!("TaskCell is {size} bytes");
+        assert!(size <= 256, "TaskCell is {size} bytes");
+    }
+}

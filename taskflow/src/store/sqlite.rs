@@ -848,7 +848,7 @@ fn row_state(cell: &SharedCell, instance: &Arc<str>) -> RowState {
         } else {
             Some(instance.clone())
         },
-        output: state.output_bytes.clone(),
+        output: state.output_bytes().cloned(),
         finished: state.status.is_finished(),
     }
 }
