@@ -17,7 +17,6 @@ use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{self, CodecError};
 use crate::failure::TaskError;
@@ -135,8 +134,9 @@ fn decode_body<H: DeserializeOwned>(mut body: Vec<u8>) -> Result<(H, Vec<u8>), P
         .filter(|&end| end <= body.len());
     let header_end = header_end.ok_or_else(|| malformed(body.len()))?;
     let header = codec::decode(&body[4..header_end]).map_err(ProtocolError::Malformed)?;
-    let payload = body.split_off(header_end);
-    Ok((header, payload))
+    // The payload is what follows the header: keep the buffer, drop the front.
+    body.drain(..header_end);
+    Ok((header, body))
 }
 
 fn check_size(size: usize) -> Result<(), ProtocolError> {
@@ -173,33 +173,6 @@ pub fn read_frame<H: DeserializeOwned>(
     check_size(size)?;
     let mut body = vec![0; size];
     reader.read_exact(&mut body)?;
-    decode_body(body)
-}
-
-/// Writes one frame.
-pub async fn write_frame_async<H: Serialize>(
-    writer: &mut (impl AsyncWrite + Unpin),
-    header: &H,
-    payload: &[u8],
-) -> Result<(), ProtocolError> {
-    let frame = encode_frame(header, payload)?;
-    writer.write_all(&frame).await?;
-    Ok(())
-}
-
-/// Reads one frame; [`ProtocolError::Closed`] at a clean end of stream.
-pub async fn read_frame_async<H: DeserializeOwned>(
-    reader: &mut (impl AsyncRead + Unpin),
-) -> Result<(H, Vec<u8>), ProtocolError> {
-    let mut size = [0; 4];
-    match reader.read_exact(&mut size).await {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ProtocolError::Closed),
-        other => other?,
-    };
-    let size = u32::from_le_bytes(size) as usize;
-    check_size(size)?;
-    let mut body = vec![0; size];
-    reader.read_exact(&mut body).await?;
     decode_body(body)
 }
 

@@ -571,6 +571,8 @@ impl Core {
         let first = !self.closed.swap(true, Ordering::SeqCst);
         if first {
             self.sync_tasks.close();
+            #[cfg(unix)]
+            self.process_tasks.close();
         }
         first
     }

@@ -46,19 +46,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if self.core.close() {
             self.core.interrupt_unfinished(true);
-            // Idle workers have nothing left to do; busy ones finish first.
-            #[cfg(unix)]
-            {
-                let core = self.core.clone();
-                drop(self.core.runtime.spawn(async move {
-                    core.wait_idle(
-                        &[Executor::Process],
-                        Instant::now() + Duration::from_secs(3600),
-                    )
-                    .await;
-                    core.process_tasks.kill_all().await;
-                }));
-            }
         }
     }
 }

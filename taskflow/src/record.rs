@@ -85,6 +85,23 @@ impl Origin {
     }
 }
 
+/// How to stop a running attempt from outside it.
+pub(crate) enum Abort {
+    /// Abort the tokio task running an async attempt.
+    Task(AbortHandle),
+    /// Kill the worker process running a process attempt.
+    Worker(Box<dyn FnOnce() + Send>),
+}
+
+impl Abort {
+    pub(crate) fn abort(self) {
+        match self {
+            Abort::Task(handle) => handle.abort(),
+            Abort::Worker(kill) => kill(),
+        }
+    }
+}
+
 /// The parts of a cell's state that most tasks never use.
 #[derive(Default)]
 pub(crate) struct Extra {
@@ -127,8 +144,9 @@ pub(crate) struct CellState {
     pub(crate) handles: u32,
     /// Handles waiting for the task to finish.
     pub(crate) waiters: Vec<Waker>,
-    /// Aborts the tokio task running an async task's attempts.
-    pub(crate) abort: Option<AbortHandle>,
+    /// Stops the running attempt: aborts its tokio task, or kills the
+    /// worker process running it.
+    pub(crate) abort: Option<Abort>,
 }
 
 impl TaskCell {
@@ -225,6 +243,12 @@ impl TaskCell {
         self.flag(FLAG_UNWRITTEN)
     }
 
+    /// Forgets how to stop an attempt that has ended.
+    pub(crate) fn clear_abort(&self) {
+        let stale = self.lock().abort.take();
+        drop(stale);
+    }
+
     /// A new handle to this task.
     pub(crate) fn add_handle(&self) {
         self.lock().handles += 1;
@@ -242,9 +266,9 @@ impl TaskCell {
         self.lock().status
     }
 
-    /// Remembers how to abort the tokio task running this one; aborts at once
-    /// if it already finished (cancelled before the handle was stored).
-    pub(crate) fn set_abort(&self, abort: AbortHandle) {
+    /// Remembers how to stop the running attempt; stops it at once if the
+    /// task already finished (cancelled before this was stored).
+    pub(crate) fn set_abort(&self, abort: Abort) {
         let mut state = self.lock();
         if state.status.is_finished() {
             drop(state);

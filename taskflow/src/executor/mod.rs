@@ -33,7 +33,7 @@ pub(crate) use process::{ProcessConfig, ProcessExecutor};
 pub(crate) use sync_pool::SyncExecutor;
 
 use crate::core::Core;
-use crate::record::TaskCell;
+use crate::record::{Abort, TaskCell};
 
 /// Spawns an admitted attempt of `cell` on the runtime, abortable through
 /// the cell (cancellation, shutdown).
@@ -43,7 +43,7 @@ fn spawn_attempt(
     attempt: impl Future<Output = ()> + Send + 'static,
 ) {
     let task = runtime.spawn(attempt);
-    cell.set_abort(task.abort_handle());
+    cell.set_abort(Abort::Task(task.abort_handle()));
 }
 
 /// Lowers the calling thread's priority to `nice`, if asked; a refusal is

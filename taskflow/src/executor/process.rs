@@ -1,46 +1,50 @@
 //! The process executor: tasks run in worker processes that are this very
 //! executable started again in worker mode.
 //!
-//! Admission is a FIFO gate of `max_process_workers` permits, as for async
-//! tasks; an admitted attempt checks a worker out of the pool (starting one
-//! if none is idle), sends it the task, relays its log records, and awaits
-//! its answer. A worker runs one attempt at a time, so at most
-//! `max_process_workers` process tasks are RUNNING.
+//! The pool is `max_process_workers` *slots*. Each slot is a thread of this
+//! process that owns one worker at a time: it starts the worker, takes the
+//! next task from one first-in, first-out queue, writes the request, blocks
+//! reading the replies (relaying log records as they come), and records the
+//! result. A round trip is then a pipe write and a blocking read on each
+//! side, as cheap as the raw pipe echo it is measured against, and at most
+//! `max_process_workers` process tasks are RUNNING. A slot forks its own
+//! workers, and Linux delivers the parent-death signal when the *thread* that
+//! forked a child exits; a slot lives as long as the pool.
 //!
 //! Failure is contained to the attempt that met it:
 //! - the task's `Err` or panic comes back as a failure and the worker lives on;
 //! - a worker that dies (killed, aborted, out of memory) fails only the
-//!   attempt it was running, with its exit status; it is not reused;
-//! - an attempt past its `timeout` gets its worker killed.
+//!   attempt it was running, with its exit status; the slot starts a
+//!   replacement at once;
+//! - an attempt past its `timeout`, or cancelled, or interrupted by shutdown,
+//!   gets its worker killed (a timer or the canceller kills it; the slot sees
+//!   the channel close).
 //!
-//! Every child ever started is kept in one table until it has been reaped,
-//! so shutdown can kill and wait for each of them: afterwards no process this
-//! pool started exists. Workers are started from one long-lived thread, since
-//! Linux delivers the parent-death signal when the *thread* that forked a
-//! child exits.
+//! Every child ever started stays in one table until its slot has reaped it,
+//! and a killer only signals a child still in the table, so a pid is never
+//! signalled after it may have been reused. Shutdown kills every child and
+//! waits for every slot to exit: afterwards no process this pool started
+//! exists.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, PipeReader, PipeWriter};
+use std::io::{self, BufReader, PipeReader, PipeWriter, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
-use std::time::Duration;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use taskflow_worker::protocol::{self, FromWorker, PROTOCOL_VERSION, ProtocolError, ToWorker};
 use taskflow_worker::registry::Registry;
 use taskflow_worker::{ErrorKind, TaskError, sys, worker};
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::unix::pipe;
-use tokio::process::Child;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
-use super::gate::{Gate, Permit};
-use super::spawn_attempt;
 use crate::core::Core;
-use crate::record::{Produced, SharedCell, TaskCell};
+use crate::record::{Abort, Produced, SharedCell};
 
 /// How the pool starts and treats its workers.
 #[derive(Clone, Debug)]
@@ -54,141 +58,282 @@ pub(crate) struct ProcessConfig {
 }
 
 pub(crate) struct ProcessExecutor {
-    gate: Gate,
-    pool: Arc<Pool>,
+    config: ProcessConfig,
+    /// Tasks waiting for a slot, oldest first.
+    queue: (Sender<SharedCell>, Receiver<SharedCell>),
+    /// Each started slot's control channel; empty until the first task.
+    slots: Mutex<Vec<Sender<Control>>>,
+    shared: Arc<Shared>,
+}
+
+/// Messages to one slot, which it reads before taking another task.
+enum Control {
+    /// Start your worker now (`prewarm`).
+    Warm(oneshot::Sender<Result<(), TaskError>>),
+    /// Exit once the current task, if any, is done.
+    Stop,
+}
+
+/// What slots and killers share.
+struct Shared {
+    state: Mutex<SharedState>,
+    /// Signalled when a slot exits.
+    exited: Notify,
+}
+
+#[derive(Default)]
+struct SharedState {
+    /// Every started child not yet reaped, by pid.
+    children: HashMap<u32, Child>,
+    /// Slot threads alive.
+    slots: usize,
+    /// Set at shutdown: no more workers start.
+    closed: bool,
 }
 
 impl ProcessExecutor {
     pub(crate) fn new(config: ProcessConfig) -> Self {
         ProcessExecutor {
-            gate: Gate::new(config.workers),
-            pool: Arc::new(Pool {
-                config,
-                state: Mutex::new(PoolState::default()),
-                spawner: Mutex::new(None),
-                settled: tokio::sync::Notify::new(),
+            config,
+            queue: crossbeam_channel::unbounded(),
+            slots: Mutex::new(Vec::new()),
+            shared: Arc::new(Shared {
+                state: Mutex::new(SharedState::default()),
+                exited: Notify::new(),
             }),
         }
     }
 
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
-        self.gate
-            .submit(core, cell, |core| Some(&core.process_tasks.gate), start);
+        // Only fails if the receiver is gone, and this struct owns it.
+        let _ = self.queue.0.send(cell);
+        self.start_slots(core);
+    }
+
+    /// Starts the slot threads, once; a thread the OS refuses is logged and
+    /// the pool runs with the others.
+    fn start_slots(&self, core: &Arc<Core>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if !slots.is_empty() || self.shared.state().closed {
+            return;
+        }
+        for index in 1..=self.config.workers {
+            let (control, inbox) = crossbeam_channel::unbounded();
+            let slot = Slot {
+                core: core.clone(),
+                config: self.config.clone(),
+                shared: self.shared.clone(),
+                queue: self.queue.1.clone(),
+                control: inbox,
+                worker: None,
+            };
+            self.shared.state().slots += 1;
+            let spawned = std::thread::Builder::new()
+                .name(format!("taskflow-proc-{index}"))
+                .spawn(move || slot.serve());
+            match spawned {
+                Ok(_) => slots.push(control),
+                Err(error) => {
+                    self.shared.slot_exited();
+                    tracing::error!("cannot start process slot thread {index}: {error}");
+                }
+            }
+        }
     }
 
     /// Starts every worker now rather than on the first task.
     pub(crate) async fn prewarm(&self, core: &Arc<Core>) -> Result<(), TaskError> {
-        let missing = self.pool.config.workers.saturating_sub(self.pool.live());
-        let mut starts = tokio::task::JoinSet::new();
-        for _ in 0..missing {
-            let (pool, core) = (self.pool.clone(), core.clone());
-            starts.spawn(async move {
-                let worker = pool.start(&core).await?;
-                pool.check_in(&core, worker);
-                Ok(())
-            });
-        }
+        self.start_slots(core);
+        let answers: Vec<_> = {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .iter()
+                .map(|slot| {
+                    let (reply, answer) = oneshot::channel();
+                    let _ = slot.send(Control::Warm(reply));
+                    answer
+                })
+                .collect()
+        };
         let mut result = Ok(());
-        while let Some(started) = starts.join_next().await {
-            if let Ok(Err(error)) = started {
-                result = result.and(Err(error));
-            }
+        for answer in answers {
+            let warmed = answer.await.unwrap_or_else(|_| {
+                Err(TaskError::new(
+                    ErrorKind::Interrupted,
+                    "the pool is shutting down",
+                ))
+            });
+            result = result.and(warmed);
         }
         result
     }
 
-    /// Kills every worker and waits until each has been reaped.
+    /// Lets every slot exit once its current task, if any, is done.
+    pub(crate) fn close(&self) {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in slots.iter() {
+            let _ = slot.send(Control::Stop);
+        }
+    }
+
+    /// Kills every worker and waits until every slot has reaped its worker
+    /// and exited.
     pub(crate) async fn kill_all(&self) {
-        self.pool.kill_all().await;
+        self.close();
+        {
+            let mut state = self.shared.state();
+            state.closed = true;
+            for child in state.children.values_mut() {
+                let _ = child.kill();
+            }
+        }
+        // Bounded: a killed worker's pipes close at once, so its slot sees
+        // the end of its task and exits.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let exited = self.shared.exited.notified();
+            tokio::pin!(exited);
+            exited.as_mut().enable();
+            if self.shared.state().slots == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, exited).await.is_err() {
+                tracing::error!("process slots did not exit within 30 s of shutdown");
+                return;
+            }
+        }
     }
 
     /// The pids of live workers.
     pub(crate) fn pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self.pool.state().children.keys().copied().collect();
+        let mut pids: Vec<u32> = self.shared.state().children.keys().copied().collect();
         pids.sort_unstable();
         pids
     }
 }
 
-/// Spawns one admitted attempt.
-fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
-    spawn_attempt(
-        &core.runtime,
-        &cell.clone(),
-        attempt(core.clone(), cell, permit),
-    );
-}
-
-/// Runs one attempt on a worker; after a failure with retries left, waits
-/// (holding no permit) and queues the task again.
-async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
-    let Some(attempt) = core.start(&cell) else {
-        return;
-    };
-    let pool = core.process_tasks.pool.clone();
-    let result = pool.attempt(&core, &cell, attempt).await;
-    let retry_in = core.finish(&cell, result);
-    drop(permit);
-    if let Some(wait) = retry_in {
-        tokio::time::sleep(wait).await;
-        core.process_tasks.submit(&core, cell);
-    }
-}
-
-/// A started, greeted worker.
-struct Worker {
-    pid: u32,
-    requests: pipe::Sender,
-    /// Buffered, so a frame usually arrives in one read.
-    replies: BufReader<pipe::Receiver>,
-    served: u32,
-}
-
-#[derive(Default)]
-struct PoolState {
-    idle: Vec<Worker>,
-    /// Every started child not yet reaped, by pid.
-    children: HashMap<u32, Child>,
-    /// Starts in flight; shutdown waits for them to settle.
-    starting: usize,
-    /// Children taken out of `children` and being waited for; shutdown
-    /// waits for these too, so none outlives it.
-    reaping: usize,
-    closed: bool,
-}
-
-struct Pool {
-    config: ProcessConfig,
-    state: Mutex<PoolState>,
-    /// The thread that forks workers, started with the first one.
-    spawner: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
-    /// Signalled when a start settles.
-    settled: tokio::sync::Notify,
-}
-
-/// A started child, the write end of its requests and the read end of its replies.
-type Spawned = io::Result<(Child, PipeWriter, PipeReader)>;
-
-struct SpawnRequest {
-    reply: oneshot::Sender<Spawned>,
-}
-
-impl Pool {
-    fn state(&self) -> MutexGuard<'_, PoolState> {
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, SharedState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn live(&self) -> usize {
-        self.state().children.len()
+    /// Signals a worker to die, if it has not been reaped yet.
+    fn kill(&self, pid: u32) {
+        if let Some(child) = self.state().children.get_mut(&pid) {
+            let _ = child.kill();
+        }
     }
 
-    /// One attempt of `cell` on a worker.
-    async fn attempt(
-        self: &Arc<Self>,
-        core: &Arc<Core>,
-        cell: &TaskCell,
-        attempt: u32,
-    ) -> Result<Produced, TaskError> {
+    /// Waits up to `grace` for a worker to exit, then kills it, and reaps it.
+    fn reap(&self, pid: u32, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.state().children.remove(&pid)?;
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = child.kill();
+                    return child.wait().ok();
+                }
+            }
+        }
+    }
+
+    fn slot_exited(&self) {
+        self.state().slots -= 1;
+        self.exited.notify_waiters();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Only reached if slots never reaped (they hold no reference then):
+        // leave no child behind.
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, mut child) in state.children.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A started, greeted worker, owned by its slot.
+struct Worker {
+    pid: u32,
+    requests: PipeWriter,
+    /// Buffered, so a frame usually arrives in one read.
+    replies: BufReader<PipeReader>,
+    served: u32,
+}
+
+/// One slot: a thread that owns one worker at a time.
+struct Slot {
+    core: Arc<Core>,
+    config: ProcessConfig,
+    shared: Arc<Shared>,
+    queue: Receiver<SharedCell>,
+    control: Receiver<Control>,
+    worker: Option<Worker>,
+}
+
+impl Slot {
+    fn serve(mut self) {
+        // Retries are scheduled, and timeouts armed, on the runtime.
+        let runtime = self.core.runtime.clone();
+        let _runtime = runtime.enter();
+        loop {
+            // Control first: a stop or a warm-up never waits behind tasks.
+            let control = match self.control.try_recv().ok() {
+                Some(control) => control,
+                None => crossbeam_channel::select! {
+                    recv(self.control) -> control => match control {
+                        Ok(control) => control,
+                        Err(_) => Control::Stop,
+                    },
+                    recv(self.queue) -> cell => match cell {
+                        Ok(cell) => {
+                            self.run(cell);
+                            continue;
+                        }
+                        Err(_) => Control::Stop,
+                    },
+                },
+            };
+            match control {
+                Control::Warm(reply) => {
+                    let _ = reply.send(self.ensure_worker().map(drop));
+                }
+                Control::Stop => break,
+            }
+        }
+        if let Some(worker) = self.worker.take() {
+            self.retire(worker);
+        }
+        self.shared.slot_exited();
+    }
+
+    /// Runs one attempt of `cell` and records its result.
+    fn run(&mut self, cell: SharedCell) {
+        let core = self.core.clone();
+        let Some(attempt) = core.start(&cell) else {
+            return;
+        };
+        let result = self.attempt(&cell, attempt);
+        // The attempt is over: a later cancel must not kill this worker.
+        cell.clear_abort();
+        if let Some(wait) = core.finish(&cell, result) {
+            let runtime = core.runtime.clone();
+            drop(runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                core.process_tasks.submit(&core, cell);
+            }));
+        }
+    }
+
+    fn attempt(&mut self, cell: &SharedCell, attempt: u32) -> Result<Produced, TaskError> {
         let request = ToWorker::Run {
             id: cell.id,
             name: Cow::Borrowed(cell.entry.name()),
@@ -197,327 +342,221 @@ impl Pool {
         };
         let frame = protocol::encode_frame(&request, &cell.args)
             .map_err(|e| TaskError::error(format!("cannot send the task to a worker: {e}")))?;
-        let mut busy = Busy {
-            pool: self.clone(),
-            core: core.clone(),
-            worker: Some(self.deliver(core, &frame).await?),
-        };
-        let exchange = async {
-            let worker = busy.worker.as_mut().ok_or(ProtocolError::Closed)?;
-            loop {
-                let (message, payload) =
-                    protocol::read_frame_async::<FromWorker>(&mut worker.replies).await?;
-                match message {
-                    FromWorker::Log { id, record } if id == cell.id => core.log(cell, record),
-                    FromWorker::Done { id, failure } if id == cell.id => {
-                        return Ok((failure, payload));
-                    }
-                    // A stray frame from an earlier task: nothing to do with this one.
-                    FromWorker::Log { .. } => {}
-                    FromWorker::Hello { .. } | FromWorker::Done { .. } => {
-                        return Err(ProtocolError::Closed);
-                    }
-                }
-            }
-        };
-        let outcome = match cell.entry.defaults().timeout {
-            None => Ok(exchange.await),
-            Some(limit) => tokio::time::timeout(limit, exchange)
-                .await
-                .map_err(|_| limit),
-        };
-        let pid = busy.worker.as_ref().map_or(0, |w| w.pid);
+        let pid = self.deliver(&frame)?;
+        let shared = self.shared.clone();
+        cell.set_abort(Abort::Worker(Box::new(move || shared.kill(pid))));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let timer = cell.entry.defaults().timeout.map(|limit| {
+            let (shared, timed_out) = (self.shared.clone(), timed_out.clone());
+            self.core.runtime.spawn(async move {
+                tokio::time::sleep(limit).await;
+                timed_out.store(true, Ordering::SeqCst);
+                shared.kill(pid);
+            })
+        });
+        let outcome = self.exchange(cell);
+        if let Some(timer) = timer {
+            timer.abort();
+        }
         match outcome {
-            Ok(Ok((failure, payload))) => {
-                if let Some(mut worker) = busy.worker.take() {
-                    worker.served += 1;
-                    self.check_in(core, worker);
-                }
+            Ok((failure, payload)) => {
+                self.served();
                 match failure {
                     None => Ok(Produced::Encoded(payload)),
                     Some(failure) => Err(failure),
                 }
             }
-            Ok(Err(error)) => {
-                busy.worker.take();
-                let status = self.reap(pid, Duration::from_secs(2)).await;
-                self.replace(core);
-                Err(TaskError::new(
-                    ErrorKind::WorkerDied,
-                    format!(
-                        "worker process died while running the task (pid {pid}, {}; {error})",
-                        describe(status)
-                    ),
-                ))
-            }
-            Err(limit) => {
-                busy.worker.take();
-                self.kill(pid).await;
-                self.replace(core);
-                Err(TaskError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "attempt exceeded the timeout of {limit:?}; its worker process (pid {pid}) was killed"
-                    ),
-                ))
-            }
-        }
-    }
-
-    /// Starts a worker in the background to take a lost one's place, so the
-    /// next task does not wait for a process start.
-    fn replace(self: &Arc<Self>, core: &Arc<Core>) {
-        let short = {
-            let state = self.state();
-            !state.closed && state.children.len() + state.starting < self.config.workers
-        };
-        if short {
-            let (pool, core) = (self.clone(), core.clone());
-            drop(core.runtime.clone().spawn(async move {
-                match pool.start(&core).await {
-                    Ok(worker) => pool.check_in(&core, worker),
-                    Err(error) => tracing::warn!("cannot replace a lost worker process: {error}"),
+            Err(error) => {
+                self.worker = None;
+                let status = self.shared.reap(pid, Duration::from_secs(2));
+                let failure = if timed_out.load(Ordering::SeqCst) {
+                    let limit = cell.entry.defaults().timeout.unwrap_or_default();
+                    TaskError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "attempt exceeded the timeout of {limit:?}; its worker process (pid {pid}) was killed"
+                        ),
+                    )
+                } else {
+                    TaskError::new(
+                        ErrorKind::WorkerDied,
+                        format!(
+                            "worker process died while running the task (pid {pid}, {}; {error})",
+                            describe(status)
+                        ),
+                    )
+                };
+                // Replace the lost worker now, so the next task does not wait.
+                if let Err(error) = self.ensure_worker() {
+                    tracing::warn!("cannot replace a lost worker process: {error}");
                 }
-            }));
+                Err(failure)
+            }
         }
     }
 
-    /// Hands `frame` to an idle worker, or a new one. A worker that died
-    /// while idle cannot take it: it is reaped and another tried, without
-    /// blaming the task.
-    async fn deliver(
-        self: &Arc<Self>,
-        core: &Arc<Core>,
-        frame: &[u8],
-    ) -> Result<Worker, TaskError> {
-        let mut tries = self.config.workers + 1;
+    /// Reads the running task's replies until its end.
+    fn exchange(
+        &mut self,
+        cell: &SharedCell,
+    ) -> Result<(Option<TaskError>, Vec<u8>), ProtocolError> {
+        let worker = self.worker.as_mut().ok_or(ProtocolError::Closed)?;
         loop {
-            let idle = self.state().idle.pop();
-            let mut worker = match idle {
-                Some(worker) => worker,
-                None => self.start(core).await?,
-            };
-            match worker.requests.write_all(frame).await {
-                Ok(()) => return Ok(worker),
-                Err(error) if tries > 1 => {
-                    tries -= 1;
-                    tracing::debug!(pid = worker.pid, "a worker died while idle: {error}");
-                    self.kill(worker.pid).await;
-                }
-                Err(error) => {
-                    self.kill(worker.pid).await;
-                    return Err(TaskError::error(format!(
-                        "cannot reach a worker process: {error}"
-                    )));
+            let (message, payload) = protocol::read_frame::<FromWorker>(&mut worker.replies)?;
+            match message {
+                FromWorker::Log { id, record } if id == cell.id => self.core.log(cell, record),
+                FromWorker::Done { id, failure } if id == cell.id => return Ok((failure, payload)),
+                // A stray record from an earlier task: nothing to do with this one.
+                FromWorker::Log { .. } => {}
+                FromWorker::Hello { .. } | FromWorker::Done { .. } => {
+                    return Err(ProtocolError::Closed);
                 }
             }
         }
     }
 
-    /// Returns a worker to the idle list, or retires it.
-    fn check_in(self: &Arc<Self>, core: &Arc<Core>, worker: Worker) {
-        let retire = {
-            let mut state = self.state();
-            let worn = self
-                .config
-                .max_tasks_per_worker
-                .is_some_and(|max| worker.served >= max);
-            if state.closed || worn {
-                Some(worker)
-            } else {
-                state.idle.push(worker);
-                None
+    /// Writes `frame` to this slot's worker, starting one if need be. A
+    /// worker that died while idle cannot take it: it is reaped and replaced
+    /// once, without blaming the task.
+    fn deliver(&mut self, frame: &[u8]) -> Result<u32, TaskError> {
+        let mut tries = 2;
+        loop {
+            let worker = self.ensure_worker()?;
+            let pid = worker.pid;
+            let Err(error) = worker.requests.write_all(frame) else {
+                return Ok(pid);
+            };
+            self.worker = None;
+            self.shared.reap(pid, Duration::ZERO);
+            tries -= 1;
+            if tries == 0 {
+                return Err(TaskError::error(format!(
+                    "cannot reach a worker process: {error}"
+                )));
             }
+            tracing::debug!(pid, "a worker died while idle: {error}");
+        }
+    }
+
+    /// Counts a served task; retires the worker at `max_tasks_per_worker`.
+    fn served(&mut self) {
+        let worn = match &mut self.worker {
+            Some(worker) => {
+                worker.served += 1;
+                self.config
+                    .max_tasks_per_worker
+                    .is_some_and(|max| worker.served >= max)
+            }
+            None => false,
         };
-        if let Some(worker) = retire {
-            let pool = self.clone();
-            drop(core.runtime.spawn(async move { pool.retire(worker).await }));
+        if worn && let Some(worker) = self.worker.take() {
+            self.retire(worker);
         }
     }
 
     /// Asks a worker to stop, killing it if it does not within a second.
-    async fn retire(&self, mut worker: Worker) {
-        let asked = protocol::write_frame_async(&mut worker.requests, &ToWorker::Stop, &[]).await;
+    fn retire(&self, mut worker: Worker) {
+        let asked = protocol::write_frame(&mut worker.requests, &ToWorker::Stop, &[]);
         let grace = if asked.is_ok() {
             Duration::from_secs(1)
         } else {
             Duration::ZERO
         };
-        self.reap(worker.pid, grace).await;
+        let pid = worker.pid;
+        // Closing its pipes tells a worker that missed the stop, too.
+        drop(worker);
+        self.shared.reap(pid, grace);
     }
 
-    /// Kills a worker and waits for it.
-    async fn kill(&self, pid: u32) -> Option<ExitStatus> {
-        self.reap(pid, Duration::ZERO).await
-    }
-
-    /// Waits up to `grace` for a worker to exit, then kills it and waits.
-    async fn reap(&self, pid: u32, grace: Duration) -> Option<ExitStatus> {
-        let mut taken = self.take(pid)?;
-        let child = &mut taken.child;
-        match tokio::time::timeout(grace, child.wait()).await {
-            Ok(status) => status.ok(),
-            Err(_) => {
-                let _ = child.start_kill();
-                child.wait().await.ok()
-            }
+    /// This slot's worker, started and greeted if there is none.
+    fn ensure_worker(&mut self) -> Result<&mut Worker, TaskError> {
+        if self.worker.is_none() {
+            self.worker = Some(self.start()?);
         }
-    }
-
-    /// Takes a child out of the table to wait for it, counted in `reaping`
-    /// until the returned guard is dropped.
-    fn take(&self, pid: u32) -> Option<Taken<'_>> {
-        let mut state = self.state();
-        let child = state.children.remove(&pid)?;
-        state.reaping += 1;
-        Some(Taken { pool: self, child })
-    }
-
-    /// Signals a worker to die now, leaving it in the table to be reaped.
-    fn signal_kill(&self, pid: u32) {
-        if let Some(child) = self.state().children.get_mut(&pid) {
-            let _ = child.start_kill();
-        }
+        self.worker
+            .as_mut()
+            .ok_or_else(|| TaskError::error("no worker process"))
     }
 
     /// Starts a worker and checks its greeting.
-    async fn start(self: &Arc<Self>, core: &Arc<Core>) -> Result<Worker, TaskError> {
+    fn start(&self) -> Result<Worker, TaskError> {
+        let failed =
+            |message: String| TaskError::error(format!("cannot start a worker process: {message}"));
+        let (child, requests, replies) =
+            spawn_worker(&self.config).map_err(|e| failed(e.to_string()))?;
+        let pid = child.id();
         {
-            let mut state = self.state();
+            let mut state = self.shared.state();
+            state.children.insert(pid, child);
             if state.closed {
+                drop(state);
+                self.shared.reap(pid, Duration::ZERO);
                 return Err(TaskError::new(
                     ErrorKind::Interrupted,
                     "the manager is shutting down",
                 ));
             }
-            state.starting += 1;
         }
-        let started = self.spawn(core).await;
-        let registered = {
-            let mut state = self.state();
-            state.starting -= 1;
-            match started {
-                Ok((child, requests, replies)) => {
-                    let pid = child.id().unwrap_or(0);
-                    state.children.insert(pid, child);
-                    Ok((pid, requests, replies, state.closed))
-                }
-                Err(error) => Err(error),
-            }
-        };
-        self.settled.notify_waiters();
-        let failed =
-            |message: String| TaskError::error(format!("cannot start a worker process: {message}"));
-        let (pid, requests, replies, closed) = registered.map_err(|e| failed(e.to_string()))?;
-        if closed {
-            self.kill(pid).await;
-            return Err(TaskError::new(
-                ErrorKind::Interrupted,
-                "the manager is shutting down",
-            ));
-        }
-        let requests = pipe::Sender::from_owned_fd(requests.into());
-        let replies = pipe::Receiver::from_owned_fd(replies.into());
-        let (requests, replies) = match (requests, replies) {
-            (Ok(requests), Ok(replies)) => (requests, replies),
-            (Err(error), _) | (_, Err(error)) => {
-                self.kill(pid).await;
-                return Err(failed(error.to_string()));
-            }
-        };
         let mut worker = Worker {
             pid,
             requests,
             replies: BufReader::with_capacity(64 * 1024, replies),
             served: 0,
         };
-        match tokio::time::timeout(self.config.handshake_timeout, self.handshake(&mut worker)).await
-        {
-            Ok(Ok(())) => Ok(worker),
-            Ok(Err(message)) => {
-                let status = self.kill(pid).await;
-                Err(TaskError::error(format!(
-                    "worker process handshake failed (pid {pid}, {}): {message}",
-                    describe(status)
-                )))
-            }
-            Err(_) => {
-                self.kill(pid).await;
-                Err(TaskError::error(format!(
-                    "worker process (pid {pid}) did not greet within {:?}; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?",
-                    self.config.handshake_timeout
-                )))
-            }
-        }
-    }
-
-    async fn handshake(&self, worker: &mut Worker) -> Result<(), String> {
-        let (hello, _) = protocol::read_frame_async::<FromWorker>(&mut worker.replies)
-            .await
-            .map_err(|error| match error {
-                ProtocolError::Closed => "it exited before greeting; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?".to_owned(),
-                other => other.to_string(),
-            })?;
-        let FromWorker::Hello {
-            protocol,
-            fingerprint,
-            pid: _,
-        } = hello
-        else {
-            return Err("it spoke before greeting".to_owned());
+        // A worker that never greets is killed at the deadline, which ends
+        // the read below.
+        let expired = Arc::new(AtomicBool::new(false));
+        let timer = {
+            let (shared, expired, limit) = (
+                self.shared.clone(),
+                expired.clone(),
+                self.config.handshake_timeout,
+            );
+            self.core.runtime.spawn(async move {
+                tokio::time::sleep(limit).await;
+                expired.store(true, Ordering::SeqCst);
+                shared.kill(pid);
+            })
         };
-        let ours = Registry::global()
-            .map(Registry::fingerprint)
-            .unwrap_or_default();
-        check_hello(protocol, fingerprint, ours)
-    }
-
-    /// Forks a worker on the spawner thread.
-    async fn spawn(&self, core: &Arc<Core>) -> Spawned {
-        let (reply, answer) = oneshot::channel();
-        let sent = {
-            let mut spawner = self.spawner.lock().unwrap_or_else(|p| p.into_inner());
-            if spawner.is_none() {
-                *spawner = Some(start_spawner(self.config.clone(), core.runtime.clone())?);
+        let answer = handshake(&mut worker);
+        timer.abort();
+        match answer {
+            Ok(()) => Ok(worker),
+            Err(message) => {
+                let status = self.shared.reap(pid, Duration::from_millis(100));
+                Err(if expired.load(Ordering::SeqCst) {
+                    TaskError::error(format!(
+                        "worker process (pid {pid}) did not greet within {:?}; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?",
+                        self.config.handshake_timeout
+                    ))
+                } else {
+                    TaskError::error(format!(
+                        "worker process handshake failed (pid {pid}, {}): {message}",
+                        describe(status)
+                    ))
+                })
             }
-            spawner.as_ref().map(|s| s.send(SpawnRequest { reply }))
-        };
-        match sent {
-            Some(Ok(())) => answer
-                .await
-                .unwrap_or_else(|_| Err(io::Error::other("the spawner thread is gone"))),
-            _ => Err(io::Error::other("the spawner thread is gone")),
         }
     }
+}
 
-    /// Kills every worker and waits until each has been reaped; starts in
-    /// flight are waited for first so none appears afterwards.
-    async fn kill_all(&self) {
-        loop {
-            let settled = self.settled.notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
-            {
-                let mut state = self.state();
-                state.closed = true;
-                if state.starting == 0 && state.reaping == 0 {
-                    break;
-                }
-            }
-            // Bounded: a start settles within the spawn plus the handshake
-            // timeout, a reap within a kill.
-            let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
-        }
-        let children: Vec<Child> = {
-            let mut state = self.state();
-            state.idle.clear();
-            state.children.drain().map(|(_, child)| child).collect()
-        };
-        for mut child in children {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-    }
+fn handshake(worker: &mut Worker) -> Result<(), String> {
+    let (hello, _) = protocol::read_frame::<FromWorker>(&mut worker.replies).map_err(|error| match error {
+        ProtocolError::Closed => "it exited before greeting; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?".to_owned(),
+        other => other.to_string(),
+    })?;
+    let FromWorker::Hello {
+        protocol,
+        fingerprint,
+        ..
+    } = hello
+    else {
+        return Err("it spoke before greeting".to_owned());
+    };
+    let ours = Registry::global()
+        .map(Registry::fingerprint)
+        .unwrap_or_default();
+    check_hello(protocol, fingerprint, ours)
 }
 
 /// Whether a worker's greeting matches this process.
@@ -535,59 +574,8 @@ fn check_hello(protocol: u32, fingerprint: u64, ours: u64) -> Result<(), String>
     Ok(())
 }
 
-/// A worker checked out for an attempt. If the attempt is abandoned (the
-/// task was cancelled or interrupted and its future dropped), the worker is
-/// still running the task: kill it rather than reuse it.
-struct Busy {
-    pool: Arc<Pool>,
-    core: Arc<Core>,
-    worker: Option<Worker>,
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            // Killed now, reaped soon; shutdown waits for either.
-            self.pool.signal_kill(worker.pid);
-            let pool = self.pool.clone();
-            drop(
-                self.core
-                    .runtime
-                    .spawn(async move { pool.kill(worker.pid).await }),
-            );
-        }
-    }
-}
-
-/// A child being waited for, out of the table.
-struct Taken<'a> {
-    pool: &'a Pool,
-    child: Child,
-}
-
-impl Drop for Taken<'_> {
-    fn drop(&mut self) {
-        self.pool.state().reaping -= 1;
-        self.pool.settled.notify_waiters();
-    }
-}
-
-fn start_spawner(
-    config: ProcessConfig,
-    runtime: tokio::runtime::Handle,
-) -> io::Result<mpsc::Sender<SpawnRequest>> {
-    let (requests, inbox) = mpsc::channel::<SpawnRequest>();
-    std::thread::Builder::new()
-        .name("taskflow-spawner".into())
-        .spawn(move || {
-            // tokio registers each child with the runtime's reaper.
-            let _runtime = runtime.enter();
-            for request in inbox {
-                let _ = request.reply.send(spawn_worker(&config));
-            }
-        })?;
-    Ok(requests)
-}
+/// A started child, the write end of its requests and the read end of its replies.
+type Spawned = io::Result<(Child, PipeWriter, PipeReader)>;
 
 fn spawn_worker(config: &ProcessConfig) -> Spawned {
     // Both ends are close-on-exec; `prepare_worker` places the child's two.
@@ -610,8 +598,6 @@ fn spawn_worker(config: &ProcessConfig) -> Spawned {
         command.env(worker::LOG_LEVEL_ENV, level);
     }
     sys::prepare_worker(&mut command, &their_requests, &their_replies, config.nice);
-    let mut command = tokio::process::Command::from(command);
-    command.kill_on_drop(true);
     let child = command.spawn()?;
     // Only the child may hold these, so its exit closes the pipes.
     drop((their_requests, their_replies));
@@ -653,8 +639,8 @@ fn describe(status: Option<ExitStatus>) -> String {
 impl fmt::Debug for ProcessExecutor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessExecutor")
-            .field("config", &self.pool.config)
-            .field("live", &self.pool.live())
+            .field("config", &self.config)
+            .field("workers", &self.pids())
             .finish()
     }
 }
