@@ -26,7 +26,7 @@ const DURATION_SUM: usize = 6;
 const DURATION_COUNT: usize = 7;
 
 pub(crate) struct MemoryStore {
-    records: DashMap<TaskId, SharedCell>,
+    records: DashMap<TaskId, SharedCell, IdHash>,
     /// Holders of idempotency keys, for keyed enqueues in this process.
     keys: DashMap<Box<str>, SharedCell>,
     /// Per status (by `TaskStatus::index`), then the sum and count of the
@@ -40,7 +40,7 @@ pub(crate) struct MemoryStore {
 impl MemoryStore {
     pub(crate) fn new(max_finished: usize) -> Self {
         MemoryStore {
-            records: DashMap::new(),
+            records: DashMap::with_hasher(IdHash),
             keys: DashMap::new(),
             counts: Tally::default(),
             max_finished,
@@ -203,4 +203,36 @@ fn holds_key(cell: &SharedCell) -> bool {
 /// Newest first: ids are time-ordered, creation time breaks no ties they miss.
 pub(crate) fn sort_newest_first(records: &mut [TaskRecord]) {
     records.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+}
+
+/// Hashes a task id by folding its bytes: its low 62 bits are already random
+/// (see `TaskId`), so a keyed hash would only spend time. Ids come from this
+/// process's own generator, never from an attacker choosing collisions.
+#[derive(Clone, Copy, Default)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).rotate_left(29);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // Spread the bits dashmap uses to pick a shard and a bucket.
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
 }
