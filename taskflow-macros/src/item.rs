@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn every_signature_mistake_is_reported_at_once() {
         let messages = errors_of(quote! {
-            fn f<T>(&self, a: &str, b: impl Clone) -> &'static [u8] { todo!() }
+            fn f<T>(&self, a: &str, b: impl Clone) -> &'static [u8] { &[] }
         });
         assert_eq!(messages.len(), 5, "{messages:#?}");
         assert!(messages[0].starts_with("a task cannot be generic"));
@@ -355,7 +355,7 @@ mod tests {
         let Ok(task) = parse(
             quote!(
                 async fn f(db: taskflow::Resource<Db>, id: u64) -> io::Result<u64> {
-                    todo!()
+                    Ok(id)
                 }
             ),
             &mut errors,
