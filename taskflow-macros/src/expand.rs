@@ -2,10 +2,13 @@
 //! [`crate::item`].
 //!
 //! The user's function is emitted exactly as written. Beside it, in the type
-//! namespace under the same name, goes the companion module: `NAME`,
-//! `enqueue`, `call`, the registry entry and its type-erased entry point. With
-//! bad options the companion is still emitted, with defaults, so call sites keep
-//! compiling while the user fixes the attribute.
+//! namespace under the same name, goes the companion: a unit-like type whose
+//! associated items are `NAME`, `enqueue` and `call`, so `name::enqueue(…)`
+//! reads as a path. Its impl, the registry entry and the type-erased entry
+//! point sit in an anonymous `const` beside the function, which works the
+//! same at module level and inside a function body (a test, a doctest). With
+//! bad options the companion is still emitted, with defaults, so call sites
+//! keep compiling while the user fixes the attribute.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -78,7 +81,10 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
             let value = &name.value;
             quote!(#value)
         }
-        None => quote!(::core::module_path!()),
+        None => {
+            let fn_name = ident.to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #fn_name))
+        }
     };
     let executor_variant = match executor {
         ExecutorKind::Async => quote!(Async),
@@ -139,7 +145,7 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
     } else {
         quote!(__returns().finish(__value))
     };
-    let call_user = quote!(super::#ident(#(#all_bindings),*));
+    let call_user = quote!(#ident(#(#all_bindings),*));
     let (body_variant, body_output, run) = if task.is_async {
         let boxed = quote_spanned! {task.async_span=>
             ::std::boxed::Box::pin(async move { __finish(#call_user.await) })
@@ -161,50 +167,57 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
         quote!(let #binding = #lookup(__resources)?;)
     });
 
-    let doc_mod = format!(
-        "Companion of the task [`{ident}`]({ident}()): [`enqueue`](self::enqueue) it, or build a [`call`](self::call) with options."
+    let doc = format!(
+        "Companion of the task [`{ident}`](fn@{ident}): [`enqueue`]({ident}::enqueue) it, or build a [`call`]({ident}::call) with options."
     );
-    let entry = format_ident!("__ENTRY");
+    let fn_name = ident.to_string();
 
+    // A type, not a module, under the function's name: its impl sits in an
+    // anonymous const beside the function, so a task declared inside a
+    // function body (a test, a doctest, `main`) sees the same items the
+    // function does, and the helpers stay out of the user's namespace.
     quote! {
-        #[doc = #doc_mod]
-        #vis mod #ident {
-            #[allow(unused_imports)]
-            use super::*;
+        #[doc = #doc]
+        #[allow(non_camel_case_types)]
+        #vis struct #ident {
+            _private: (),
+        }
 
-            /// The name the task is registered under.
-            pub const NAME: &str = #name;
-
-            /// Enqueues the task on the installed default manager.
-            ///
-            /// # Errors
-            ///
-            /// When no manager is installed, it has shut down, it lacks a
-            /// resource the task takes, or an argument cannot be encoded.
-            pub fn enqueue(#(#arg_bindings: #arg_types),*) -> ::core::result::Result<::taskflow::TaskHandle<#output>, ::taskflow::Error> {
-                call(#(#arg_bindings),*).enqueue()
-            }
-
-            /// A call of the task with per-call options; finish it with
-            /// `enqueue()` or `enqueue_on(&manager)`.
-            pub fn call(#(#arg_bindings: #arg_types),*) -> ::taskflow::TaskCall<#output> {
-                #private::new_call(&#entry, __args().write(&(#(#arg_bindings,)*)))
-            }
-
-            #[doc(hidden)]
-            pub static #entry: #private::TaskEntry = #private::TaskEntry::new(
-                NAME,
+        const _: () = {
+            static __ENTRY: #private::TaskEntry = #private::TaskEntry::new(
+                #ident::NAME,
                 #private::Executor::#executor_variant,
                 #private::Body::#body_variant(__body),
                 __encode_output,
             )
             .with_defaults(#defaults)
             .with_location(#private::Location {
-                path: ::core::module_path!(),
+                path: ::core::concat!(::core::module_path!(), "::", #fn_name),
                 file: ::core::file!(),
                 line: ::core::line!(),
             })
             .with_resources(&[#( #private::ResourceKey::of::<#resource_inners>() ),*]);
+
+            impl #ident {
+                /// The name the task is registered under.
+                pub const NAME: &'static str = #name;
+
+                /// Enqueues the task on the installed default manager.
+                ///
+                /// # Errors
+                ///
+                /// When no manager is installed, it has shut down, it lacks a
+                /// resource the task takes, or an argument cannot be encoded.
+                pub fn enqueue(#(#arg_bindings: #arg_types),*) -> ::core::result::Result<::taskflow::TaskHandle<#output>, ::taskflow::Error> {
+                    Self::call(#(#arg_bindings),*).enqueue()
+                }
+
+                /// A call of the task with per-call options; finish it with
+                /// `enqueue()` or `enqueue_on(&manager)`.
+                pub fn call(#(#arg_bindings: #arg_types),*) -> ::taskflow::TaskCall<#output> {
+                    #private::new_call(&__ENTRY, __args().write(&(#(#arg_bindings,)*)))
+                }
+            }
 
             fn __args() -> #private::Args<(#(#arg_types,)*)> {
                 #private::#args_fn::<#(#arg_types),*>(&[#(#arg_names),*])
@@ -231,8 +244,8 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
                 #run
             }
 
-            #private::inventory::submit! { #private::Registration(&#entry) }
-        }
+            #private::inventory::submit! { #private::Registration(&__ENTRY) }
+        };
     }
 }
 
@@ -258,7 +271,8 @@ mod tests {
         )
         .to_string();
         assert!(out.contains("async fn ping ()"), "{out}");
-        assert!(out.contains("mod ping"), "{out}");
+        assert!(out.contains("struct ping"), "{out}");
+        assert!(out.contains("impl ping"), "{out}");
         assert!(out.contains("compile_error"), "{out}");
     }
 

@@ -8,7 +8,6 @@
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::spanned::Spanned;
-use syn::visit_mut::VisitMut;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 use crate::args::Errors;
@@ -39,8 +38,7 @@ impl Param {
 
 /// What the function returns.
 pub(crate) struct Returns {
-    /// The type as declared, `()` when there is none; paths rebased for the
-    /// companion module.
+    /// The type as declared, `()` when there is none.
     pub(crate) declared: Type,
     /// The span to blame for output errors.
     pub(crate) span: Span,
@@ -136,7 +134,7 @@ pub(crate) fn parse(
                     }
                     other => (Ident::new(&format!("__arg{index}"), other.span()), format!("argument {}", index + 1)),
                 };
-                let ty = rebase(&typed.ty);
+                let ty = (*typed.ty).clone();
                 params.push(match resource_inner(&ty) {
                     Some(inner) => Param::Resource {
                         binding,
@@ -167,7 +165,7 @@ pub(crate) fn parse(
         },
         ReturnType::Type(_, ty) => {
             check_type(ty, Position::Output, errors);
-            let declared = rebase(ty);
+            let declared = (**ty).clone();
             let ok = result_ok_type(&declared);
             Returns {
                 span: ty.span(),
@@ -297,32 +295,6 @@ fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
     }
 }
 
-/// The type as seen from the companion module, one level down: `self::X`
-/// becomes `super::X` and `super::X` becomes `super::super::X`.
-fn rebase(ty: &Type) -> Type {
-    struct Rebase;
-    impl VisitMut for Rebase {
-        fn visit_path_mut(&mut self, path: &mut syn::Path) {
-            if path.leading_colon.is_none()
-                && let Some(first) = path.segments.first_mut()
-            {
-                if first.ident == "self" {
-                    first.ident = Ident::new("super", first.ident.span());
-                } else if first.ident == "super" {
-                    path.segments.insert(
-                        0,
-                        syn::PathSegment::from(Ident::new("super", Span::call_site())),
-                    );
-                }
-            }
-            syn::visit_mut::visit_path_mut(self, path);
-        }
-    }
-    let mut ty = ty.clone();
-    Rebase.visit_type_mut(&mut ty);
-    ty
-}
-
 #[cfg(test)]
 mod tests {
     use quote::quote;
@@ -368,15 +340,6 @@ mod tests {
         assert_eq!(names, ["id"]);
         assert!(task.returns.fallible);
         assert_eq!(task.returns.output.to_token_stream().to_string(), "u64");
-    }
-
-    #[test]
-    fn relative_paths_are_rebased_for_the_companion() {
-        let ty: Type = syn::parse_quote!(Vec<(self::A, super::B, crate::C, ::std::string::String)>);
-        assert_eq!(
-            rebase(&ty).to_token_stream().to_string(),
-            quote!(Vec<(super::A, super::super::B, crate::C, ::std::string::String)>).to_string()
-        );
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!
 //! `#[task]` on an `async fn` runs it on the async runtime; on a plain `fn`
 //! it runs on a thread pool that is not the runtime's. The function stays
-//! callable as written; beside it, a module of the same name offers
-//! `enqueue`, `call` and `NAME`.
+//! callable as written; beside it, a companion of the same name offers
+//! `enqueue`, `call` and `NAME`. Tasks may be declared at module level or
+//! inside a function.
 //!
 //! ```
 //! use taskflow::task;

@@ -361,3 +361,28 @@ async fn handle_reports_id_and_status() {
     );
     manager.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_declared_inside_a_function_works_like_any_other() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Local(u32);
+
+    #[task]
+    async fn local_double(value: Local) -> u32 {
+        value.0 * 2
+    }
+
+    assert!(local_double::NAME.ends_with("::local_double"));
+    let manager = TaskManager::builder().build().await.expect("builds");
+    let doubled = local_double::call(Local(21))
+        .enqueue_on(&manager)
+        .expect("enqueued")
+        .await;
+    assert_eq!(doubled.expect("ran"), 42);
+    assert_eq!(
+        local_double(Local(1)).await,
+        2,
+        "still an ordinary function"
+    );
+    manager.shutdown().await;
+}

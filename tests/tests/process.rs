@@ -505,8 +505,9 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
                 == TaskStatus::Running)
             .await
         );
+        // RUNNING comes as the slot takes the task, the worker a moment after.
+        assert!(wait_until(Duration::from_secs(30), || !tasks.worker_pids().is_empty()).await);
         let pids = tasks.worker_pids();
-        assert!(!pids.is_empty());
 
         let started = Instant::now();
         let report = tasks.shutdown().await;
@@ -563,6 +564,7 @@ fn cancelling_a_running_process_task_kills_its_worker() -> Result<(), Failed> {
                 == TaskStatus::Running)
             .await
         );
+        assert!(wait_until(Duration::from_secs(30), || !tasks.worker_pids().is_empty()).await);
         let pids = tasks.worker_pids();
         tasks.cancel(id).unwrap();
         assert!(handle.await.unwrap_err().is_cancelled());

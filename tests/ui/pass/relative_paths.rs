@@ -1,5 +1,5 @@
 //! Types written with `self::` and `super::` inside a nested module resolve
-//! the same in the companion module as in the function.
+//! the same for the generated companion as for the function.
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
