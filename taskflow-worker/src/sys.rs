@@ -4,11 +4,13 @@
 //! descriptors, [`REQUESTS_FD`] (parent to worker) and [`REPLIES_FD`] (worker
 //! to parent), and [`WORKER_ENV`] naming the parent's pid. Pipes rather than
 //! a socket pair: reading a socket wakes the peer's waiters, so every reply
-//! the parent read would wake an idle worker for nothing. Three things need
-//! raw system calls: placing the pipes on those descriptors between `fork`
-//! and `exec`, asking the kernel to kill the worker when its parent dies, and
-//! adopting the inherited descriptors in the worker. Each `unsafe` block says
-//! why it is sound.
+//! the parent read would wake an idle worker for nothing.
+//!
+//! What needs raw system calls: placing the pipes on those descriptors
+//! between `fork` and `exec`, asking the kernel to kill the worker when its
+//! parent dies, adopting the inherited descriptors in the worker, telling
+//! whether a pid still exists (a crashed manager's rows), and lowering one
+//! thread's priority. Each `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::io::{self, PipeReader, PipeWriter};
