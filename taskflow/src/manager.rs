@@ -81,7 +81,8 @@ impl TaskManager {
     }
 
     /// A snapshot of the task's record: from memory while the task is live
-    /// or recently finished, else from the task store, if there is one.
+    /// or recently finished, else from the task store, if there is one (a
+    /// point lookup on the calling thread, typically microseconds).
     ///
     /// # Errors
     ///
@@ -91,7 +92,8 @@ impl TaskManager {
     }
 
     /// Records matching `filter`, newest first: live ones and, with a task
-    /// store, stored ones (of every instance sharing the file).
+    /// store, stored ones (of every instance sharing the file), read on the
+    /// calling thread. Give a `limit` when the history is long.
     ///
     /// # Errors
     ///
