@@ -173,6 +173,13 @@ fn runs(side: &Path) -> HashMap<u32, Vec<u32>> {
     runs
 }
 
+/// A fresh directory, its task store path and its side file path.
+fn files() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+    (dir, db, side)
+}
+
 async fn with_store(db: &Path) -> TaskManager {
     TaskManager::builder()
         .snapshot_db(db)
@@ -324,8 +331,7 @@ fn every_stored_field_round_trips_through_a_restart() -> Result<(), Failed> {
 
 fn pending_tasks_run_again_after_a_restart_under_their_own_ids() -> Result<(), Failed> {
     trial(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+        let (_dir, db, side) = files();
         let side_text = side.display().to_string();
         let first = TaskManager::builder()
             .snapshot_db(&db)
@@ -395,8 +401,7 @@ fn pending_tasks_run_again_after_a_restart_under_their_own_ids() -> Result<(), F
 
 fn persist_true_requeues_that_task_alone() -> Result<(), Failed> {
     trial(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+        let (_dir, db, side) = files();
         let side_text = side.display().to_string();
         let first = TaskManager::builder()
             .snapshot_db(&db)
@@ -435,8 +440,7 @@ fn persist_true_requeues_that_task_alone() -> Result<(), Failed> {
 
 fn interrupted_tasks_run_again_only_when_declared() -> Result<(), Failed> {
     trial(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+        let (_dir, db, side) = files();
         let first = TaskManager::builder()
             .snapshot_db(&db)
             .shutdown_timeout(Duration::from_millis(100))
@@ -519,8 +523,7 @@ fn unregistered_names_are_kept_untouched_with_a_warning() -> Result<(), Failed> 
 
 fn idempotency_keys_hold_while_live_or_successful() -> Result<(), Failed> {
     trial(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+        let (dir, db, side) = files();
         let side_text = side.display().to_string();
         for store in [None, Some(db.clone())] {
             let mut builder = TaskManager::builder().max_concurrent_tasks(1);
@@ -749,8 +752,7 @@ fn chain(error: &dyn std::error::Error) -> String {
 
 fn process_tasks_are_stored_and_requeued_too() -> Result<(), Failed> {
     trial(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+        let (_dir, db, side) = files();
         let side_text = side.display().to_string();
         let first = TaskManager::builder()
             .snapshot_db(&db)
@@ -804,8 +806,7 @@ fn process_tasks_are_stored_and_requeued_too() -> Result<(), Failed> {
 // ---------------------------------------------------------------- processes
 
 fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+    let (_dir, db, side) = files();
     let mut burst = scenario("burst", &db, &side)
         .stdout(Stdio::piped())
         .spawn()
@@ -891,8 +892,7 @@ fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
 }
 
 fn two_processes_requeue_each_pending_task_exactly_once() -> Result<(), Failed> {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+    let (_dir, db, side) = files();
     let mut fill = scenario("fill", &db, &side)
         .stdout(Stdio::piped())
         .spawn()
@@ -919,8 +919,7 @@ fn two_processes_requeue_each_pending_task_exactly_once() -> Result<(), Failed> 
 }
 
 fn idempotency_keys_hold_across_processes() -> Result<(), Failed> {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+    let (_dir, db, side) = files();
     trial(async {
         with_store(&db).await.shutdown().await;
     })?;

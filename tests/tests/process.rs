@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Failed, Trial};
 use serde::{Deserialize, Serialize};
-use taskflow::{Error, EventKind, LogLevel, RecvError, TaskFilter, TaskManager, TaskStatus, task};
+use taskflow::{
+    Error, EventKind, LogLevel, RecvError, TaskFilter, TaskId, TaskManager, TaskStatus, task,
+};
 use taskflow_tests::harness::{self, alive, scenario, scenario_name, trial};
 use taskflow_tests::{wait_until, wait_until_blocking};
 
@@ -197,6 +199,24 @@ async fn manager(workers: usize) -> TaskManager {
         .build()
         .await
         .expect("the manager builds")
+}
+
+/// Waits until task `id` is RUNNING and its worker has started; the pids
+/// of the manager's workers then.
+async fn running_on_a_worker(tasks: &TaskManager, id: TaskId) -> Vec<u32> {
+    let running = || {
+        tasks
+            .get(id)
+            .expect("the store is readable")
+            .is_some_and(|r| r.status == TaskStatus::Running)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), running).await,
+        "task {id} never ran"
+    );
+    // RUNNING comes as a slot takes the task, the worker a moment after.
+    assert!(wait_until(Duration::from_secs(30), || !tasks.worker_pids().is_empty()).await);
+    tasks.worker_pids()
 }
 
 // ---------------------------------------------------------------- the tests
@@ -496,18 +516,7 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
             .unwrap();
         let long = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = long.id();
-        assert!(
-            wait_until(Duration::from_secs(30), || tasks
-                .get(id)
-                .expect("the store is readable")
-                .unwrap()
-                .status
-                == TaskStatus::Running)
-            .await
-        );
-        // RUNNING comes as the slot takes the task, the worker a moment after.
-        assert!(wait_until(Duration::from_secs(30), || !tasks.worker_pids().is_empty()).await);
-        let pids = tasks.worker_pids();
+        let pids = running_on_a_worker(&tasks, id).await;
 
         let started = Instant::now();
         let report = tasks.shutdown().await;
@@ -555,17 +564,7 @@ fn cancelling_a_running_process_task_kills_its_worker() -> Result<(), Failed> {
         let tasks = manager(1).await;
         let handle = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = handle.id();
-        assert!(
-            wait_until(Duration::from_secs(30), || tasks
-                .get(id)
-                .expect("the store is readable")
-                .unwrap()
-                .status
-                == TaskStatus::Running)
-            .await
-        );
-        assert!(wait_until(Duration::from_secs(30), || !tasks.worker_pids().is_empty()).await);
-        let pids = tasks.worker_pids();
+        let pids = running_on_a_worker(&tasks, id).await;
         tasks.cancel(id).unwrap();
         assert!(handle.await.unwrap_err().is_cancelled());
         assert!(wait_until_blocking(Duration::from_secs(10), || pids
