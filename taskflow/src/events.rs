@@ -5,10 +5,15 @@
 //! an event is skipped while nobody subscribes, which keeps the hot path free
 //! of the channel's lock in the common case.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
+use futures_core::Stream;
 use taskflow_worker::{LogRecord, TaskError, TaskId};
 use tokio::sync::broadcast;
 
@@ -95,22 +100,44 @@ impl Bus {
         let receiver = self.sender.subscribe();
         self.subscribers.fetch_add(1, Ordering::AcqRel);
         EventStream {
-            receiver,
+            state: Receiving::Idle(receiver),
             subscribers: self.subscribers.clone(),
         }
     }
 }
 
 /// A subscription to every task's lifecycle events, from
-/// [`TaskManager::subscribe`](crate::TaskManager::subscribe).
+/// [`TaskManager::subscribe`](crate::TaskManager::subscribe): await
+/// [`recv`](Self::recv), or use it as a [`Stream`] of
+/// `Result<TaskEvent, RecvError>` that ends when the manager is gone.
 ///
 /// Events published before the subscription are not seen. A subscriber that
 /// falls more than the bus capacity behind loses the oldest events and is told
 /// how many with [`RecvError::Lagged`].
-#[derive(Debug)]
 pub struct EventStream {
-    receiver: broadcast::Receiver<TaskEvent>,
+    state: Receiving,
     subscribers: Arc<AtomicUsize>,
+}
+
+/// The receiver, or a receive in flight that owns it (a [`Stream`] poll has
+/// to keep its future between polls).
+enum Receiving {
+    Idle(broadcast::Receiver<TaskEvent>),
+    Waiting(Pin<Box<dyn Future<Output = Received> + Send>>),
+    /// Only between taking the receiver out and putting the future in.
+    Moving,
+}
+
+type Received = (
+    Result<TaskEvent, broadcast::error::RecvError>,
+    broadcast::Receiver<TaskEvent>,
+);
+
+fn lagged_or_closed(error: broadcast::error::RecvError) -> RecvError {
+    match error {
+        broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
+        broadcast::error::RecvError::Closed => RecvError::Closed,
+    }
 }
 
 impl EventStream {
@@ -122,10 +149,10 @@ impl EventStream {
     /// fell behind (the next call continues with the oldest kept event), and
     /// [`RecvError::Closed`] once the manager is gone.
     pub async fn recv(&mut self) -> Result<TaskEvent, RecvError> {
-        self.receiver.recv().await.map_err(|error| match error {
-            broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
-            broadcast::error::RecvError::Closed => RecvError::Closed,
-        })
+        match &mut self.state {
+            Receiving::Idle(receiver) => receiver.recv().await.map_err(lagged_or_closed),
+            _ => std::future::poll_fn(|cx| self.poll_event(cx)).await,
+        }
     }
 
     /// The next event if one is ready, without waiting.
@@ -134,11 +161,62 @@ impl EventStream {
     ///
     /// As [`recv`](Self::recv), plus [`RecvError::Empty`] when none is ready.
     pub fn try_recv(&mut self) -> Result<TaskEvent, RecvError> {
-        self.receiver.try_recv().map_err(|error| match error {
-            broadcast::error::TryRecvError::Lagged(n) => RecvError::Lagged(n),
-            broadcast::error::TryRecvError::Closed => RecvError::Closed,
-            broadcast::error::TryRecvError::Empty => RecvError::Empty,
+        match &mut self.state {
+            Receiving::Idle(receiver) => receiver.try_recv().map_err(|error| match error {
+                broadcast::error::TryRecvError::Lagged(n) => RecvError::Lagged(n),
+                broadcast::error::TryRecvError::Closed => RecvError::Closed,
+                broadcast::error::TryRecvError::Empty => RecvError::Empty,
+            }),
+            _ => {
+                let mut cx = Context::from_waker(Waker::noop());
+                match self.poll_event(&mut cx) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => Err(RecvError::Empty),
+                }
+            }
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<TaskEvent, RecvError>> {
+        loop {
+            match std::mem::replace(&mut self.state, Receiving::Moving) {
+                // Moved into the future, which hands it back with the event.
+                Receiving::Idle(mut receiver) => {
+                    self.state = Receiving::Waiting(Box::pin(async move {
+                        let received = receiver.recv().await;
+                        (received, receiver)
+                    }));
+                }
+                Receiving::Waiting(mut future) => match future.as_mut().poll(cx) {
+                    Poll::Ready((received, receiver)) => {
+                        self.state = Receiving::Idle(receiver);
+                        return Poll::Ready(received.map_err(lagged_or_closed));
+                    }
+                    Poll::Pending => {
+                        self.state = Receiving::Waiting(future);
+                        return Poll::Pending;
+                    }
+                },
+                Receiving::Moving => return Poll::Ready(Err(RecvError::Closed)),
+            }
+        }
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<TaskEvent, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_event(cx).map(|result| match result {
+            Err(RecvError::Closed) => None,
+            other => Some(other),
         })
+    }
+}
+
+impl fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
     }
 }
 

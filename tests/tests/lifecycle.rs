@@ -386,3 +386,44 @@ async fn a_task_declared_inside_a_function_works_like_any_other() {
     );
     manager.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_a_stream_that_ends_with_the_manager() {
+    use futures_core::Stream;
+    use std::pin::Pin;
+
+    fn next(
+        events: &mut taskflow::EventStream,
+    ) -> impl std::future::Future<Output = Option<Result<taskflow::TaskEvent, taskflow::RecvError>>> + '_
+    {
+        std::future::poll_fn(move |cx| Pin::new(&mut *events).poll_next(cx))
+    }
+
+    let manager = TaskManager::builder().build().await.expect("builds");
+    let mut events = manager.subscribe();
+    let id = work::call(1).enqueue_on(&manager).expect("enqueued").id();
+    let mut kinds = Vec::new();
+    while kinds.last() != Some(&EventKind::Succeeded) {
+        let event = within("the next event", next(&mut events)).await;
+        let event = event.expect("the stream goes on").expect("no lag");
+        assert_eq!(event.id, id);
+        kinds.push(event.kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Enqueued,
+            EventKind::Started,
+            EventKind::Succeeded
+        ]
+    );
+    // Nothing more is queued; once the manager is gone the stream ends.
+    assert!(events.try_recv().is_err());
+    manager.shutdown().await;
+    drop(manager);
+    assert!(
+        within("the end of the stream", next(&mut events))
+            .await
+            .is_none()
+    );
+}
