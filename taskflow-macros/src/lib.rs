@@ -3,8 +3,8 @@
 //! Use them through the `taskflow` crate (`taskflow::task`, `taskflow::main`);
 //! the code they generate names only `::taskflow::__private` paths.
 //!
-//! This file only dispatches: [`args`] parses the attribute's options, [`item`]
-//! parses the function into a typed model, [`expand`] generates code from the
+//! This file only dispatches: `args` parses the attribute's options, `item`
+//! parses the function into a typed model, `expand` generates code from the
 //! model. Every diagnostic is a `syn::Error` spanned on the token at fault.
 
 use proc_macro::TokenStream;

@@ -2,7 +2,7 @@
 //!
 //! Each message is one frame: a little-endian `u32` length of the rest, a
 //! little-endian `u32` length of the header, the header (a message below,
-//! encoded by [`codec`](crate::codec)), then an opaque payload: a task's
+//! encoded by [`codec`]), then an opaque payload: a task's
 //! encoded arguments, or its encoded output. Frames are bounded by
 //! [`MAX_FRAME`]; a larger one is refused before it is read or written.
 //!

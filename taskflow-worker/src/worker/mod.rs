@@ -1,7 +1,7 @@
 //! The worker loop: what a re-executed binary runs instead of its `main`.
 //!
 //! [`enter`] returns at once in an ordinary process. In a worker (see
-//! [`sys::startup`](crate::sys::startup)) it never returns: it greets the
+//! [`sys::startup`]) it never returns: it greets the
 //! parent, then runs one task at a time, each on this thread (a blocking body
 //! directly, an async body on a small current-thread runtime), streams the
 //! task's log records as they are emitted, answers with the encoded output or
