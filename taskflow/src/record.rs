@@ -433,7 +433,6 @@ mod tests {
     fn a_record_stays_small() {
         // B9: a finished record is budgeted at 512 bytes with its map entry.
         let size = std::mem::size_of::<TaskCell>();
-        println!("TaskCell is {size} bytes");
         assert!(size <= 256, "TaskCell is {size} bytes");
     }
 }
