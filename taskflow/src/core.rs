@@ -29,7 +29,7 @@ use crate::store::{Claimed, MemoryStore, Recovered, SqliteStore, StoredRow, sort
 use crate::tally::Tally;
 
 pub(crate) struct Core {
-    pub(crate) store: MemoryStore,
+    pub(crate) store: Arc<MemoryStore>,
     /// The task store, when the manager has one.
     pub(crate) persistence: Option<SqliteStore>,
     /// Whether PENDING tasks interrupted by shutdown run at the next start.
@@ -87,7 +87,7 @@ impl Core {
             None => (None, false),
         };
         Core {
-            store: memory,
+            store: Arc::new(memory),
             persistence,
             requeue_pending,
             bus: Bus::new(event_capacity),

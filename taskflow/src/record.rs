@@ -6,7 +6,7 @@
 //! that only `Core::transition` writes, plus handle bookkeeping.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, SystemTime};
@@ -39,6 +39,8 @@ pub(crate) struct TaskCell {
     pub(crate) key: Option<Box<str>>,
     /// Flags: see the `FLAG_*` constants.
     flags: AtomicU8,
+    /// Place in the memory window of finished records (0: none yet).
+    window_seq: AtomicU64,
     state: Mutex<CellState>,
 }
 
@@ -49,8 +51,6 @@ const FLAG_STORED: u8 = 2;
 /// Interrupted by shutdown but to run again at the next start: its row is
 /// written back as PENDING and unowned.
 const FLAG_RELEASED: u8 = 4;
-/// Counted in the memory window of finished tasks.
-const FLAG_WINDOWED: u8 = 8;
 /// A view of a task another instance runs: never dispatched or written here.
 const FLAG_MIRROR: u8 = 16;
 /// The task store stopped before this task's row could be written.
@@ -173,6 +173,7 @@ impl TaskCell {
             created_at: origin.created_at,
             key,
             flags: AtomicU8::new(flags),
+            window_seq: AtomicU64::new(0),
             state: Mutex::new(CellState {
                 status: origin.status,
                 attempts: origin.attempts,
@@ -218,9 +219,18 @@ impl TaskCell {
         self.set_flag(FLAG_RELEASED);
     }
 
-    /// Whether this call is the first to put the cell in the memory window.
-    pub(crate) fn enter_window(&self) -> bool {
-        self.set_flag(FLAG_WINDOWED)
+    /// Gives the finished cell its place `seq` in the memory window; whether
+    /// this call was the first to.
+    pub(crate) fn enter_window(&self, seq: u64) -> bool {
+        self.window_seq
+            .compare_exchange(0, seq, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The cell's place in the memory window of finished records; 0 while
+    /// it has none.
+    pub(crate) fn window_seq(&self) -> u64 {
+        self.window_seq.load(Ordering::Acquire)
     }
 
     /// Records that the row is committed and wakes `persisted()` futures.

@@ -427,3 +427,42 @@ async fn a_subscription_is_a_stream_that_ends_with_the_manager() {
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_records_beyond_the_window_leave_memory_oldest_first() {
+    let manager = TaskManager::builder()
+        .max_finished_in_memory(40)
+        .max_concurrent_tasks(1)
+        .build()
+        .await
+        .expect("builds");
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(work::call(0).enqueue_on(&manager).expect("enqueued"));
+    }
+    let ids: Vec<TaskId> = {
+        let mut done = Vec::new();
+        for handle in ids {
+            done.push(handle.id());
+            within("a task", handle).await.expect("ran");
+        }
+        done
+    };
+    let kept = manager.list(&TaskFilter::new()).expect("readable");
+    // The window, plus at most the quarter that accumulates between sweeps.
+    assert!(
+        (40..=50).contains(&kept.len()),
+        "{} records kept",
+        kept.len()
+    );
+    assert!(
+        manager.get(ids[199]).expect("readable").is_some(),
+        "the newest stays"
+    );
+    assert!(
+        manager.get(ids[0]).expect("readable").is_none(),
+        "the oldest left"
+    );
+    assert_eq!(manager.metrics().success, 200, "counts cover every task");
+    manager.shutdown().await;
+}

@@ -7,13 +7,15 @@
 //!
 //! Finished records stay for a bounded window: once more than
 //! `max_finished` have finished, the oldest finished ones leave memory (with
-//! a task store they remain readable from it). The window is a lock-free
-//! queue of ids in the order tasks finished.
+//! a task store they remain readable from it). Each finished record gets a
+//! sequence number; a sweep, due every quarter window, drops those older than
+//! the window in one pass over the map, so finishing a task costs one atomic
+//! add rather than a queue push and a map remove.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use taskflow_worker::TaskId;
@@ -33,8 +35,12 @@ pub(crate) struct MemoryStore {
     /// durations of tasks that succeeded or failed, in µs.
     counts: Tally<8>,
     max_finished: usize,
-    finished: (Sender<TaskId>, Receiver<TaskId>),
-    finished_len: AtomicUsize,
+    /// The last window sequence number handed to a finished record.
+    finished_seq: AtomicU64,
+    /// The sequence number at which the next sweep is due.
+    next_sweep: AtomicU64,
+    /// A sweep is running.
+    sweeping: AtomicBool,
 }
 
 impl MemoryStore {
@@ -44,8 +50,9 @@ impl MemoryStore {
             keys: DashMap::new(),
             counts: Tally::default(),
             max_finished,
-            finished: crossbeam_channel::unbounded(),
-            finished_len: AtomicUsize::new(0),
+            finished_seq: AtomicU64::new(0),
+            next_sweep: AtomicU64::new(0),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -114,26 +121,58 @@ impl MemoryStore {
         }
     }
 
-    /// Puts a finished cell in the window, dropping the oldest finished
-    /// record from memory when the window is full.
-    pub(crate) fn evict_when_full(&self, cell: &TaskCell) {
-        if !cell.enter_window() {
+    /// Puts a finished cell in the window. Once more than the window has
+    /// finished (plus a quarter, so sweeps are rare), the oldest finished
+    /// records leave memory in one sweep: on a thread of its own for a large
+    /// window, so no task's thread stalls on it.
+    pub(crate) fn evict_when_full(self: &Arc<Self>, cell: &TaskCell) {
+        if cell.window_seq() != 0 {
             return;
         }
-        // Only fails if the receiver is gone, and this struct owns it.
-        let _ = self.finished.0.send(cell.id);
-        if self.finished_len.fetch_add(1, Ordering::AcqRel) < self.max_finished {
+        let seq = self.finished_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        if !cell.enter_window(seq) {
             return;
         }
-        if let Ok(oldest) = self.finished.1.try_recv() {
-            self.finished_len.fetch_sub(1, Ordering::AcqRel);
-            if let Some((_, evicted)) = self.records.remove(&oldest)
-                && let Some(key) = key_of(&evicted)
-            {
-                self.keys
-                    .remove_if(&key, |_, holder| holder.id == evicted.id);
+        let max = self.max_finished as u64;
+        if seq <= max + max / 4 || seq < self.next_sweep.load(Ordering::Acquire) {
+            return;
+        }
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if max < 4096 {
+            self.sweep(seq - max);
+        } else {
+            let store = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("taskflow-sweep".into())
+                .spawn(move || store.sweep(seq - max));
+            if spawned.is_err() {
+                // No thread: sweep here rather than let memory grow.
+                self.sweep(seq - max);
             }
         }
+    }
+
+    /// Drops every finished record that entered the window at or before
+    /// `cutoff`.
+    fn sweep(&self, cutoff: u64) {
+        let mut evicted_keys = Vec::new();
+        self.records.retain(|_, cell| {
+            let seq = cell.window_seq();
+            let keep = seq == 0 || seq > cutoff;
+            if !keep && let Some(key) = key_of(cell) {
+                evicted_keys.push((key, cell.id));
+            }
+            keep
+        });
+        for (key, id) in evicted_keys {
+            self.keys.remove_if(&key, |_, holder| holder.id == id);
+        }
+        let max = self.max_finished as u64;
+        self.next_sweep
+            .store(cutoff + max + max / 4 + 1, Ordering::Release);
+        self.sweeping.store(false, Ordering::Release);
     }
 
     pub(crate) fn count(&self, status: TaskStatus) -> u64 {
