@@ -101,8 +101,20 @@ pub enum ProtocolError {
 /// Encodes a frame: lengths, header, payload.
 pub fn encode_frame<H: Serialize>(header: &H, payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     let mut frame = Vec::with_capacity(64 + payload.len());
+    encode_frame_into(header, payload, &mut frame)?;
+    Ok(frame)
+}
+
+/// Encodes a frame into `frame`, replacing what it held (a sender that
+/// sends many frames reuses one buffer).
+pub fn encode_frame_into<H: Serialize>(
+    header: &H,
+    payload: &[u8],
+    frame: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    frame.clear();
     frame.extend_from_slice(&[0; 8]);
-    codec::encode_into(header, &mut frame).map_err(ProtocolError::Malformed)?;
+    codec::encode_into(header, frame).map_err(ProtocolError::Malformed)?;
     let header_len = frame.len() - 8;
     frame.extend_from_slice(payload);
     let size = frame.len() - 4;
@@ -114,7 +126,7 @@ pub fn encode_frame<H: Serialize>(header: &H, payload: &[u8]) -> Result<Vec<u8>,
     }
     frame[0..4].copy_from_slice(&length(size).to_le_bytes());
     frame[4..8].copy_from_slice(&length(header_len).to_le_bytes());
-    Ok(frame)
+    Ok(())
 }
 
 fn length(n: usize) -> u32 {

@@ -89,15 +89,20 @@ impl Origin {
 pub(crate) enum Abort {
     /// Abort the tokio task running an async attempt.
     Task(AbortHandle),
-    /// Kill the worker process running a process attempt.
-    Worker(Box<dyn FnOnce() + Send>),
+    /// Kill the worker process `pid` running a process attempt.
+    Worker(Arc<dyn KillWorker>, u32),
+}
+
+/// Kills a worker process, if it has not been reaped yet.
+pub(crate) trait KillWorker: Send + Sync {
+    fn kill(&self, pid: u32);
 }
 
 impl Abort {
     pub(crate) fn abort(self) {
         match self {
             Abort::Task(handle) => handle.abort(),
-            Abort::Worker(kill) => kill(),
+            Abort::Worker(pool, pid) => pool.kill(pid),
         }
     }
 }

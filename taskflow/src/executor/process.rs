@@ -44,7 +44,7 @@ use taskflow_worker::{ErrorKind, TaskError, sys, worker};
 use tokio::sync::{Notify, oneshot};
 
 use crate::core::Core;
-use crate::record::{Abort, Produced, SharedCell};
+use crate::record::{Abort, KillWorker, Produced, SharedCell};
 
 /// How the pool starts and treats its workers.
 #[derive(Clone, Debug)]
@@ -126,6 +126,7 @@ impl ProcessExecutor {
                 queue: self.queue.1.clone(),
                 control: inbox,
                 worker: None,
+                frame: Vec::new(),
             };
             self.shared.state().slots += 1;
             let spawned = std::thread::Builder::new()
@@ -212,16 +213,18 @@ impl ProcessExecutor {
     }
 }
 
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, SharedState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+impl KillWorker for Shared {
     /// Signals a worker to die, if it has not been reaped yet.
     fn kill(&self, pid: u32) {
         if let Some(child) = self.state().children.get_mut(&pid) {
             let _ = child.kill();
         }
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, SharedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits up to `grace` for a worker to exit, then kills it, and reaps it.
@@ -277,6 +280,8 @@ struct Slot {
     queue: Receiver<SharedCell>,
     control: Receiver<Control>,
     worker: Option<Worker>,
+    /// Reused for every request frame.
+    frame: Vec<u8>,
 }
 
 impl Slot {
@@ -365,11 +370,13 @@ impl Slot {
             attempt,
             tags: cell.tags.clone(),
         };
-        let frame = protocol::encode_frame(&request, &cell.args)
-            .map_err(|e| TaskError::error(format!("cannot send the task to a worker: {e}")))?;
-        let pid = self.deliver(&frame)?;
-        let shared = self.shared.clone();
-        cell.set_abort(Abort::Worker(Box::new(move || shared.kill(pid))));
+        let mut frame = std::mem::take(&mut self.frame);
+        let delivered = protocol::encode_frame_into(&request, &cell.args, &mut frame)
+            .map_err(|e| TaskError::error(format!("cannot send the task to a worker: {e}")))
+            .and_then(|()| self.deliver(&frame));
+        self.frame = frame;
+        let pid = delivered?;
+        cell.set_abort(Abort::Worker(self.shared.clone(), pid));
         let timed_out = Arc::new(AtomicBool::new(false));
         let timer = cell.entry.defaults().timeout.map(|limit| {
             let (shared, timed_out) = (self.shared.clone(), timed_out.clone());
