@@ -23,7 +23,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use taskflow::{TaskManager, task};
+use taskflow::{TaskHandle, TaskManager, TaskManagerBuilder, task};
 
 #[path = "bench/memory.rs"]
 mod memory;
@@ -264,17 +264,22 @@ fn rate_row(
 
 // ---------------------------------------------------------------- B1
 
-async fn async_noops(tasks: usize, cap: Option<usize>) -> Result<Duration, BoxError> {
-    let mut builder = TaskManager::builder();
-    if let Some(cap) = cap {
-        builder = builder.max_concurrent_tasks(cap);
-    }
+/// Builds a manager, then times enqueueing `tasks` tasks with `enqueue`
+/// from a runtime worker and awaiting every one.
+async fn timed_burst<F>(
+    builder: TaskManagerBuilder,
+    tasks: usize,
+    enqueue: F,
+) -> Result<Duration, BoxError>
+where
+    F: Fn(&TaskManager) -> Result<TaskHandle<()>, taskflow::Error> + Send + 'static,
+{
     let manager = builder.build().await?;
     let driver = manager.clone();
     let elapsed = on_worker(async move {
         let start = Instant::now();
         let handles = (0..tasks)
-            .map(|_| noop::call().enqueue_on(&driver))
+            .map(|_| enqueue(&driver))
             .collect::<Result<Vec<_>, _>>()?;
         for handle in handles {
             handle.await?;
@@ -286,10 +291,23 @@ async fn async_noops(tasks: usize, cap: Option<usize>) -> Result<Duration, BoxEr
     Ok(elapsed)
 }
 
-async fn spawn_noops(tasks: usize) -> Result<Duration, BoxError> {
+async fn async_noops(tasks: usize, cap: Option<usize>) -> Result<Duration, BoxError> {
+    let mut builder = TaskManager::builder();
+    if let Some(cap) = cap {
+        builder = builder.max_concurrent_tasks(cap);
+    }
+    timed_burst(builder, tasks, |m| noop::call().enqueue_on(m)).await
+}
+
+/// Times spawning `tasks` no-op tokio tasks with `spawn` from a runtime
+/// worker and joining every one: the raw side of B1 and B2.
+async fn timed_joins(
+    tasks: usize,
+    spawn: fn() -> tokio::task::JoinHandle<()>,
+) -> Result<Duration, BoxError> {
     on_worker(async move {
         let start = Instant::now();
-        let handles: Vec<_> = (0..tasks).map(|_| tokio::spawn(async {})).collect();
+        let handles: Vec<_> = (0..tasks).map(|_| spawn()).collect();
         for handle in handles {
             handle.await?;
         }
@@ -302,7 +320,7 @@ async fn b1(scale: &Scale) -> Result<Vec<Row>, BoxError> {
     let n = scale.async_tasks;
     let (mut raw, mut uncapped, mut capped) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..scale.runs {
-        raw.push(spawn_noops(n).await?);
+        raw.push(timed_joins(n, || tokio::spawn(async {})).await?);
         uncapped.push(async_noops(n, None).await?);
         capped.push(async_noops(n, Some(10)).await?);
     }
@@ -330,44 +348,6 @@ async fn b1(scale: &Scale) -> Result<Vec<Row>, BoxError> {
 
 // ---------------------------------------------------------------- B2, B3
 
-async fn sync_tasks<F>(tasks: usize, threads: usize, enqueue: F) -> Result<Duration, BoxError>
-where
-    F: Fn(&TaskManager) -> Result<taskflow::TaskHandle<()>, taskflow::Error> + Send + 'static,
-{
-    let manager = TaskManager::builder()
-        .max_sync_threads(threads)
-        .build()
-        .await?;
-    let driver = manager.clone();
-    let elapsed = on_worker(async move {
-        let start = Instant::now();
-        let handles = (0..tasks)
-            .map(|_| enqueue(&driver))
-            .collect::<Result<Vec<_>, _>>()?;
-        for handle in handles {
-            handle.await?;
-        }
-        Ok(start.elapsed())
-    })
-    .await?;
-    manager.shutdown().await;
-    Ok(elapsed)
-}
-
-async fn spawn_blocking_noops(tasks: usize) -> Result<Duration, BoxError> {
-    on_worker(async move {
-        let start = Instant::now();
-        let handles: Vec<_> = (0..tasks)
-            .map(|_| tokio::task::spawn_blocking(|| {}))
-            .collect();
-        for handle in handles {
-            handle.await?;
-        }
-        Ok(start.elapsed())
-    })
-    .await
-}
-
 async fn bare_pool_noops(tasks: usize, threads: usize) -> Result<Duration, BoxError> {
     let pool = std::sync::Arc::new(raw::BarePool::new(threads)?);
     let driver = pool.clone();
@@ -388,9 +368,10 @@ async fn b2(scale: &Scale) -> Result<Vec<Row>, BoxError> {
     let n = scale.sync_tasks;
     let (mut ours, mut spawn_blocking, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..scale.runs {
-        spawn_blocking.push(spawn_blocking_noops(n).await?);
+        spawn_blocking.push(timed_joins(n, || tokio::task::spawn_blocking(|| {})).await?);
         bare.push(bare_pool_noops(n, 8).await?);
-        ours.push(sync_tasks(n, 8, |m| noop_blocking::call().enqueue_on(m)).await?);
+        let builder = TaskManager::builder().max_sync_threads(8);
+        ours.push(timed_burst(builder, n, |m| noop_blocking::call().enqueue_on(m)).await?);
     }
     Ok(vec![
         rate_row(
@@ -419,7 +400,8 @@ async fn b3(scale: &Scale) -> Result<Vec<Row>, BoxError> {
     let ideal = Duration::from_millis(n.div_ceil(threads) as u64 * sleep);
     let mut ours = Vec::new();
     for _ in 0..scale.runs {
-        ours.push(sync_tasks(n, threads, move |m| nap::call(sleep).enqueue_on(m)).await?);
+        let builder = TaskManager::builder().max_sync_threads(threads);
+        ours.push(timed_burst(builder, n, move |m| nap::call(sleep).enqueue_on(m)).await?);
     }
     let measured = median_time(&ours);
     let mut row = Row::new(
