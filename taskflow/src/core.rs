@@ -205,6 +205,11 @@ impl Core {
         {
             persistence.write(cell.clone());
         }
+        self.dispatch(cell);
+    }
+
+    /// Hands a PENDING cell to its executor.
+    fn dispatch(self: &Arc<Self>, cell: SharedCell) {
         match cell.entry.executor() {
             Executor::Async => self.async_tasks.submit(self, cell),
             #[cfg(unix)]
@@ -518,19 +523,33 @@ impl Core {
             .map(|applied| applied.attempt)
     }
 
-    /// Records the result of an attempt; returns the wait before the next
-    /// attempt when the task will be retried.
-    pub(crate) fn finish(
-        &self,
-        cell: &SharedCell,
-        result: Result<Produced, TaskError>,
-    ) -> Option<Duration> {
+    /// Records an attempt's result. A failure with retries left goes back
+    /// to the task's executor after its delay, on a timer task of its own so
+    /// no attempt's state or permit is held meanwhile; cancelling or
+    /// interrupting the task during the wait needs no abort: the timer
+    /// finds it finished and drops it.
+    pub(crate) fn finish(self: &Arc<Self>, cell: &SharedCell, result: Result<Produced, TaskError>) {
         let transition = match result {
             Ok(output) => Transition::Succeed(output),
             Err(error) => Transition::Fail(error),
         };
-        self.transition(cell, transition)
+        let Some(wait) = self
+            .transition(cell, transition)
             .and_then(|applied| applied.retry_in)
+        else {
+            return;
+        };
+        if wait.is_zero() {
+            self.dispatch(cell.clone());
+            return;
+        }
+        let (core, cell) = (self.clone(), cell.clone());
+        drop(self.runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            if !cell.status().is_finished() {
+                core.dispatch(cell);
+            }
+        }));
     }
 
     /// Appends a log record to a running task and publishes it.

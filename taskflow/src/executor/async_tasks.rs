@@ -112,8 +112,7 @@ fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
     spawn_attempt(runtime, &cell.clone(), attempt(core.clone(), cell, permit));
 }
 
-/// Runs one attempt; after a failure with retries left, waits (holding no
-/// permit) and queues the task again.
+/// Runs one attempt and records its result.
 async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
     let Some(attempt) = core.start(&cell) else {
         return;
@@ -144,22 +143,8 @@ async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
             }
         },
     };
-    let retry_in = core.finish(&cell, result.map(Produced::Value));
+    core.finish(&cell, result.map(Produced::Value));
     // Released only once the record has left RUNNING, so RUNNING records
-    // never outnumber the permits; never held across the retry wait.
+    // never outnumber the permits; never held across a retry's wait.
     drop(permit);
-    if let Some(wait) = retry_in {
-        retry_after(core, cell, wait);
-    }
-}
-
-/// Queues the task again after `wait`, on a timer task of its own so the
-/// attempts' state stays small. Cancelling or interrupting the task
-/// meanwhile needs no abort: the gate skips a finished task.
-fn retry_after(core: Arc<Core>, cell: SharedCell, wait: std::time::Duration) {
-    let runtime = core.async_tasks.runtime(&core).clone();
-    drop(runtime.spawn(async move {
-        tokio::time::sleep(wait).await;
-        core.async_tasks.submit(&core, cell);
-    }));
 }

@@ -354,13 +354,7 @@ impl Slot {
         let result = self.attempt(&cell, attempt);
         // The attempt is over: a later cancel must not kill this worker.
         cell.clear_abort();
-        if let Some(wait) = core.finish(&cell, result) {
-            let runtime = core.runtime.clone();
-            drop(runtime.spawn(async move {
-                tokio::time::sleep(wait).await;
-                core.process_tasks.submit(&core, cell);
-            }));
-        }
+        core.finish(&cell, result);
     }
 
     fn attempt(&mut self, cell: &SharedCell, attempt: u32) -> Result<Produced, TaskError> {

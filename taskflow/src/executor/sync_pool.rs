@@ -129,7 +129,7 @@ fn serve(core: &Arc<Core>, jobs: &Receiver<Job>, nice: Option<i32>) {
     }
 }
 
-/// Runs one attempt on the calling thread and schedules the retry, if any.
+/// Runs one attempt on the calling thread and records its result.
 fn run_attempt(core: &Arc<Core>, cell: SharedCell) {
     let Some(attempt) = core.start(&cell) else {
         return;
@@ -141,16 +141,5 @@ fn run_attempt(core: &Arc<Core>, cell: SharedCell) {
         // `#[task]` never pairs these; only a hand-built entry could.
         Body::Async(_) => Err(TaskError::error("a thread task's entry has an async body")),
     };
-    let Some(wait) = core.finish(&cell, result.map(Produced::Value)) else {
-        return;
-    };
-    if wait.is_zero() {
-        core.sync_tasks.submit(core, cell);
-    } else {
-        let retry_core = core.clone();
-        drop(core.runtime.spawn(async move {
-            tokio::time::sleep(wait).await;
-            retry_core.sync_tasks.submit(&retry_core, cell);
-        }));
-    }
+    core.finish(&cell, result.map(Produced::Value));
 }
