@@ -371,18 +371,20 @@ impl Slot {
         self.frame = frame;
         let pid = delivered?;
         cell.set_abort(Abort::Worker(self.shared.clone(), pid));
-        let timed_out = Arc::new(AtomicBool::new(false));
+        // Only a task with a timeout pays for a timer and its flag.
         let timer = cell.entry.defaults().timeout.map(|limit| {
-            let (shared, timed_out) = (self.shared.clone(), timed_out.clone());
-            self.core.runtime.spawn(async move {
+            let fired = Arc::new(AtomicBool::new(false));
+            let (shared, flag) = (self.shared.clone(), fired.clone());
+            let kill = self.core.runtime.spawn(async move {
                 tokio::time::sleep(limit).await;
-                timed_out.store(true, Ordering::SeqCst);
+                flag.store(true, Ordering::SeqCst);
                 shared.kill(pid);
-            })
+            });
+            (kill, fired)
         });
         let outcome = self.exchange(cell);
-        if let Some(timer) = timer {
-            timer.abort();
+        if let Some((kill, _)) = &timer {
+            kill.abort();
         }
         match outcome {
             Ok((failure, payload)) => {
@@ -395,7 +397,10 @@ impl Slot {
             Err(error) => {
                 self.worker = None;
                 let status = self.shared.reap(pid, Duration::from_secs(2));
-                let failure = if timed_out.load(Ordering::SeqCst) {
+                let timed_out = timer
+                    .as_ref()
+                    .is_some_and(|(_, fired)| fired.load(Ordering::SeqCst));
+                let failure = if timed_out {
                     let limit = cell.entry.defaults().timeout.unwrap_or_default();
                     TaskError::new(
                         ErrorKind::Timeout,
