@@ -602,7 +602,6 @@ struct RowState {
     error_message: Option<String>,
     owner: Option<Arc<str>>,
     output: Option<Arc<[u8]>>,
-    finished: bool,
 }
 
 impl Writer {
@@ -821,35 +820,30 @@ impl Writer {
 
 fn row_state(cell: &SharedCell, instance: &Arc<str>) -> RowState {
     let state = cell.lock();
-    let released = state.status == TaskStatus::Interrupted && cell.is_released();
     let error = state.last_error.as_deref();
+    // Interrupted but marked to run again at the next start: the row goes
+    // back to PENDING with no owner and no times, for whichever instance
+    // starts next.
+    let released = state.status == TaskStatus::Interrupted && cell.is_released();
+    let (status, started_at, finished_at, owner) = match released {
+        true => ("PENDING", None, None, None),
+        false => (
+            state.status.as_str(),
+            state.started_at.map(micros),
+            state.finished_at.map(micros),
+            Some(instance.clone()),
+        ),
+    };
     RowState {
         id: id_bytes(cell.id),
-        status: if released {
-            "PENDING"
-        } else {
-            state.status.as_str()
-        },
+        status,
         attempts: state.attempts,
-        started_at: if released {
-            None
-        } else {
-            state.started_at.map(micros)
-        },
-        finished_at: if released {
-            None
-        } else {
-            state.finished_at.map(micros)
-        },
+        started_at,
+        finished_at,
         error_kind: error.map(|e| e.kind().as_str()),
         error_message: error.map(|e| e.message().to_owned()),
-        owner: if released {
-            None
-        } else {
-            Some(instance.clone())
-        },
+        owner,
         output: state.output_bytes().cloned(),
-        finished: state.status.is_finished(),
     }
 }
 
@@ -925,7 +919,6 @@ fn update(db: &Connection, state: &RowState) -> rusqlite::Result<()> {
         state.owner.as_deref(),
         state.output.as_deref(),
     ])?;
-    let _ = state.finished;
     Ok(())
 }
 
