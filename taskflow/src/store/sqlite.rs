@@ -451,18 +451,6 @@ fn recover(
     registry: &Registry,
 ) -> rusqlite::Result<Vec<Recovered>> {
     let now = micros(SystemTime::now());
-    let requeue_pending: HashSet<&str> = registry
-        .entries()
-        .filter(|e| config.requeue_pending || e.defaults().persist)
-        .map(TaskEntry::name)
-        .collect();
-    let requeue_running: HashSet<&str> = registry
-        .entries()
-        .filter(|e| e.defaults().requeue_on_interrupt)
-        .map(TaskEntry::name)
-        .collect();
-    let registered: HashSet<&str> = registry.entries().map(TaskEntry::name).collect();
-
     let mut owners: Vec<Option<String>> = dead_instances(db, me)?.into_iter().map(Some).collect();
     // Rows a graceful shutdown released for the next start.
     owners.push(None);
@@ -473,20 +461,13 @@ fn recover(
         // Each statement claims atomically: a row is taken by whichever
         // manager's UPDATE reaches it first, and by no other.
         for name in names_of(db, owner.as_deref())? {
-            if !registered.contains(name.as_str()) {
+            let Some(entry) = registry.get(&name) else {
                 unregistered.insert(name);
                 continue;
-            }
-            if requeue_running.contains(name.as_str()) {
-                claim(
-                    db,
-                    owner.as_deref(),
-                    &name,
-                    "RUNNING",
-                    me,
-                    &mut recovered,
-                    registry,
-                )?;
+            };
+            let policy = entry.defaults();
+            if policy.requeue_on_interrupt {
+                claim(db, owner.as_deref(), entry, "RUNNING", me, &mut recovered)?;
             } else {
                 db.execute(
                     "UPDATE tasks SET status = 'INTERRUPTED', finished_at = ?1, \
@@ -497,16 +478,8 @@ fn recover(
             }
             // A released row (no owner) was left PENDING by a graceful stop
             // precisely so that the next start runs it.
-            if owner.is_none() || requeue_pending.contains(name.as_str()) {
-                claim(
-                    db,
-                    owner.as_deref(),
-                    &name,
-                    "PENDING",
-                    me,
-                    &mut recovered,
-                    registry,
-                )?;
+            if owner.is_none() || config.requeue_pending || policy.persist {
+                claim(db, owner.as_deref(), entry, "PENDING", me, &mut recovered)?;
             }
         }
         if let Some(owner) = owner {
@@ -538,21 +511,21 @@ fn names_of(db: &Connection, owner: Option<&str>) -> rusqlite::Result<Vec<String
     names.collect()
 }
 
+/// Takes `owner`'s rows of task `entry` in `status` for `me`, as PENDING.
 fn claim(
     db: &Connection,
     owner: Option<&str>,
-    name: &str,
+    entry: &'static TaskEntry,
     status: &str,
     me: &str,
     recovered: &mut Vec<Recovered>,
-    registry: &Registry,
 ) -> rusqlite::Result<()> {
     let mut statement = db.prepare_cached(
         "UPDATE tasks SET status = 'PENDING', owner = ?1, started_at = NULL, finished_at = NULL \
          WHERE owner IS ?2 AND name = ?3 AND status = ?4 \
          RETURNING id, args, tags, attempts, created_at, idempotency_key",
     )?;
-    let rows = statement.query_map(params![me, owner, name, status], |row| {
+    let rows = statement.query_map(params![me, owner, entry.name(), status], |row| {
         Ok((
             row.get::<_, [u8; 16]>(0)?,
             row.get::<_, Vec<u8>>(1)?,
@@ -562,9 +535,6 @@ fn claim(
             row.get::<_, Option<String>>(5)?,
         ))
     })?;
-    let Some(entry) = registry.get(name) else {
-        return Ok(());
-    };
     for row in rows {
         let (id, args, tags, attempts, created_at, idempotency_key) = row?;
         recovered.push(Recovered {
