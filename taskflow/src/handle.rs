@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use serde::de::DeserializeOwned;
 use taskflow_worker::{ErrorKind, TaskError, TaskId};
@@ -86,14 +86,7 @@ impl<T> TaskHandle<T> {
                     "the task store stopped before this task could be written".into(),
                 )))
             } else {
-                if !state
-                    .extra()
-                    .persist_waiters
-                    .iter()
-                    .any(|w| w.will_wake(cx.waker()))
-                {
-                    state.extra().persist_waiters.push(cx.waker().clone());
-                }
+                wake_later(&mut state.extra().persist_waiters, cx.waker());
                 Poll::Pending
             }
         })
@@ -108,9 +101,7 @@ impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
         let mut state = self.cell.lock();
         let outcome = match state.status {
             TaskStatus::Pending | TaskStatus::Running => {
-                if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.waiters.push(cx.waker().clone());
-                }
+                wake_later(&mut state.waiters, cx.waker());
                 return Poll::Pending;
             }
             TaskStatus::Success => match state.output.take() {
@@ -118,13 +109,10 @@ impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
                     .downcast::<T>()
                     .map(|output| *output)
                     .map_err(|_| TaskError::error("the task's output is not of the handle's type")),
-                Some(Produced::Encoded(bytes)) => taskflow_worker::codec::decode::<T>(&bytes)
-                    .map_err(|e| TaskError::error(format!("cannot decode the task's output: {e}"))),
+                Some(Produced::Encoded(bytes)) => decode_output(&bytes),
                 None => match state.output_bytes() {
                     // Another handle took the value; a keyed task keeps its encoding.
-                    Some(bytes) => taskflow_worker::codec::decode::<T>(bytes).map_err(|e| {
-                        TaskError::error(format!("cannot decode the task's output: {e}"))
-                    }),
+                    Some(bytes) => decode_output(bytes),
                     None => Err(TaskError::error(
                         "the task's output was already taken from this handle",
                     )),
@@ -165,4 +153,16 @@ impl<T> fmt::Debug for TaskHandle<T> {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// Adds `waker` to `waiters` unless one that wakes the same task is there.
+fn wake_later(waiters: &mut Vec<Waker>, waker: &Waker) {
+    if !waiters.iter().any(|w| w.will_wake(waker)) {
+        waiters.push(waker.clone());
+    }
+}
+
+fn decode_output<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
+    taskflow_worker::codec::decode(bytes)
+        .map_err(|e| TaskError::error(format!("cannot decode the task's output: {e}")))
 }

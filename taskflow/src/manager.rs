@@ -500,7 +500,7 @@ impl TaskManagerBuilder {
     /// [`Error::ZeroLimit`] for a cap of zero, [`Error::NoRuntime`] outside a
     /// tokio runtime, [`Error::SpawnThread`] when the OS refuses a thread.
     pub async fn build(self) -> Result<TaskManager, Error> {
-        Registry::global()?;
+        let registry = Registry::global()?;
         for (option, value) in [
             ("max_concurrent_tasks", self.max_concurrent_tasks),
             ("max_sync_threads", self.max_sync_threads),
@@ -549,7 +549,6 @@ impl TaskManagerBuilder {
                     busy_timeout: self.store_busy_timeout,
                     max_size: self.store_max_size,
                 };
-                let registry = Registry::global()?;
                 // Opening and recovery touch the disk: off the async runtime.
                 let opened =
                     tokio::task::spawn_blocking(move || SqliteStore::open(&config, registry))
