@@ -91,6 +91,11 @@ impl AsyncExecutor {
         }
     }
 
+    /// The admission gate; `None` when there is no cap.
+    pub(super) fn gate(&self) -> Option<&Gate> {
+        self.gate.as_ref()
+    }
+
     /// Stops the dedicated threads, if any; after shutdown nothing runs there.
     pub(crate) fn stop(&self) {
         if let Some(dedicated) = &self.dedicated {
@@ -101,13 +106,13 @@ impl AsyncExecutor {
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
         match &self.gate {
             None => start(core, cell, None),
-            Some(gate) => gate.submit(core, cell, |core| core.async_tasks.gate.as_ref(), start),
+            Some(gate) => gate.submit(core, cell),
         }
     }
 }
 
 /// Spawns one admitted attempt.
-fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
+pub(super) fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
     let runtime = core.async_tasks.runtime(core);
     spawn_attempt(runtime, &cell.clone(), attempt(core.clone(), cell, permit));
 }

@@ -1,5 +1,6 @@
-//! The admission gate in front of the async and process executors: at most
-//! `capacity` tasks admitted at once, the others waiting in arrival order.
+//! The admission gate in front of the async executor: at most `capacity`
+//! tasks admitted at once (`max_concurrent_tasks`), the others waiting in
+//! arrival order.
 //!
 //! A waiting task is its cell in a lock-free FIFO queue, not a parked future:
 //! it costs one queue slot and no scheduler time, and tasks are admitted in
@@ -14,25 +15,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::async_tasks::start;
 use crate::core::Core;
 use crate::record::SharedCell;
-
-/// Starts an admitted task: the executor behind the gate.
-pub(crate) type Start = fn(&Arc<Core>, SharedCell, Option<Permit>);
-
-/// Finds the gate in the core (the permit outlives any borrow of it).
-pub(crate) type GateOf = fn(&Core) -> Option<&Gate>;
 
 pub(crate) struct Gate {
     free: AtomicUsize,
     waiting: (Sender<SharedCell>, Receiver<SharedCell>),
 }
 
-/// One admitted task's place; dropping it admits the next.
+/// One admitted task's place; dropping it admits the next. It holds the
+/// core, not the gate, since it outlives any borrow of the gate.
 pub(crate) struct Permit {
     core: Arc<Core>,
-    gate_of: GateOf,
-    start: Start,
 }
 
 impl Gate {
@@ -44,10 +39,10 @@ impl Gate {
     }
 
     /// Queues `cell` and admits whatever the free permits allow.
-    pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell, gate_of: GateOf, start: Start) {
+    pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
         // Only fails if the receiver is gone, and this struct owns it.
         let _ = self.waiting.0.send(cell);
-        self.pump(core, gate_of, start);
+        self.pump(core);
     }
 
     /// Tasks waiting for admission.
@@ -68,18 +63,14 @@ impl Gate {
     }
 
     /// Admits waiting tasks while permits are free.
-    fn pump(&self, core: &Arc<Core>, gate_of: GateOf, start: Start) {
+    fn pump(&self, core: &Arc<Core>) {
         while self.take() {
             // A task cancelled or interrupted while it waited is skipped.
             let next = std::iter::from_fn(|| self.waiting.1.try_recv().ok())
                 .find(|cell| !cell.status().is_finished());
             match next {
                 Some(cell) => {
-                    let permit = Permit {
-                        core: core.clone(),
-                        gate_of,
-                        start,
-                    };
+                    let permit = Permit { core: core.clone() };
                     start(core, cell, Some(permit));
                 }
                 None => {
@@ -97,9 +88,9 @@ impl Gate {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(gate) = (self.gate_of)(&self.core) {
+        if let Some(gate) = self.core.async_tasks.gate() {
             gate.give();
-            gate.pump(&self.core, self.gate_of, self.start);
+            gate.pump(&self.core);
         }
     }
 }

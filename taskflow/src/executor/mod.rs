@@ -1,4 +1,4 @@
-//! Executors: an admission gate in front of a runner, one per kind of task.
+//! Executors, one per kind of task.
 //!
 //! - [`AsyncExecutor`]: a tokio task per admitted attempt, behind a FIFO
 //!   admission gate of `max_concurrent_tasks` permits. A task waiting for a
@@ -6,12 +6,13 @@
 //!   for one attempt and never across a retry wait.
 //! - [`SyncExecutor`]: a dedicated pool of `max_sync_threads` threads fed by a
 //!   queue, or tokio's blocking pool when no size is set.
-//! - [`ProcessExecutor`]: worker processes, at most `max_process_workers`,
-//!   admitted through the same kind of gate, one attempt per worker at a time.
+//! - [`ProcessExecutor`]: at most `max_process_workers` worker processes,
+//!   each served by a slot thread of its own that takes tasks from one
+//!   queue, one attempt per worker at a time.
 //!
 //! All run an attempt the same way: set the task context, call the body with
-//! panics caught, and report the result to `Core::finish`, which decides
-//! between done and a retry after a delay.
+//! panics caught (in this process or in a worker), and report the result to
+//! `Core::finish`, which records it and schedules a retry after its delay.
 
 mod async_tasks;
 mod gate;
