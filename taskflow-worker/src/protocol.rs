@@ -118,12 +118,7 @@ pub fn encode_frame_into<H: Serialize>(
     let header_len = frame.len() - 8;
     frame.extend_from_slice(payload);
     let size = frame.len() - 4;
-    if size > MAX_FRAME {
-        return Err(ProtocolError::FrameTooLarge {
-            size,
-            limit: MAX_FRAME,
-        });
-    }
+    check_size(size)?;
     frame[0..4].copy_from_slice(&length(size).to_le_bytes());
     frame[4..8].copy_from_slice(&length(header_len).to_le_bytes());
     Ok(())
@@ -136,15 +131,17 @@ fn length(n: usize) -> u32 {
 
 /// Splits a frame's body (everything after the first length) into header and payload.
 fn decode_body<H: DeserializeOwned>(mut body: Vec<u8>) -> Result<(H, Vec<u8>), ProtocolError> {
-    let malformed = |extra| ProtocolError::Malformed(CodecError::TrailingBytes { extra });
     let header_len = body
         .get(0..4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or_else(|| malformed(body.len()))?;
-    let header_end = 4usize
-        .checked_add(header_len)
-        .filter(|&end| end <= body.len());
-    let header_end = header_end.ok_or_else(|| malformed(body.len()))?;
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let header_end = header_len
+        .and_then(|len| 4usize.checked_add(len))
+        .filter(|&end| end <= body.len())
+        .ok_or_else(|| {
+            ProtocolError::Malformed(CodecError::Decode(
+                "the frame is shorter than its header length says".into(),
+            ))
+        })?;
     let header = codec::decode(&body[4..header_end]).map_err(ProtocolError::Malformed)?;
     // The payload is what follows the header: keep the buffer, drop the front.
     body.drain(..header_end);
@@ -233,5 +230,19 @@ mod tests {
             read_frame::<ToWorker<'static>>(&mut wire.as_slice()),
             Err(ProtocolError::Io(_))
         ));
+    }
+
+    #[test]
+    fn a_header_longer_than_its_frame_is_malformed() {
+        let mut wire = Vec::new();
+        // A body of 6 bytes whose header claims 100.
+        wire.extend_from_slice(&6u32.to_le_bytes());
+        wire.extend_from_slice(&100u32.to_le_bytes());
+        wire.extend_from_slice(&[0, 0]);
+        let result = read_frame::<ToWorker<'static>>(&mut wire.as_slice());
+        assert!(
+            matches!(result, Err(ProtocolError::Malformed(CodecError::Decode(_)))),
+            "{result:?}"
+        );
     }
 }
