@@ -139,18 +139,11 @@ impl State {
         };
         match self.writer.send(&FromWorker::Done { id, failure }, &output) {
             Ok(()) => true,
+            // The output fit the check below but not with its header.
             Err(ProtocolError::FrameTooLarge { size, limit }) => {
-                let failure = TaskError::error(format!(
-                    "the task's output is too large to send back: {size} bytes, limit {limit}"
-                ));
+                let failure = Some(output_too_large(size, limit));
                 self.writer
-                    .send(
-                        &FromWorker::Done {
-                            id,
-                            failure: Some(failure),
-                        },
-                        &[],
-                    )
+                    .send(&FromWorker::Done { id, failure }, &[])
                     .is_ok()
             }
             Err(_) => false,
@@ -216,15 +209,21 @@ impl State {
         let bytes = entry
             .encode_output(output.as_ref())
             .map_err(|e| TaskError::error(format!("cannot encode the task's output: {e}")))?;
-        if bytes.len() > MAX_FRAME - 1024 {
-            return Err(TaskError::error(format!(
-                "the task's output is too large to send back: {} bytes, limit {}",
-                bytes.len(),
-                MAX_FRAME - 1024
-            )));
+        // Checked before the frame is built, so a huge output is not copied.
+        if bytes.len() > MAX_OUTPUT {
+            return Err(output_too_large(bytes.len(), MAX_OUTPUT));
         }
         Ok(bytes)
     }
+}
+
+/// The largest output a worker sends back: a frame, less room for its header.
+const MAX_OUTPUT: usize = MAX_FRAME - 1024;
+
+fn output_too_large(size: usize, limit: usize) -> TaskError {
+    TaskError::error(format!(
+        "the task's output is too large to send back: {size} bytes, limit {limit}"
+    ))
 }
 
 /// Exits this worker soon after its parent dies, even while a task runs.
