@@ -15,6 +15,11 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Bumped whenever the byte format of values changes; part of the worker
+/// handshake, so a worker that encodes differently is refused before any
+/// task is sent to it.
+pub const CODEC_VERSION: u32 = 1;
+
 type Config = bincode::config::Configuration;
 
 const CONFIG: Config = bincode::config::standard();
