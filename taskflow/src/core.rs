@@ -25,7 +25,9 @@ use crate::executor::ProcessExecutor;
 use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::lifecycle::{self, TaskStatus, Transition};
 use crate::record::{MAX_LOGS, Origin, Produced, SharedCell, TaskCell, TaskFilter, TaskRecord};
-use crate::store::{Claimed, MemoryStore, Recovered, SqliteStore, StoredRow, sort_newest_first};
+use crate::store::{
+    Claimed, CorruptRow, MemoryStore, Recovered, SqliteStore, StoredRow, sort_newest_first,
+};
 use crate::tally::Tally;
 
 pub(crate) struct Core {
@@ -46,6 +48,8 @@ pub(crate) struct Core {
     running: Tally<3>,
     /// Signalled whenever a task stops running after close.
     idle: Notify,
+    /// Rows of the task store found corrupt and reported, by SQLite row id.
+    reported_corrupt: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 /// What a transition did.
@@ -100,6 +104,7 @@ impl Core {
             closed: AtomicBool::new(false),
             running: Default::default(),
             idle: Notify::new(),
+            reported_corrupt: Default::default(),
         }
     }
 
@@ -178,6 +183,14 @@ impl Core {
                     Some(local) => local,
                     None => self.mirror(cell.entry, *row),
                 }))
+            }
+            Ok(Claimed::Corrupt(row)) => {
+                self.store.remove_unstarted(cell);
+                self.report_corrupt(std::slice::from_ref(&row));
+                Err(Error::CorruptRow {
+                    id: row.id.unwrap_or(cell.id),
+                    reason: row.reason,
+                })
             }
             Err(error) => {
                 self.store.remove_unstarted(cell);
@@ -273,7 +286,10 @@ impl Core {
                     let Some(persistence) = &core.persistence else {
                         return;
                     };
-                    match persistence.get(watched.id) {
+                    match persistence
+                        .get(watched.id)
+                        .and_then(|row| core.readable(watched.id, row))
+                    {
                         Ok(Some(row)) => {
                             core.transition(&watched, Transition::Observe(Box::new(row)));
                         }
@@ -291,13 +307,34 @@ impl Core {
         cell
     }
 
+    /// A stored row, or the error for a corrupt one (reported once).
+    fn readable(
+        &self,
+        id: TaskId,
+        row: Option<Result<StoredRow, CorruptRow>>,
+    ) -> Result<Option<StoredRow>, Error> {
+        match row {
+            None => Ok(None),
+            Some(Ok(row)) => Ok(Some(row)),
+            Some(Err(corrupt)) => {
+                self.report_corrupt(std::slice::from_ref(&corrupt));
+                Err(Error::CorruptRow {
+                    id,
+                    reason: corrupt.reason,
+                })
+            }
+        }
+    }
+
     /// A snapshot of a task, live or stored.
     pub(crate) fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
         if let Some(cell) = self.store.get(&id) {
             return Ok(Some(cell.snapshot()));
         }
         match &self.persistence {
-            Some(persistence) => Ok(persistence.get(id)?.map(|row| row.record)),
+            Some(persistence) => self
+                .readable(id, persistence.get(id)?)
+                .map(|row| row.map(|row| row.record)),
             None => Ok(None),
         }
     }
@@ -307,12 +344,9 @@ impl Core {
         let mut records = self.store.list(filter);
         if let Some(persistence) = &self.persistence {
             let live: std::collections::HashSet<TaskId> = records.iter().map(|r| r.id).collect();
-            records.extend(
-                persistence
-                    .list(filter)?
-                    .into_iter()
-                    .filter(|r| !live.contains(&r.id)),
-            );
+            let (stored, corrupt) = persistence.list(filter)?;
+            self.report_corrupt(&corrupt);
+            records.extend(stored.into_iter().filter(|r| !live.contains(&r.id)));
             sort_newest_first(&mut records);
             if let Some(limit) = filter.limit {
                 records.truncate(limit);
@@ -332,7 +366,7 @@ impl Core {
             ),
             None => {
                 let row = match &self.persistence {
-                    Some(persistence) => persistence.get(id)?,
+                    Some(persistence) => self.readable(id, persistence.get(id)?)?,
                     None => None,
                 };
                 let row = row.ok_or(Error::NotFound(id))?;
@@ -357,16 +391,47 @@ impl Core {
     }
 
     /// Reports on the bus that the task store could not be written.
-    pub(crate) fn report_store_failure(&self, cell: &TaskCell, message: &str) {
-        let status = cell.status();
+    /// The event names the first task whose change was not written, when
+    /// there is one; otherwise its id is nil and its name empty.
+    pub(crate) fn report_store_failure(&self, cell: Option<&TaskCell>, message: &str) {
+        let (id, name, status) = match cell {
+            Some(cell) => (cell.id, cell.entry.name(), cell.status()),
+            None => (TaskId::from_bytes([0; 16]), "", TaskStatus::Pending),
+        };
         self.bus.publish(|| TaskEvent {
-            id: cell.id,
-            name: cell.entry.name(),
+            id,
+            name,
             kind: EventKind::StoreFailed(message.to_owned()),
             status,
             attempt: 0,
             at: SystemTime::now(),
         });
+    }
+
+    /// Reports each corrupt row not reported before: a log line and a
+    /// [`EventKind::CorruptRow`] event.
+    pub(crate) fn report_corrupt(&self, rows: &[CorruptRow]) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut reported = self
+            .reported_corrupt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for row in rows {
+            if !reported.insert(row.rowid) {
+                continue;
+            }
+            tracing::error!("{row}; it is left in place and skipped");
+            self.bus.publish(|| TaskEvent {
+                id: row.id.unwrap_or(TaskId::from_bytes([0; 16])),
+                name: "",
+                kind: EventKind::CorruptRow(row.to_string()),
+                status: TaskStatus::Pending,
+                attempt: 0,
+                at: SystemTime::now(),
+            });
+        }
     }
 
     /// Whether a task interrupted from `from` runs again at the next start.

@@ -106,6 +106,16 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The task's row in the task store cannot be read as a task (reported
+    /// once as [`EventKind::CorruptRow`](crate::EventKind::CorruptRow), and
+    /// left in place).
+    #[error("task {id} cannot be read from the task store: {reason}")]
+    CorruptRow {
+        /// The task.
+        id: TaskId,
+        /// What is wrong with its row.
+        reason: String,
+    },
     /// Writing the task store failed (the writer keeps retrying).
     #[error("{0}")]
     Store(String),

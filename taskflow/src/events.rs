@@ -69,6 +69,13 @@ pub enum EventKind {
     /// task store; they are kept and written once it recovers. Reported once
     /// per run of failures.
     StoreFailed(String),
+    /// A row of the task store cannot be read as a task (a column of the
+    /// wrong type, an unknown status, undecodable tags): it is left in place
+    /// and skipped, and every other row still loads, lists and runs. The
+    /// event's `id` is the row's task id when that much is readable (else
+    /// nil) and its `name` is empty; the text says what is wrong. Reported
+    /// once per row and manager, and in the log.
+    CorruptRow(String),
     /// A task another instance runs, followed through the task store, was
     /// seen in a new status (the event's `status`).
     Observed,

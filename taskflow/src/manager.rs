@@ -291,6 +291,7 @@ pub struct TaskManagerBuilder {
     retention: Option<Duration>,
     store_busy_timeout: Duration,
     store_max_size: Option<u64>,
+    store_file_mode: u32,
     max_finished_in_memory: usize,
 }
 
@@ -316,6 +317,7 @@ impl Default for TaskManagerBuilder {
             retention: None,
             store_busy_timeout: Duration::from_secs(5),
             store_max_size: None,
+            store_file_mode: 0o600,
             max_finished_in_memory: 100_000,
         }
     }
@@ -479,6 +481,23 @@ impl TaskManagerBuilder {
         self
     }
 
+    /// The permission bits a new task store file is created with (its -wal
+    /// and -shm files get the same). Default `0o600`: the file holds task
+    /// arguments, outputs and errors in plain text, so only the owner may
+    /// read it. An existing file keeps its mode. Unix only; ignored
+    /// elsewhere.
+    ///
+    /// ```
+    /// let builder = taskflow::TaskManager::builder()
+    ///     .snapshot_db("tasks.db")
+    ///     .store_file_mode(0o640); // the owner's group may read it too
+    /// # let _ = builder;
+    /// ```
+    pub fn store_file_mode(mut self, mode: u32) -> Self {
+        self.store_file_mode = mode;
+        self
+    }
+
     /// How many finished records stay in memory (the oldest leave first);
     /// with a task store they remain readable from it. Default 100 000.
     pub fn max_finished_in_memory(mut self, n: usize) -> Self {
@@ -539,8 +558,8 @@ impl TaskManagerBuilder {
                 handshake_timeout: self.worker_start_timeout,
             }),
         };
-        let (persistence, recovered) = match self.snapshot_db {
-            None => (None, Vec::new()),
+        let (persistence, recovered, corrupt) = match self.snapshot_db {
+            None => (None, Vec::new(), Vec::new()),
             Some(path) => {
                 let config = StoreConfig {
                     path,
@@ -548,6 +567,7 @@ impl TaskManagerBuilder {
                     retention: self.retention,
                     busy_timeout: self.store_busy_timeout,
                     max_size: self.store_max_size,
+                    file_mode: self.store_file_mode,
                 };
                 // Opening and recovery touch the disk: off the async runtime.
                 let opened =
@@ -558,7 +578,8 @@ impl TaskManagerBuilder {
                                 "the task store could not be opened: its thread panicked".into(),
                             )
                         })??;
-                (Some((opened.0, self.requeue_pending)), opened.1)
+                let (store, recovered, corrupt) = opened;
+                (Some((store, self.requeue_pending)), recovered, corrupt)
             }
         };
         let core = Arc::new(Core::new(
@@ -573,6 +594,7 @@ impl TaskManagerBuilder {
         if let Some(persistence) = &core.persistence {
             persistence.start(Arc::downgrade(&core))?;
         }
+        core.report_corrupt(&corrupt);
         for task in recovered {
             core.restore(task);
         }

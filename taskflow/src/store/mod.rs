@@ -8,4 +8,4 @@ mod memory;
 mod sqlite;
 
 pub(crate) use memory::{MemoryStore, sort_newest_first};
-pub(crate) use sqlite::{Claimed, Recovered, SqliteStore, StoreConfig, StoredRow};
+pub(crate) use sqlite::{Claimed, CorruptRow, Recovered, SqliteStore, StoreConfig, StoredRow};

@@ -52,6 +52,9 @@ pub(crate) struct StoreConfig {
     pub(crate) retention: Option<Duration>,
     pub(crate) busy_timeout: Duration,
     pub(crate) max_size: Option<u64>,
+    /// Permission bits of a newly created file (and so of its -wal and
+    /// -shm, which SQLite creates with the database file's mode).
+    pub(crate) file_mode: u32,
 }
 
 /// A row taken over at start, to be dispatched again under its own id.
@@ -83,6 +86,8 @@ pub(crate) enum Claimed {
     Inserted,
     /// The key is held by this existing task.
     Existing(Box<StoredRow>),
+    /// The key is held by a row that cannot be read.
+    Corrupt(CorruptRow),
 }
 
 /// A row as read back.
@@ -96,7 +101,7 @@ pub(crate) struct SqliteStore {
     path: PathBuf,
     instance: Arc<str>,
     writes: Sender<Write>,
-    inbox: Mutex<Option<(Receiver<Write>, Connection)>>,
+    inbox: Mutex<Option<(Receiver<Write>, Connection, Option<FileIdentity>)>>,
     reader: Mutex<Connection>,
     retention: Option<Duration>,
 }
@@ -119,6 +124,65 @@ fn micros(time: SystemTime) -> i64 {
 
 fn time(micros: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+/// Creates the file at `path` with permission bits `mode` unless it exists.
+///
+/// SQLite would create it with the umask's mode (0644 typically), readable by
+/// every local user although it holds task arguments and outputs. Created
+/// here first, it has `mode` exactly (not narrowed or widened by the umask),
+/// and SQLite gives the -wal and -shm files it creates the same mode. An
+/// existing file keeps its mode: the operator chose it.
+fn create_private(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+        {
+            Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(mode)),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+/// The identity of the file a store opened: device and inode. A file
+/// deleted or replaced under a running manager has another identity (or
+/// none), while SQLite keeps writing to the unlinked one; comparing before
+/// each commit is how the loss is noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    #[cfg(unix)]
+    fn of(path: &Path) -> std::io::Result<Option<Self>> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(metadata) => Ok(Some(FileIdentity {
+                device: metadata.dev(),
+                inode: metadata.ino(),
+            })),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn of(_path: &Path) -> std::io::Result<Option<Self>> {
+        Ok(None)
+    }
 }
 
 /// Opens `path` with the settings every connection uses.
@@ -183,9 +247,17 @@ impl SqliteStore {
     pub(crate) fn open(
         config: &StoreConfig,
         registry: &Registry,
-    ) -> Result<(Self, Vec<Recovered>), Error> {
+    ) -> Result<(Self, Vec<Recovered>, Vec<CorruptRow>), Error> {
         let path = &config.path;
+        create_private(path, config.file_mode).map_err(|source| Error::OpenStore {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
         let mut writer = connect(path, config.busy_timeout).map_err(open_error(path))?;
+        let identity = FileIdentity::of(path).map_err(|source| Error::OpenStore {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
         migrate(&mut writer, path)?;
         if let Some(bytes) = config.max_size {
             let page_size: i64 = writer
@@ -210,28 +282,32 @@ impl SqliteStore {
                 params![&*instance, std::process::id(), host_name(), now],
             )
             .map_err(open_error(path))?;
-        let recovered = recover(&writer, &instance, config, registry).map_err(open_error(path))?;
+        let (recovered, corrupt) =
+            recover(&writer, &instance, config, registry).map_err(open_error(path))?;
 
         let (writes, inbox) = crossbeam_channel::unbounded();
         let store = SqliteStore {
             path: path.clone(),
             instance,
             writes,
-            inbox: Mutex::new(Some((inbox, writer))),
+            inbox: Mutex::new(Some((inbox, writer, identity))),
             reader: Mutex::new(reader),
             retention: config.retention,
         };
-        Ok((store, recovered))
+        Ok((store, recovered, corrupt))
     }
 
     /// Starts the writer thread; it reports to `core` while it lives.
     pub(crate) fn start(&self, core: Weak<Core>) -> Result<(), Error> {
         let taken = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some((inbox, connection)) = taken else {
+        let Some((inbox, connection, identity)) = taken else {
             return Ok(());
         };
         let writer = Writer {
             connection,
+            path: self.path.clone(),
+            identity,
+            lost: None,
             inbox,
             core,
             instance: self.instance.clone(),
@@ -298,7 +374,8 @@ impl SqliteStore {
         })
     }
 
-    pub(crate) fn get(&self, id: TaskId) -> Result<Option<StoredRow>, Error> {
+    /// The row of task `id`: `Ok(Some(Err(_)))` when it is there but corrupt.
+    pub(crate) fn get(&self, id: TaskId) -> Result<Option<ReadRow>, Error> {
         self.read(|db| {
             db.query_row(
                 &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
@@ -309,8 +386,12 @@ impl SqliteStore {
         })
     }
 
-    /// Rows matching `filter`, newest first.
-    pub(crate) fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+    /// Rows matching `filter`, newest first, and the corrupt rows met on
+    /// the way (skipped, so one bad row never hides the others).
+    pub(crate) fn list(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<(Vec<TaskRecord>, Vec<CorruptRow>), Error> {
         let limit = filter
             .limit
             .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
@@ -328,7 +409,14 @@ impl SqliteStore {
                 ],
                 read_row,
             )?;
-            rows.map(|row| row.map(|stored| stored.record)).collect()
+            let (mut records, mut corrupt) = (Vec::new(), Vec::new());
+            for row in rows {
+                match row? {
+                    Ok(stored) => records.push(stored.record),
+                    Err(bad) => corrupt.push(bad),
+                }
+            }
+            Ok((records, corrupt))
         })
     }
 }
@@ -343,56 +431,124 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 const COLUMNS: &str = "id, name, executor, status, args, tags, attempts, created_at, started_at, \
-                       finished_at, error_kind, error_message, output";
+                       finished_at, error_kind, error_message, output, rowid";
 
 fn id_bytes(id: TaskId) -> [u8; 16] {
     id.to_bytes()
 }
 
-fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
-    let id: [u8; 16] = row.get(0)?;
-    let executor: String = row.get(2)?;
-    let status: String = row.get(3)?;
-    let tags: Option<Vec<u8>> = row.get(5)?;
-    let error_kind: Option<String> = row.get(10)?;
-    let error_message: Option<String> = row.get(11)?;
-    let invalid = |column: usize, what: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            column,
-            rusqlite::types::Type::Text,
-            what.to_owned().into(),
-        )
-    };
-    let record = TaskRecord {
-        id: TaskId::from_bytes(id),
-        name: row.get(1)?,
-        executor: Executor::parse(&executor).ok_or_else(|| invalid(2, "unknown executor"))?,
-        status: status.parse().map_err(|_| invalid(3, "unknown status"))?,
-        created_at: time(row.get(7)?),
-        started_at: row.get::<_, Option<i64>>(8)?.map(time),
-        finished_at: row.get::<_, Option<i64>>(9)?.map(time),
-        attempts: row.get(6)?,
-        last_error: match (error_kind, error_message) {
-            (Some(kind), message) => Some(TaskError::new(
-                ErrorKind::parse(&kind).unwrap_or(ErrorKind::Error),
-                message.unwrap_or_default(),
-            )),
-            (None, _) => None,
-        },
-        tags: match tags {
-            Some(bytes) => codec::decode(&bytes).map_err(|_| invalid(5, "undecodable tags"))?,
-            None => Tags::default(),
-        },
-        logs: Vec::new(),
-    };
-    Ok(StoredRow {
-        record,
-        args: row.get(4)?,
-        output: row.get(12)?,
-    })
+/// A stored row that cannot be read as a task: a column of the wrong type,
+/// an unknown status or executor, undecodable tags. It is reported once and
+/// left in place; every other row still loads.
+#[derive(Clone, Debug)]
+pub(crate) struct CorruptRow {
+    /// The task's id, when that column at least is intact.
+    pub(crate) id: Option<TaskId>,
+    /// SQLite's own row id, which identifies the row whatever its columns hold.
+    pub(crate) rowid: i64,
+    /// What is wrong with it.
+    pub(crate) reason: String,
 }
 
-fn key_holder(db: &Connection, name: &str, key: &str) -> rusqlite::Result<Option<StoredRow>> {
+impl std::fmt::Display for CorruptRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "task {id} (row {})", self.rowid)?,
+            None => write!(f, "row {}", self.rowid)?,
+        }
+        write!(f, " in the task store is corrupt: {}", self.reason)
+    }
+}
+
+/// A row as read: the task, or why it is not one. The outer error is
+/// SQLite's (a query that failed), the inner one the row's own.
+type ReadRow = Result<StoredRow, CorruptRow>;
+
+/// Reads a row selected with [`COLUMNS`]. Every column is checked rather
+/// than trusted: the file may have been written by anyone.
+fn read_row(row: &Row<'_>) -> rusqlite::Result<ReadRow> {
+    use rusqlite::types::ValueRef;
+    let rowid: i64 = row.get(13)?;
+    let id = match row.get_ref(0)? {
+        ValueRef::Blob(bytes) => <[u8; 16]>::try_from(bytes).ok().map(TaskId::from_bytes),
+        _ => None,
+    };
+    let corrupt = |reason: String| CorruptRow { id, rowid, reason };
+    let Some(task_id) = id else {
+        return Ok(Err(corrupt("its id is not 16 bytes".into())));
+    };
+    let text = |index: usize, column: &str| -> Result<Option<String>, CorruptRow> {
+        match row.get_ref(index) {
+            Ok(ValueRef::Null) => Ok(None),
+            Ok(ValueRef::Text(bytes)) => std::str::from_utf8(bytes)
+                .map(|s| Some(s.to_owned()))
+                .map_err(|_| corrupt(format!("its {column} is not UTF-8"))),
+            _ => Err(corrupt(format!("its {column} is not text"))),
+        }
+    };
+    let blob = |index: usize, column: &str| -> Result<Option<Vec<u8>>, CorruptRow> {
+        match row.get_ref(index) {
+            Ok(ValueRef::Null) => Ok(None),
+            Ok(ValueRef::Blob(bytes)) => Ok(Some(bytes.to_vec())),
+            _ => Err(corrupt(format!("its {column} is not a blob"))),
+        }
+    };
+    let integer = |index: usize, column: &str| -> Result<Option<i64>, CorruptRow> {
+        match row.get_ref(index) {
+            Ok(ValueRef::Null) => Ok(None),
+            Ok(ValueRef::Integer(n)) => Ok(Some(n)),
+            _ => Err(corrupt(format!("its {column} is not an integer"))),
+        }
+    };
+    let read = || -> Result<StoredRow, CorruptRow> {
+        let required = |value: Option<String>, column: &str| {
+            value.ok_or_else(|| corrupt(format!("its {column} is missing")))
+        };
+        let name = required(text(1, "name")?, "name")?;
+        let executor = required(text(2, "executor")?, "executor")?;
+        let status = required(text(3, "status")?, "status")?;
+        let record = TaskRecord {
+            id: task_id,
+            name,
+            executor: Executor::parse(&executor)
+                .ok_or_else(|| corrupt(format!("unknown executor `{executor}`")))?,
+            status: status
+                .parse()
+                .map_err(|_| corrupt(format!("unknown status `{status}`")))?,
+            created_at: time(integer(7, "creation time")?.unwrap_or(0)),
+            started_at: integer(8, "start time")?.map(time),
+            finished_at: integer(9, "finish time")?.map(time),
+            attempts: integer(6, "attempt count")?
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| corrupt("its attempt count is out of range".into()))?,
+            last_error: match (text(10, "error kind")?, text(11, "error message")?) {
+                (Some(kind), message) => Some(TaskError::new(
+                    ErrorKind::parse(&kind).unwrap_or(ErrorKind::Error),
+                    message.unwrap_or_default(),
+                )),
+                (None, _) => None,
+            },
+            tags: decode_tags(blob(5, "tags")?).map_err(corrupt)?,
+            logs: Vec::new(),
+        };
+        Ok(StoredRow {
+            record,
+            args: blob(4, "arguments")?.unwrap_or_default(),
+            output: blob(12, "output")?,
+        })
+    };
+    Ok(read())
+}
+
+/// A row's tags: none, or their encoding.
+fn decode_tags(bytes: Option<Vec<u8>>) -> Result<Tags, String> {
+    match bytes {
+        None => Ok(Tags::default()),
+        Some(bytes) => codec::decode(&bytes).map_err(|error| format!("its tags: {error}")),
+    }
+}
+
+fn key_holder(db: &Connection, name: &str, key: &str) -> rusqlite::Result<Option<ReadRow>> {
     db.query_row(
         &format!(
             "SELECT {COLUMNS} FROM tasks WHERE name = ?1 AND idempotency_key = ?2 \
@@ -449,13 +605,14 @@ fn recover(
     me: &str,
     config: &StoreConfig,
     registry: &Registry,
-) -> rusqlite::Result<Vec<Recovered>> {
+) -> rusqlite::Result<(Vec<Recovered>, Vec<CorruptRow>)> {
     let now = micros(SystemTime::now());
     let mut owners: Vec<Option<String>> = dead_instances(db, me)?.into_iter().map(Some).collect();
     // Rows a graceful shutdown released for the next start.
     owners.push(None);
 
     let mut recovered = Vec::new();
+    let mut corrupt = Vec::new();
     let mut unregistered = std::collections::BTreeSet::new();
     for owner in &owners {
         // Each statement claims atomically: a row is taken by whichever
@@ -467,7 +624,15 @@ fn recover(
             };
             let policy = entry.defaults();
             if policy.requeue_on_interrupt {
-                claim(db, owner.as_deref(), entry, "RUNNING", me, &mut recovered)?;
+                claim(
+                    db,
+                    owner.as_deref(),
+                    entry,
+                    "RUNNING",
+                    me,
+                    &mut recovered,
+                    &mut corrupt,
+                )?;
             } else {
                 db.execute(
                     "UPDATE tasks SET status = 'INTERRUPTED', finished_at = ?1, \
@@ -479,7 +644,15 @@ fn recover(
             // A released row (no owner) was left PENDING by a graceful stop
             // precisely so that the next start runs it.
             if owner.is_none() || config.requeue_pending || policy.persist {
-                claim(db, owner.as_deref(), entry, "PENDING", me, &mut recovered)?;
+                claim(
+                    db,
+                    owner.as_deref(),
+                    entry,
+                    "PENDING",
+                    me,
+                    &mut recovered,
+                    &mut corrupt,
+                )?;
             }
         }
         if let Some(owner) = owner {
@@ -500,7 +673,7 @@ fn recover(
         );
     }
     recovered.sort_by_key(|r| r.id);
-    Ok(recovered)
+    Ok((recovered, corrupt))
 }
 
 fn names_of(db: &Connection, owner: Option<&str>) -> rusqlite::Result<Vec<String>> {
@@ -512,6 +685,8 @@ fn names_of(db: &Connection, owner: Option<&str>) -> rusqlite::Result<Vec<String
 }
 
 /// Takes `owner`'s rows of task `entry` in `status` for `me`, as PENDING.
+/// A row whose tags cannot be decoded is not taken: it goes to `corrupt`
+/// and stays as it is.
 fn claim(
     db: &Connection,
     owner: Option<&str>,
@@ -519,35 +694,67 @@ fn claim(
     status: &str,
     me: &str,
     recovered: &mut Vec<Recovered>,
+    corrupt: &mut Vec<CorruptRow>,
 ) -> rusqlite::Result<()> {
-    let mut statement = db.prepare_cached(
-        "UPDATE tasks SET status = 'PENDING', owner = ?1, started_at = NULL, finished_at = NULL \
-         WHERE owner IS ?2 AND name = ?3 AND status = ?4 \
-         RETURNING id, args, tags, attempts, created_at, idempotency_key",
+    let mut candidates = db.prepare_cached(
+        "SELECT rowid, id, args, tags, attempts, created_at, idempotency_key FROM tasks \
+         WHERE owner IS ?1 AND name = ?2 AND status = ?3",
     )?;
-    let rows = statement.query_map(params![me, owner, entry.name(), status], |row| {
+    let rows = candidates.query_map(params![owner, entry.name(), status], |row| {
         Ok((
-            row.get::<_, [u8; 16]>(0)?,
+            row.get::<_, i64>(0)?,
             row.get::<_, Vec<u8>>(1)?,
-            row.get::<_, Option<Vec<u8>>>(2)?,
-            row.get::<_, u32>(3)?,
-            row.get::<_, i64>(4)?,
-            row.get::<_, Option<String>>(5)?,
+            row.get::<_, Vec<u8>>(2)?,
+            row.get::<_, Option<Vec<u8>>>(3)?,
+            row.get::<_, u32>(4)?,
+            row.get::<_, i64>(5)?,
+            row.get::<_, Option<String>>(6)?,
         ))
     })?;
+    let mut readable = Vec::new();
     for row in rows {
-        let (id, args, tags, attempts, created_at, idempotency_key) = row?;
-        recovered.push(Recovered {
-            id: TaskId::from_bytes(id),
-            entry,
-            args,
-            tags: tags
-                .and_then(|bytes| codec::decode(&bytes).ok())
-                .unwrap_or_default(),
-            attempts,
-            created_at: time(created_at),
-            idempotency_key,
-        });
+        let (rowid, id, args, tags, attempts, created_at, idempotency_key) = match row {
+            Ok(row) => row,
+            // A column of the wrong type: the full reader says which.
+            Err(
+                rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..),
+            ) => {
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let id = <[u8; 16]>::try_from(id.as_slice())
+            .ok()
+            .map(TaskId::from_bytes);
+        match (id, decode_tags(tags)) {
+            (Some(id), Ok(tags)) => readable.push(Recovered {
+                id,
+                entry,
+                args,
+                tags,
+                attempts,
+                created_at: time(created_at),
+                idempotency_key,
+            }),
+            (id, Err(reason)) => corrupt.push(CorruptRow { id, rowid, reason }),
+            (None, Ok(_)) => corrupt.push(CorruptRow {
+                id: None,
+                rowid,
+                reason: "its id is not 16 bytes".into(),
+            }),
+        }
+    }
+    // One row at a time, each taken only if it is still as it was read: a
+    // row is taken by whichever manager's UPDATE reaches it first.
+    let mut take = db.prepare_cached(
+        "UPDATE tasks SET status = 'PENDING', owner = ?1, started_at = NULL, finished_at = NULL \
+         WHERE id = ?2 AND owner IS ?3 AND status = ?4",
+    )?;
+    for task in readable {
+        if take.execute(params![me, id_bytes(task.id), owner, status])? == 1 {
+            recovered.push(task);
+        }
     }
     Ok(())
 }
@@ -555,6 +762,11 @@ fn claim(
 /// The writer thread's state.
 struct Writer {
     connection: Connection,
+    /// The file's path and the identity it had when opened.
+    path: PathBuf,
+    identity: Option<FileIdentity>,
+    /// Why the file is no longer the one this store opened, once it is not.
+    lost: Option<String>,
     inbox: Receiver<Write>,
     core: Weak<Core>,
     instance: Arc<str>,
@@ -617,6 +829,24 @@ impl Writer {
             let due =
                 failing.is_none_or(|(retry_at, _)| Instant::now() >= retry_at) || stop.is_some();
             if due && (!cells.is_empty() || !claims.is_empty() || !flushes.is_empty()) {
+                if self.lost.is_none() {
+                    self.check_identity(&cells, &claims);
+                }
+                if let Some(reason) = &self.lost {
+                    // Nothing reaches the file any more: say so to everyone waiting.
+                    cells.drain(..).for_each(|cell| cell.mark_unwritten());
+                    for (_, reply) in claims.drain(..) {
+                        let _ = reply.send(Err(reason.clone()));
+                    }
+                    flushes
+                        .drain(..)
+                        .for_each(|reply| drop(reply.send(Err(reason.clone()))));
+                }
+            }
+            if self.lost.is_none()
+                && due
+                && (!cells.is_empty() || !claims.is_empty() || !flushes.is_empty())
+            {
                 let committed = match self.commit(&cells, &mut claims) {
                     Ok(()) => Ok(()),
                     // Write what fits, one task per transaction, so a nearly
@@ -681,7 +911,9 @@ impl Writer {
             }
 
             if let Some(reply) = stop.take() {
-                let result = if cells.is_empty() {
+                let result = if let Some(reason) = &self.lost {
+                    Err(reason.clone())
+                } else if cells.is_empty() {
                     Ok(())
                 } else {
                     cells.iter().for_each(|cell| cell.mark_unwritten());
@@ -697,6 +929,41 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// Notices a store file deleted or replaced since it was opened: SQLite
+    /// would go on committing to the unlinked file, acknowledging tasks that
+    /// no restart will ever see. Reported once; from then on nothing is
+    /// acknowledged.
+    fn check_identity(
+        &mut self,
+        cells: &[SharedCell],
+        claims: &[(SharedCell, std_mpsc::SyncSender<Result<Claimed, String>>)],
+    ) {
+        let Some(expected) = self.identity else {
+            return;
+        };
+        let what = match FileIdentity::of(&self.path) {
+            Ok(Some(found)) if found == expected => return,
+            Ok(Some(_)) => "was replaced by another file",
+            Ok(None) => "was deleted",
+            // Unreadable metadata (a directory permission changed) does not
+            // prove the file is gone; the commit itself will tell.
+            Err(error) => {
+                tracing::debug!("cannot check the task store file: {error}");
+                return;
+            }
+        };
+        let message = format!(
+            "the task store file at {} {what} while in use; task changes are no longer saved (restart to open the store again)",
+            self.path.display()
+        );
+        tracing::error!("{message}");
+        if let Some(core) = self.core.upgrade() {
+            let first = cells.first().or(claims.first().map(|(cell, _)| cell));
+            core.report_store_failure(first.map(|cell| &**cell), &message);
+        }
+        self.lost = Some(message);
     }
 
     /// After a failed batch: writes cells one transaction each until one
@@ -768,7 +1035,8 @@ impl Writer {
             } else {
                 let key = cell.key.as_deref().unwrap_or_default();
                 match key_holder(&transaction, cell.entry.name(), key)? {
-                    Some(row) => answers.push(Claimed::Existing(Box::new(row))),
+                    Some(Ok(row)) => answers.push(Claimed::Existing(Box::new(row))),
+                    Some(Err(corrupt)) => answers.push(Claimed::Corrupt(corrupt)),
                     // Held a moment ago and released since: take it now.
                     None => {
                         insert(&transaction, cell, &self.instance, false)?;
@@ -836,7 +1104,7 @@ impl Writer {
             "{message}; tasks keep running and their changes are kept until it can be written"
         );
         if let (Some(core), Some(cell)) = (self.core.upgrade(), cells.first()) {
-            core.report_store_failure(cell, message);
+            core.report_store_failure(Some(cell), message);
         }
     }
 }
