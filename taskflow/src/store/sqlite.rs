@@ -101,10 +101,14 @@ pub(crate) struct SqliteStore {
     path: PathBuf,
     instance: Arc<str>,
     writes: Sender<Write>,
-    inbox: Mutex<Option<(Receiver<Write>, Connection, Option<FileIdentity>)>>,
+    /// What the writer thread takes when it starts.
+    inbox: Mutex<Option<WriterParts>>,
     reader: Mutex<Connection>,
     retention: Option<Duration>,
 }
+
+/// The writer's inbox, its connection and the identity of the file it opened.
+type WriterParts = (Receiver<Write>, Connection, Option<FileIdentity>);
 
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |source| Error::OpenStore {
