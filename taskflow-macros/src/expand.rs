@@ -133,8 +133,8 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
     // Every bound on the user's types is required once, in `__args`,
     // `__returns`, `__finish` and `__body`'s resource lookups, with the user's
     // type tokens as generic arguments: an unmet bound is one error on the
-    // user's type, and the rest of the companion, which goes through what
-    // those return, adds none.
+    // user's type, and the rest of the companion (`__signature` included),
+    // which goes through what those return, adds none.
     let args_fn = format_ident!("args{}", arg_types.len());
     let finish = if returns.fallible {
         // Spelled out rather than `#private` so every token of the check
@@ -189,6 +189,7 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
                 #private::Executor::#executor_variant,
                 #private::Body::#body_variant(__body),
                 __encode_output,
+                __signature,
             )
             .with_defaults(#defaults)
             .with_location(#private::Location {
@@ -233,6 +234,12 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
 
             fn __encode_output(__output: &(dyn ::core::any::Any + ::core::marker::Send)) -> ::core::result::Result<::std::vec::Vec<u8>, #private::CodecError> {
                 __returns().encode(__output)
+            }
+
+            // What the worker handshake compares: the same types `__args`
+            // and `__returns` prove the bounds of, named by them.
+            fn __signature() -> #private::Signature {
+                #private::Signature::new(__args().type_name(), __returns().type_name())
             }
 
             fn __body(

@@ -6,11 +6,13 @@
 //! encoded arguments, or its encoded output. Frames are bounded by
 //! [`MAX_FRAME`]; a larger one is refused before it is read or written.
 //!
-//! A worker opens with [`FromWorker::Hello`] (protocol version, fingerprint
-//! of its registry, pid). The parent sends [`ToWorker::Run`]; while the task
-//! runs the worker streams [`FromWorker::Log`] frames and ends with exactly
-//! one [`FromWorker::Done`]. [`ToWorker::Stop`], or the channel closing, ends
-//! the worker.
+//! A worker opens with [`FromWorker::Hello`]: its protocol and codec
+//! versions, the fingerprint of its registry, and the list of tasks that
+//! fingerprint covers, so a parent refuses a worker from another build
+//! before sending it anything and can say which task differs. The parent
+//! then sends [`ToWorker::Run`]; while the task runs the worker streams
+//! [`FromWorker::Log`] frames and ends with exactly one [`FromWorker::Done`].
+//! [`ToWorker::Stop`], or the channel closing, ends the worker.
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -22,9 +24,11 @@ use crate::codec::{self, CodecError};
 use crate::failure::TaskError;
 use crate::id::{Tags, TaskId};
 use crate::log::LogRecord;
+use crate::registry::RegisteredTask;
 
-/// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped whenever a message changes shape. Version 2: [`FromWorker::Hello`]
+/// carries the codec version and the worker's task list.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side sends or accepts: 256 MiB.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -50,14 +54,27 @@ pub enum ToWorker<'a> {
 /// Worker to parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// The first frame a worker sends.
+    /// The first frame a worker sends, with no payload.
+    ///
+    /// The parent compares `protocol`, `codec`, then `fingerprint`, and walks
+    /// `tasks` only when the fingerprints differ, to name the first task
+    /// that differs ([`first_difference`](crate::registry::first_difference)).
+    /// The list holds one entry per task of the worker's registry (its name,
+    /// executor, argument and output type names), and the frame is bounded by [`MAX_FRAME`] like
+    /// any other. A greeting of another protocol version may not decode at
+    /// all; the parent then refuses the worker as unreadable.
     Hello {
         /// The worker's [`PROTOCOL_VERSION`].
         protocol: u32,
+        /// The worker's [`CODEC_VERSION`](crate::codec::CODEC_VERSION).
+        codec: u32,
         /// The worker's [`Registry::fingerprint`](crate::Registry::fingerprint).
         fingerprint: u64,
         /// The worker's pid.
         pid: u32,
+        /// The worker's [`Registry::tasks`](crate::Registry::tasks), sorted
+        /// by name.
+        tasks: Vec<RegisteredTask>,
     },
     /// A log record of the running task.
     Log {
@@ -211,6 +228,31 @@ mod tests {
             read_frame::<ToWorker<'static>>(&mut reader),
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[test]
+    fn a_greeting_carries_the_task_list() {
+        let task = RegisteredTask {
+            name: Cow::Borrowed("app::compute"),
+            executor: crate::Executor::Process,
+            arguments: Cow::Borrowed("(u64,)"),
+            output: Cow::Borrowed("u64"),
+        };
+        let hello = FromWorker::Hello {
+            protocol: PROTOCOL_VERSION,
+            codec: crate::codec::CODEC_VERSION,
+            fingerprint: 7,
+            pid: 42,
+            tasks: vec![task.clone()],
+        };
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &hello, &[]).unwrap();
+        let (got, payload): (FromWorker, _) = read_frame(&mut wire.as_slice()).unwrap();
+        assert!(payload.is_empty());
+        let FromWorker::Hello { tasks, pid, .. } = got else {
+            panic!("not a greeting: {got:?}");
+        };
+        assert_eq!((tasks, pid), (vec![task], 42));
     }
 
     #[test]

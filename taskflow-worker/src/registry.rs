@@ -1,13 +1,27 @@
 //! The registry of tasks declared with `#[task]`.
 //!
 //! Each `#[task]` emits one `static` [`TaskEntry`] (const data: name, executor,
-//! defaults, source location and a type-erased entry point) and submits a
-//! reference to it through `inventory`. [`Registry::global`] gathers them into
-//! a name → entry map the first time it is asked, and reports a name claimed by
-//! two declarations instead of picking one. Parent and worker processes build
-//! the same map from the same binary, so a worker finds a task by name.
+//! defaults, source location, a type-erased entry point, and a function that
+//! names its argument and output types) and submits a reference to it through
+//! `inventory`. [`Registry::global`] gathers them into a name → entry map the
+//! first time it is asked, and reports a name claimed by two declarations
+//! instead of picking one.
+//!
+//! A worker finds a task by name in its own registry and decodes the
+//! arguments the parent encoded, so both must agree on more than names. The
+//! registry lists every task as a [`RegisteredTask`] (name, executor,
+//! argument and output types), sorted by name, and hashes that list with the
+//! [`CODEC_VERSION`] into a [`fingerprint`](Registry::fingerprint). Parent and
+//! worker compare fingerprints at the handshake; when they differ,
+//! [`first_difference`] names the first task, in name order, that one side
+//! lacks or declares differently. Type names are `std::any::type_name`'s,
+//! which the standard library does not promise to keep across compiler
+//! versions: a worker built by another compiler may be refused even with the
+//! same types, never accepted with different ones.
 
 use std::any::Any;
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -17,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::CodecError;
+use crate::codec::{CODEC_VERSION, CodecError};
 use crate::failure::TaskError;
 use crate::resource::{ResourceKey, Resources};
 
@@ -188,6 +202,31 @@ impl fmt::Debug for Body {
     }
 }
 
+/// The types a task takes and returns, as `std::any::type_name` spells them.
+///
+/// ```
+/// use std::any::type_name;
+/// use taskflow_worker::registry::Signature;
+/// // What `#[task] fn square(n: u64) -> u64` registers.
+/// let signature = Signature::new(type_name::<(u64,)>(), type_name::<u64>());
+/// assert_eq!(signature.output, "u64");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Signature {
+    /// The tuple of its arguments (resources excluded), `()` for none.
+    pub arguments: &'static str,
+    /// What a successful attempt produces: the `Ok` type of a `Result`.
+    pub output: &'static str,
+}
+
+impl Signature {
+    /// The signature of a task taking `arguments` and producing `output`.
+    pub const fn new(arguments: &'static str, output: &'static str) -> Self {
+        Signature { arguments, output }
+    }
+}
+
 /// Everything the runtime knows about one declared task.
 #[derive(Debug)]
 pub struct TaskEntry {
@@ -198,15 +237,20 @@ pub struct TaskEntry {
     resources: &'static [ResourceKey],
     body: Body,
     encode_output: fn(&(dyn Any + Send)) -> Result<Vec<u8>, CodecError>,
+    // A function, not data: `type_name` is not `const`, and an entry is.
+    signature: fn() -> Signature,
 }
 
 impl TaskEntry {
     /// An entry with default policy, no resources and an unknown location.
+    /// `signature` names the types that `body` decodes and `encode_output`
+    /// encodes, so a worker that decodes others is refused at the handshake.
     pub const fn new(
         name: &'static str,
         executor: Executor,
         body: Body,
         encode_output: fn(&(dyn Any + Send)) -> Result<Vec<u8>, CodecError>,
+        signature: fn() -> Signature,
     ) -> Self {
         TaskEntry {
             name,
@@ -220,6 +264,7 @@ impl TaskEntry {
             resources: &[],
             body,
             encode_output,
+            signature,
         }
     }
 
@@ -271,6 +316,11 @@ impl TaskEntry {
         self.body
     }
 
+    /// The types it takes and returns.
+    pub fn signature(&self) -> Signature {
+        (self.signature)()
+    }
+
     /// Encodes an output this task produced (for the trip back from a worker).
     ///
     /// # Errors
@@ -300,10 +350,156 @@ pub struct DuplicateTask {
     pub second: Location,
 }
 
+/// One task as the worker handshake compares it: what a parent and a worker
+/// must agree on for the worker to run the task from the parent's bytes.
+///
+/// Borrowed from its entry in a [`Registry`]; owned when decoded from a
+/// worker's greeting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredTask {
+    /// Its registered name.
+    pub name: Cow<'static, str>,
+    /// Where it runs.
+    pub executor: Executor,
+    /// The tuple of its argument types, as [`Signature::arguments`].
+    pub arguments: Cow<'static, str>,
+    /// Its output type, as [`Signature::output`].
+    pub output: Cow<'static, str>,
+}
+
+impl RegisteredTask {
+    fn of(entry: &'static TaskEntry) -> Self {
+        let signature = entry.signature();
+        RegisteredTask {
+            name: Cow::Borrowed(entry.name),
+            executor: entry.executor,
+            arguments: Cow::Borrowed(signature.arguments),
+            output: Cow::Borrowed(signature.output),
+        }
+    }
+}
+
+/// How the first task that two registries disagree on differs, from the
+/// side of the process that compares ("here") against a worker; see
+/// [`first_difference`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskDifference {
+    /// Registered here, absent from the worker.
+    OnlyHere(RegisteredTask),
+    /// Registered in the worker, absent here.
+    OnlyInWorker(RegisteredTask),
+    /// Registered on both sides, with another executor or other types.
+    Declared {
+        /// This process's declaration.
+        here: RegisteredTask,
+        /// The worker's.
+        worker: RegisteredTask,
+    },
+}
+
+impl fmt::Display for TaskDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskDifference::OnlyHere(task) => write!(
+                f,
+                "task `{}` is registered here but not in the worker",
+                task.name
+            ),
+            TaskDifference::OnlyInWorker(task) => write!(
+                f,
+                "task `{}` is registered in the worker but not here",
+                task.name
+            ),
+            TaskDifference::Declared { here, worker } => {
+                let executor = here.executor != worker.executor;
+                let types = (&here.arguments, &here.output) != (&worker.arguments, &worker.output);
+                // Show what differs; types also when nothing visible does,
+                // so the message never reads as an empty comparison.
+                let describe = |task: &RegisteredTask| match (executor, types) {
+                    (true, false) => format!("runs on the `{}` executor", task.executor),
+                    (true, true) => format!(
+                        "runs on the `{}` executor, takes `{}` and returns `{}`",
+                        task.executor, task.arguments, task.output
+                    ),
+                    (false, _) => {
+                        format!("takes `{}` and returns `{}`", task.arguments, task.output)
+                    }
+                };
+                write!(
+                    f,
+                    "task `{}` differs: here it {}; the worker's {}",
+                    here.name,
+                    describe(here),
+                    describe(worker)
+                )
+            }
+        }
+    }
+}
+
+/// The first task, in name order, that `here` and `worker` do not declare
+/// alike; `None` when the two lists hold the same tasks. Neither list needs
+/// to be sorted.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use taskflow_worker::Executor;
+/// use taskflow_worker::registry::{RegisteredTask, first_difference};
+/// let task = |output: &'static str| RegisteredTask {
+///     name: Cow::Borrowed("app::compute"),
+///     executor: Executor::Process,
+///     arguments: Cow::Borrowed("(u64,)"),
+///     output: Cow::Borrowed(output),
+/// };
+/// assert_eq!(first_difference(&[task("u64")], &[task("u64")]), None);
+/// let difference = first_difference(&[task("u64")], &[task("u32")]).unwrap();
+/// assert_eq!(
+///     difference.to_string(),
+///     "task `app::compute` differs: here it takes `(u64,)` and returns `u64`; \
+///      the worker's takes `(u64,)` and returns `u32`"
+/// );
+/// ```
+pub fn first_difference(
+    here: &[RegisteredTask],
+    worker: &[RegisteredTask],
+) -> Option<TaskDifference> {
+    fn by_name(tasks: &[RegisteredTask]) -> Vec<&RegisteredTask> {
+        let mut sorted: Vec<_> = tasks.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted
+    }
+    let (here, worker) = (by_name(here), by_name(worker));
+    let (mut here, mut worker) = (here.into_iter().peekable(), worker.into_iter().peekable());
+    loop {
+        let (ours, theirs) = match (here.peek(), worker.peek()) {
+            (None, None) => return None,
+            (Some(&ours), None) => return Some(TaskDifference::OnlyHere(ours.clone())),
+            (None, Some(&theirs)) => return Some(TaskDifference::OnlyInWorker(theirs.clone())),
+            (Some(&ours), Some(&theirs)) => (ours, theirs),
+        };
+        match ours.name.cmp(&theirs.name) {
+            Ordering::Less => return Some(TaskDifference::OnlyHere(ours.clone())),
+            Ordering::Greater => return Some(TaskDifference::OnlyInWorker(theirs.clone())),
+            Ordering::Equal if ours != theirs => {
+                return Some(TaskDifference::Declared {
+                    here: ours.clone(),
+                    worker: theirs.clone(),
+                });
+            }
+            Ordering::Equal => {
+                here.next();
+                worker.next();
+            }
+        }
+    }
+}
+
 /// Every task linked into this binary, by name.
 #[derive(Debug)]
 pub struct Registry {
     by_name: HashMap<&'static str, &'static TaskEntry>,
+    tasks: Vec<RegisteredTask>,
     fingerprint: u64,
 }
 
@@ -342,9 +538,13 @@ impl Registry {
                 });
             }
         }
-        let fingerprint = fingerprint(&by_name);
+        let mut tasks: Vec<_> = by_name.values().map(|e| RegisteredTask::of(e)).collect();
+        // Names are unique here, so the order is total.
+        tasks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let fingerprint = fingerprint(&tasks);
         Ok(Registry {
             by_name,
+            tasks,
             fingerprint,
         })
     }
@@ -359,6 +559,11 @@ impl Registry {
         self.by_name.values().copied()
     }
 
+    /// Every task as the worker handshake compares it, sorted by name.
+    pub fn tasks(&self) -> &[RegisteredTask] {
+        &self.tasks
+    }
+
     /// How many tasks are registered.
     pub fn len(&self) -> usize {
         self.by_name.len()
@@ -369,26 +574,37 @@ impl Registry {
         self.by_name.is_empty()
     }
 
-    /// A hash of every name and executor, equal in two processes exactly when
-    /// they registered the same tasks.
+    /// A hash of the [`CODEC_VERSION`] and of every task's name, executor,
+    /// argument types and output type. Two processes that encode alike and
+    /// registered the same tasks have the same fingerprint; any difference
+    /// changes it, but for a 64-bit hash collision.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
 }
 
-/// FNV-1a over the sorted names and executors: stable across processes and
-/// builds, unlike the standard library's seeded hasher.
-fn fingerprint(by_name: &HashMap<&'static str, &'static TaskEntry>) -> u64 {
-    let mut names: Vec<_> = by_name
-        .values()
-        .map(|e| (e.name, e.executor.as_str()))
-        .collect();
-    names.sort_unstable();
+/// FNV-1a over the codec version and the tasks sorted by name: stable across
+/// processes and builds, unlike the standard library's seeded hasher.
+fn fingerprint(tasks: &[RegisteredTask]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (name, executor) in names {
-        for byte in name.bytes().chain([0]).chain(executor.bytes()).chain([0]) {
+    let mut feed = |bytes: &[u8]| {
+        for &byte in bytes {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    feed(&CODEC_VERSION.to_le_bytes());
+    for task in tasks {
+        let fields = [
+            &*task.name,
+            task.executor.as_str(),
+            &*task.arguments,
+            &*task.output,
+        ];
+        for field in fields {
+            // A separator no name contains, so fields cannot run together.
+            feed(field.as_bytes());
+            feed(&[0]);
         }
     }
     hash
@@ -406,22 +622,44 @@ mod tests {
         Ok(Vec::new())
     }
 
-    static A: TaskEntry =
-        TaskEntry::new("same", Executor::Thread, Body::Blocking(noop), encode_unit).with_location(
-            Location {
-                path: "app::b::two",
-                file: "src/b.rs",
-                line: 9,
-            },
-        );
-    static B: TaskEntry =
-        TaskEntry::new("same", Executor::Thread, Body::Blocking(noop), encode_unit).with_location(
-            Location {
-                path: "app::a::one",
-                file: "src/a.rs",
-                line: 3,
-            },
-        );
+    fn unit() -> Signature {
+        Signature::new("()", "()")
+    }
+
+    fn wide() -> Signature {
+        Signature::new("(u64,)", "u64")
+    }
+
+    fn narrow() -> Signature {
+        Signature::new("(u32,)", "u32")
+    }
+
+    const fn entry(
+        name: &'static str,
+        executor: Executor,
+        signature: fn() -> Signature,
+    ) -> TaskEntry {
+        TaskEntry::new(name, executor, Body::Blocking(noop), encode_unit, signature)
+    }
+
+    static A: TaskEntry = entry("same", Executor::Thread, unit).with_location(Location {
+        path: "app::b::two",
+        file: "src/b.rs",
+        line: 9,
+    });
+    static B: TaskEntry = entry("same", Executor::Thread, unit).with_location(Location {
+        path: "app::a::one",
+        file: "src/a.rs",
+        line: 3,
+    });
+    static C: TaskEntry = entry("other", Executor::Async, unit);
+    static WIDE: TaskEntry = entry("app::compute", Executor::Process, wide);
+    static NARROW: TaskEntry = entry("app::compute", Executor::Process, narrow);
+    static ON_THREAD: TaskEntry = entry("app::compute", Executor::Thread, wide);
+
+    fn registry(entries: &[&'static TaskEntry]) -> Registry {
+        Registry::from_entries(entries.iter().copied()).unwrap()
+    }
 
     #[test]
     fn duplicate_names_both_declarations() {
@@ -434,12 +672,64 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_order() {
-        static C: TaskEntry =
-            TaskEntry::new("other", Executor::Async, Body::Blocking(noop), encode_unit);
-        let one = Registry::from_entries([&A, &C].into_iter()).unwrap();
-        let two = Registry::from_entries([&C, &A].into_iter()).unwrap();
+        let one = registry(&[&A, &C, &WIDE]);
+        let two = registry(&[&WIDE, &C, &A]);
         assert_eq!(one.fingerprint(), two.fingerprint());
-        let three = Registry::from_entries([&A].into_iter()).unwrap();
-        assert_ne!(one.fingerprint(), three.fingerprint());
+        assert_eq!(one.tasks(), two.tasks());
+        let names: Vec<_> = one.tasks().iter().map(|t| &*t.name).collect();
+        assert_eq!(names, ["app::compute", "other", "same"]);
+        assert_ne!(one.fingerprint(), registry(&[&A, &C]).fingerprint());
+    }
+
+    #[test]
+    fn fingerprint_covers_types_and_executor() {
+        let wide = registry(&[&A, &WIDE]);
+        let narrow = registry(&[&NARROW, &A]);
+        let on_thread = registry(&[&A, &ON_THREAD]);
+        assert_ne!(wide.fingerprint(), narrow.fingerprint());
+        assert_ne!(wide.fingerprint(), on_thread.fingerprint());
+        assert_ne!(narrow.fingerprint(), on_thread.fingerprint());
+    }
+
+    #[test]
+    fn the_first_difference_in_name_order_is_named_with_both_sides() {
+        let here = registry(&[&A, &WIDE]);
+        assert_eq!(first_difference(here.tasks(), here.tasks()), None);
+
+        let worker = registry(&[&NARROW, &A]);
+        let difference = first_difference(here.tasks(), worker.tasks()).unwrap();
+        assert_eq!(
+            difference.to_string(),
+            "task `app::compute` differs: here it takes `(u64,)` and returns `u64`; the worker's takes `(u32,)` and returns `u32`"
+        );
+
+        let worker = registry(&[&ON_THREAD, &A]);
+        let difference = first_difference(here.tasks(), worker.tasks()).unwrap();
+        assert_eq!(
+            difference.to_string(),
+            "task `app::compute` differs: here it runs on the `process` executor; the worker's runs on the `thread` executor"
+        );
+
+        // `app::compute` sorts before `other` and `same`: it is reported,
+        // though the worker also lacks `same`.
+        let worker = registry(&[&C]);
+        let difference = first_difference(here.tasks(), worker.tasks()).unwrap();
+        assert_eq!(
+            difference.to_string(),
+            "task `app::compute` is registered here but not in the worker"
+        );
+        let difference = first_difference(worker.tasks(), here.tasks()).unwrap();
+        assert_eq!(
+            difference.to_string(),
+            "task `app::compute` is registered in the worker but not here"
+        );
+    }
+
+    #[test]
+    fn an_unsorted_list_from_a_worker_is_compared_by_name() {
+        let here = registry(&[&A, &C, &WIDE]);
+        let mut reversed = here.tasks().to_vec();
+        reversed.reverse();
+        assert_eq!(first_difference(here.tasks(), &reversed), None);
     }
 }

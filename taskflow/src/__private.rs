@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 pub use taskflow_worker::codec::ArgsWriter;
 pub use taskflow_worker::inventory;
 pub use taskflow_worker::registry::{
-    AttemptFuture, Body, Executor, Location, Output, Registration, TaskDefaults, TaskEntry,
+    AttemptFuture, Body, Executor, Location, Output, Registration, Signature, TaskDefaults,
+    TaskEntry,
 };
 pub use taskflow_worker::resource::{ResourceKey, Resources};
 pub use taskflow_worker::{CodecError, Resource, TaskError};
@@ -118,6 +119,14 @@ impl<T> Args<T> {
     pub fn read(&self, bytes: &[u8]) -> Result<T, TaskError> {
         (self.read)(bytes)
     }
+
+    // Not public API. Used by generated code.
+    //
+    // The tuple's name, for the worker handshake. A method rather than
+    // `type_name` in the generated code, so the user's types are named once.
+    pub fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
 }
 
 impl<T> std::fmt::Debug for Args<T> {
@@ -218,6 +227,13 @@ impl<T> Returns<T> {
     // Not public API. Used by generated code.
     pub fn encode(&self, output: &(dyn std::any::Any + Send)) -> Result<Vec<u8>, CodecError> {
         (self.encode)(output)
+    }
+
+    // Not public API. Used by generated code.
+    //
+    // The output type's name, for the worker handshake.
+    pub fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
     }
 }
 

@@ -409,9 +409,14 @@ impl TaskManagerBuilder {
     }
 
     /// Starts workers from this executable instead of the running one. It
-    /// must register the same tasks and enter worker mode first thing; a
-    /// mismatch is reported on the task, never a hang. For deployments that
-    /// wrap the binary.
+    /// must register the same tasks, with the same executors and argument
+    /// and output types, and enter worker mode first thing. A worker that
+    /// does not is refused at the handshake, before any task is sent to it,
+    /// with an error naming the first task that differs; [`prewarm`] and
+    /// each task that would have run there report it, never a hang. For
+    /// deployments that wrap the binary.
+    ///
+    /// [`prewarm`]: TaskManager::prewarm
     pub fn worker_program(mut self, program: impl Into<std::path::PathBuf>) -> Self {
         self.worker_program = Some(program.into());
         self

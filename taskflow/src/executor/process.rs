@@ -38,8 +38,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use taskflow_worker::codec::CODEC_VERSION;
 use taskflow_worker::protocol::{self, FromWorker, PROTOCOL_VERSION, ProtocolError, ToWorker};
-use taskflow_worker::registry::Registry;
+use taskflow_worker::registry::{self, RegisteredTask, Registry};
 use taskflow_worker::{ErrorKind, TaskError, sys, worker};
 use tokio::sync::{Notify, oneshot};
 
@@ -574,35 +575,60 @@ impl Slot {
 fn handshake(worker: &mut Worker) -> Result<(), String> {
     let (hello, _) = protocol::read_frame::<FromWorker>(&mut worker.replies).map_err(|error| match error {
         ProtocolError::Closed => "it exited before greeting; does `main` call `taskflow::init()` or use `#[taskflow::main]` first thing?".to_owned(),
+        ProtocolError::Malformed(_) => format!("its greeting is unreadable ({error}); is the worker program built with another version of taskflow?"),
         other => other.to_string(),
     })?;
     let FromWorker::Hello {
         protocol,
+        codec,
         fingerprint,
+        tasks,
         ..
     } = hello
     else {
         return Err("it spoke before greeting".to_owned());
     };
-    let ours = Registry::global()
-        .map(Registry::fingerprint)
-        .unwrap_or_default();
-    check_hello(protocol, fingerprint, ours)
+    let ours = Registry::global().map_err(|error| error.to_string())?;
+    let refused = check_hello(protocol, codec, fingerprint, &tasks, ours);
+    if refused.is_err() {
+        // It speaks our protocol: let it exit by itself rather than be
+        // killed, so its exit status does not read as a crash.
+        let _ = protocol::write_frame(&mut worker.requests, &ToWorker::Stop, &[]);
+    }
+    refused
 }
 
-/// Whether a worker's greeting matches this process.
-fn check_hello(protocol: u32, fingerprint: u64, ours: u64) -> Result<(), String> {
+/// Whether a worker's greeting matches this process: the same protocol, the
+/// same codec, and (by fingerprint, then task by task to name the first that
+/// differs) the same tasks.
+fn check_hello(
+    protocol: u32,
+    codec: u32,
+    fingerprint: u64,
+    tasks: &[RegisteredTask],
+    ours: &Registry,
+) -> Result<(), String> {
     if protocol != PROTOCOL_VERSION {
         return Err(format!(
             "it speaks protocol version {protocol}, this process version {PROTOCOL_VERSION}"
         ));
     }
-    if fingerprint != ours {
+    if codec != CODEC_VERSION {
         return Err(format!(
-            "it registered different tasks (fingerprint {fingerprint:016x}, expected {ours:016x}); was the executable replaced, or a different worker program configured?"
+            "it encodes values with codec version {codec}, this process with version {CODEC_VERSION}"
         ));
     }
-    Ok(())
+    if fingerprint == ours.fingerprint() {
+        return Ok(());
+    }
+    let hint = "was the executable replaced, or a different worker program configured?";
+    Err(match registry::first_difference(ours.tasks(), tasks) {
+        Some(difference) => format!("it registered different tasks: {difference}; {hint}"),
+        None => format!(
+            "its task fingerprint {fingerprint:016x} differs from this process's {:016x} though it lists the same tasks; {hint}",
+            ours.fingerprint()
+        ),
+    })
 }
 
 /// A started child, the write end of its requests and the read end of its replies.
@@ -682,11 +708,37 @@ mod tests {
 
     #[test]
     fn a_greeting_from_another_build_is_refused_with_the_reason() {
-        assert_eq!(check_hello(PROTOCOL_VERSION, 7, 7), Ok(()));
-        let version = check_hello(PROTOCOL_VERSION + 1, 7, 7).unwrap_err();
+        let ours = Registry::global().unwrap();
+        let (fingerprint, tasks) = (ours.fingerprint(), ours.tasks());
+        let check = |protocol, codec, fingerprint, tasks: &[RegisteredTask]| {
+            check_hello(protocol, codec, fingerprint, tasks, ours)
+        };
+        assert_eq!(
+            check(PROTOCOL_VERSION, CODEC_VERSION, fingerprint, tasks),
+            Ok(())
+        );
+
+        let version = check(PROTOCOL_VERSION + 1, CODEC_VERSION, fingerprint, tasks).unwrap_err();
         assert!(version.contains("protocol version"), "{version}");
-        let tasks = check_hello(PROTOCOL_VERSION, 8, 7).unwrap_err();
-        assert!(tasks.contains("registered different tasks"), "{tasks}");
+        let codec = check(PROTOCOL_VERSION, CODEC_VERSION + 1, fingerprint, tasks).unwrap_err();
+        assert!(codec.contains("codec version"), "{codec}");
+
+        let mut more = tasks.to_vec();
+        more.push(RegisteredTask {
+            name: Cow::Borrowed("zz::only_in_the_worker"),
+            executor: taskflow_worker::Executor::Process,
+            arguments: Cow::Borrowed("()"),
+            output: Cow::Borrowed("()"),
+        });
+        let extra = check(PROTOCOL_VERSION, CODEC_VERSION, fingerprint ^ 1, &more).unwrap_err();
+        assert!(
+            extra.contains(
+                "registered different tasks: task `zz::only_in_the_worker` is registered in the worker but not here"
+            ),
+            "{extra}"
+        );
+        let same = check(PROTOCOL_VERSION, CODEC_VERSION, fingerprint ^ 1, tasks).unwrap_err();
+        assert!(same.contains("though it lists the same tasks"), "{same}");
     }
 
     #[test]
