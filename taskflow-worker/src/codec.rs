@@ -1,13 +1,19 @@
 //! The one place that knows the byte format of arguments, results and frames.
 //!
-//! Values are encoded with bincode 2 through serde, in its standard
-//! configuration (little-endian, variable-length integers). A task's arguments
-//! are the concatenation of each argument's encoding, which is exactly how the
-//! format encodes the tuple of them, so the runner decodes one tuple. Swapping
-//! the format means changing this module alone.
+//! Values are encoded with [postcard] through serde. The format is compact and
+//! not self-describing: integers wider than a byte are LEB128 varints (signed
+//! ones zigzag-encoded first), a `u8` or `i8` is one byte, a `bool` or an
+//! `Option` tag is one byte (`0` or `1`), an enum is its variant index as a
+//! varint followed by the variant's fields, strings, byte strings, sequences
+//! and maps are a varint length followed by their bytes or elements, and
+//! structs and tuples are their fields in order with nothing between them. A
+//! task's arguments are the concatenation of each argument's encoding, which
+//! is exactly how the format encodes the tuple of them, so the runner decodes
+//! one tuple. Swapping the format means changing this module alone (and
+//! bumping [`CODEC_VERSION`]).
 //!
-//! bincode is not self-describing: a serde shape that needs the format to say
-//! what comes next (`#[serde(untagged)]`, `#[serde(flatten)]`, anything calling
+//! Since the format does not say what comes next, a serde shape that needs it
+//! to (`#[serde(untagged)]`, `#[serde(flatten)]`, anything calling
 //! `deserialize_any`) cannot come back. [`ArgsWriter::push`] therefore decodes
 //! every argument it encodes, so such a value is refused when it is enqueued
 //! rather than failing later in a worker or after a restart.
@@ -17,12 +23,8 @@ use serde::de::DeserializeOwned;
 
 /// Bumped whenever the byte format of values changes; part of the worker
 /// handshake, so a worker that encodes differently is refused before any
-/// task is sent to it.
-pub const CODEC_VERSION: u32 = 1;
-
-type Config = bincode::config::Configuration;
-
-const CONFIG: Config = bincode::config::standard();
+/// task is sent to it. Version 1 was bincode 2; version 2 is postcard 1.
+pub const CODEC_VERSION: u32 = 2;
 
 /// A value could not be turned into bytes, or back.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +63,9 @@ pub enum CodecError {
 ///
 /// [`CodecError::Encode`] when the value cannot be expressed in the format.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, CONFIG).map_err(|e| CodecError::Encode(Box::new(e)))
+    let mut buf = Vec::new();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
 }
 
 /// Appends the encoding of `value` to `buf`.
@@ -71,9 +75,29 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// [`CodecError::Encode`] when the value cannot be expressed in the format;
 /// `buf` may then hold a partial encoding past its old length.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-    bincode::serde::encode_into_std_write(value, buf, CONFIG)
-        .map(drop)
-        .map_err(|e| CodecError::Encode(Box::new(e)))
+    postcard::serialize_with_flavor(value, Append(buf)).map_err(|e| CodecError::Encode(Box::new(e)))
+}
+
+/// A postcard output that appends to a caller's buffer, so a frame's header
+/// lands behind its lengths without a copy.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes a `T` that must use all of `bytes`.
@@ -92,7 +116,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Decodes a `T` from the front of `bytes`, returning it and the bytes used.
 fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|e| CodecError::Decode(Box::new(e)))
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| CodecError::Decode(Box::new(e)))?;
+    Ok((value, bytes.len() - rest.len()))
 }
 
 /// Builds the encoded arguments of one call, checking that each comes back.

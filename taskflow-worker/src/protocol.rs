@@ -6,8 +6,8 @@
 //! encoded arguments, or its encoded output. Frames are bounded by
 //! [`MAX_FRAME`]; a larger one is refused before it is read or written.
 //!
-//! A worker opens with [`FromWorker::Hello`] (protocol version, fingerprint
-//! of its registry, pid). The parent sends [`ToWorker::Run`]; while the task
+//! A worker opens with [`FromWorker::Hello`] (protocol and codec versions,
+//! fingerprint of its registry, pid). The parent sends [`ToWorker::Run`]; while the task
 //! runs the worker streams [`FromWorker::Log`] frames and ends with exactly
 //! one [`FromWorker::Done`]. [`ToWorker::Stop`], or the channel closing, ends
 //! the worker.
@@ -24,7 +24,7 @@ use crate::id::{Tags, TaskId};
 use crate::log::LogRecord;
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side sends or accepts: 256 MiB.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -54,6 +54,8 @@ pub enum FromWorker {
     Hello {
         /// The worker's [`PROTOCOL_VERSION`].
         protocol: u32,
+        /// The worker's [`CODEC_VERSION`](crate::codec::CODEC_VERSION).
+        codec: u32,
         /// The worker's [`Registry::fingerprint`](crate::Registry::fingerprint).
         fingerprint: u64,
         /// The worker's pid.

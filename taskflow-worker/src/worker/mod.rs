@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::attempt::{CatchUnwind, catch_panic, record_panic_locations};
+use crate::codec::CODEC_VERSION;
 use crate::context::{self, TaskContext};
 use crate::failure::TaskError;
 use crate::id::{Tags, TaskId};
@@ -82,6 +83,7 @@ fn serve(requests: PipeReader, replies: PipeWriter, parent: u32, init: Option<In
     };
     let hello = FromWorker::Hello {
         protocol: PROTOCOL_VERSION,
+        codec: CODEC_VERSION,
         fingerprint: registry.fingerprint(),
         pid: std::process::id(),
     };

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use taskflow_worker::codec::CODEC_VERSION;
 use taskflow_worker::protocol::{self, FromWorker, PROTOCOL_VERSION, ProtocolError, ToWorker};
 use taskflow_worker::registry::Registry;
 use taskflow_worker::{ErrorKind, TaskError, sys, worker};
@@ -578,6 +579,7 @@ fn handshake(worker: &mut Worker) -> Result<(), String> {
     })?;
     let FromWorker::Hello {
         protocol,
+        codec,
         fingerprint,
         ..
     } = hello
@@ -587,14 +589,19 @@ fn handshake(worker: &mut Worker) -> Result<(), String> {
     let ours = Registry::global()
         .map(Registry::fingerprint)
         .unwrap_or_default();
-    check_hello(protocol, fingerprint, ours)
+    check_hello(protocol, codec, fingerprint, ours)
 }
 
 /// Whether a worker's greeting matches this process.
-fn check_hello(protocol: u32, fingerprint: u64, ours: u64) -> Result<(), String> {
+fn check_hello(protocol: u32, codec: u32, fingerprint: u64, ours: u64) -> Result<(), String> {
     if protocol != PROTOCOL_VERSION {
         return Err(format!(
             "it speaks protocol version {protocol}, this process version {PROTOCOL_VERSION}"
+        ));
+    }
+    if codec != CODEC_VERSION {
+        return Err(format!(
+            "it encodes values with codec version {codec}, this process version {CODEC_VERSION}"
         ));
     }
     if fingerprint != ours {
@@ -682,10 +689,12 @@ mod tests {
 
     #[test]
     fn a_greeting_from_another_build_is_refused_with_the_reason() {
-        assert_eq!(check_hello(PROTOCOL_VERSION, 7, 7), Ok(()));
-        let version = check_hello(PROTOCOL_VERSION + 1, 7, 7).unwrap_err();
+        assert_eq!(check_hello(PROTOCOL_VERSION, CODEC_VERSION, 7, 7), Ok(()));
+        let version = check_hello(PROTOCOL_VERSION + 1, CODEC_VERSION, 7, 7).unwrap_err();
         assert!(version.contains("protocol version"), "{version}");
-        let tasks = check_hello(PROTOCOL_VERSION, 8, 7).unwrap_err();
+        let codec = check_hello(PROTOCOL_VERSION, CODEC_VERSION - 1, 7, 7).unwrap_err();
+        assert!(codec.contains("codec version 1"), "{codec}");
+        let tasks = check_hello(PROTOCOL_VERSION, CODEC_VERSION, 8, 7).unwrap_err();
         assert!(tasks.contains("registered different tasks"), "{tasks}");
     }
 
