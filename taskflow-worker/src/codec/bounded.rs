@@ -10,10 +10,12 @@
 //!   element is read, so a collection never grows without consuming input
 //!   and decoding takes time linear in it.
 //! - The length serde is told (its `size_hint`, which `Vec`, `HashMap` and
-//!   the like preallocate from) is that checked length, so no collection
-//!   reserves more slots than there are bytes left. postcard alone reports
-//!   a map's claimed length unchecked, so a 10-byte input could make a
-//!   `HashMap` reserve a megabyte.
+//!   the like preallocate from) is that checked length, so no sequence
+//!   reserves more slots than there are bytes left; a map, whose entries are
+//!   a key and a value, is told at most one entry per two bytes left (a
+//!   guess too low costs a map one regrowth, never a wrong result). postcard
+//!   alone reports a map's claimed length unchecked, so a 10-byte input
+//!   could make a `HashMap` reserve a megabyte.
 //! - Values nest at most [`MAX_DEPTH`] levels, so a recursive type (a tree,
 //!   an expression) cannot overflow the stack on deeply nested input.
 //!
@@ -305,13 +307,6 @@ struct Elements<'a, 'de> {
     len: usize,
 }
 
-impl Elements<'_, '_> {
-    /// Never more than the bytes left, whatever was claimed.
-    fn hint(&self) -> Option<usize> {
-        Some(self.len.min(self.de.remaining()))
-    }
-}
-
 impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
     type Error = Error;
 
@@ -327,7 +322,7 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        self.hint()
+        Some(self.len.min(self.de.remaining()))
     }
 }
 
@@ -350,7 +345,7 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        self.hint()
+        Some(self.len.min(self.de.remaining() / 2))
     }
 }
 
