@@ -387,6 +387,32 @@ mod tests {
     }
 
     #[test]
+    fn a_log_whose_string_claims_a_terabyte_is_malformed() {
+        for claimed in [1u64 << 40, 1 << 63, u64::MAX] {
+            // Log, a task id, a timestamp, Info, then a target claiming `claimed` bytes.
+            let mut header = vec![0x01, 0x10];
+            header.extend_from_slice(&TaskId::new().to_bytes());
+            header.extend_from_slice(&[0x01, 0x00, 0x02]);
+            let mut n = claimed;
+            while n >= 0x80 {
+                header.push(n as u8 | 0x80);
+                n >>= 7;
+            }
+            header.push(n as u8);
+            header.extend_from_slice(b"app");
+            let mut wire = Vec::new();
+            wire.extend_from_slice(&(4 + header.len() as u32).to_le_bytes());
+            wire.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            wire.extend_from_slice(&header);
+            let result = read_frame::<FromWorker>(&mut wire.as_slice());
+            assert!(
+                matches!(result, Err(ProtocolError::Malformed(CodecError::Decode(_)))),
+                "{claimed}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_header_longer_than_its_frame_is_malformed() {
         let mut wire = Vec::new();
         // A body of 6 bytes whose header claims 100.
