@@ -2,11 +2,13 @@
 //!
 //! Values are encoded with [postcard] through serde. The format is compact and
 //! not self-describing: integers wider than a byte are LEB128 varints (signed
-//! ones zigzag-encoded first), a `u8` or `i8` is one byte, a `bool` or an
-//! `Option` tag is one byte (`0` or `1`), an enum is its variant index as a
-//! varint followed by the variant's fields, strings, byte strings, sequences
-//! and maps are a varint length followed by their bytes or elements, and
-//! structs and tuples are their fields in order with nothing between them. A
+//! ones zigzag-encoded first), a `u8` or `i8` is one byte, floats are their
+//! 4 or 8 little-endian bytes, a `bool` or an `Option` tag is one byte (`0`
+//! or `1`), an enum is its variant index as a varint followed by the
+//! variant's fields, strings (and a `char`), byte strings, sequences and maps
+//! are a varint length followed by their bytes or elements, structs and
+//! tuples are their fields in order with nothing between them, and `()` or a
+//! unit struct is nothing at all. A
 //! task's arguments are the concatenation of each argument's encoding, which
 //! is exactly how the format encodes the tuple of them, so the runner decodes
 //! one tuple. Swapping the format means changing this module alone (and
@@ -27,9 +29,10 @@
 //! map may not claim more elements than bytes remain, so the length serde
 //! preallocates from is never more than the input could fill, and values
 //! nest at most 128 levels, so a recursive type cannot exhaust the stack. A
-//! wrapper rather than a custom postcard flavor because a flavor sees only
-//! bytes, not which of them are lengths; and postcard alone hands a map's
-//! claimed length to serde unchecked. The one valid value this refuses is a
+//! wrapper of the deserializer, because a postcard flavor alone sees bytes,
+//! not which of them are lengths (ours only shares the input's cursor with
+//! the checks), and postcard by itself hands a map's claimed length to serde
+//! unchecked. The one valid value this refuses is a
 //! sequence of elements that encode to nothing (`Vec<()>`) longer than the
 //! bytes after it; [`ArgsWriter`] refuses it at enqueue like the shapes above.
 
