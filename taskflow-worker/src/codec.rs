@@ -1,28 +1,50 @@
 //! The one place that knows the byte format of arguments, results and frames.
 //!
-//! Values are encoded with bincode 2 through serde, in its standard
-//! configuration (little-endian, variable-length integers). A task's arguments
-//! are the concatenation of each argument's encoding, which is exactly how the
-//! format encodes the tuple of them, so the runner decodes one tuple. Swapping
-//! the format means changing this module alone.
+//! Values are encoded with [postcard] through serde. The format is compact and
+//! not self-describing: integers wider than a byte are LEB128 varints (signed
+//! ones zigzag-encoded first), a `u8` or `i8` is one byte, floats are their
+//! 4 or 8 little-endian bytes, a `bool` or an `Option` tag is one byte (`0`
+//! or `1`), an enum is its variant index as a varint followed by the
+//! variant's fields, strings (and a `char`), byte strings, sequences and maps
+//! are a varint length followed by their bytes or elements, structs and
+//! tuples are their fields in order with nothing between them, and `()` or a
+//! unit struct is nothing at all. A
+//! task's arguments are the concatenation of each argument's encoding, which
+//! is exactly how the format encodes the tuple of them, so the runner decodes
+//! one tuple. Swapping the format means changing this module alone (and
+//! bumping [`CODEC_VERSION`]).
 //!
-//! bincode is not self-describing: a serde shape that needs the format to say
-//! what comes next (`#[serde(untagged)]`, `#[serde(flatten)]`, anything calling
+//! Since the format does not say what comes next, a serde shape that needs it
+//! to (`#[serde(untagged)]`, `#[serde(flatten)]`, anything calling
 //! `deserialize_any`) cannot come back. [`ArgsWriter::push`] therefore decodes
 //! every argument it encodes, so such a value is refused when it is enqueued
 //! rather than failing later in a worker or after a restart.
+//!
+//! Bytes to decode come from outside this process's memory (a worker's
+//! frames, rows read back from the store), so [`decode`] is total: malformed
+//! input is a [`CodecError`], never a panic, and decoding allocates in
+//! proportion to the bytes present rather than to the lengths they claim.
+//! postcard reads the scalars; a thin layer of ours reads the structure
+//! around them and checks it first (see `codec/bounded.rs`): a sequence or
+//! map may not claim more elements than bytes remain, so the length serde
+//! preallocates from is never more than the input could fill, and values
+//! nest at most 128 levels, so a recursive type cannot exhaust the stack. A
+//! wrapper of the deserializer, because a postcard flavor alone sees bytes,
+//! not which of them are lengths (ours only shares the input's cursor with
+//! the checks), and postcard by itself hands a map's claimed length to serde
+//! unchecked. The one valid value this refuses is a
+//! sequence of elements that encode to nothing (`Vec<()>`) longer than the
+//! bytes after it; [`ArgsWriter`] refuses it at enqueue like the shapes above.
+
+mod bounded;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Bumped whenever the byte format of values changes; part of the worker
 /// handshake, so a worker that encodes differently is refused before any
-/// task is sent to it.
-pub const CODEC_VERSION: u32 = 1;
-
-type Config = bincode::config::Configuration;
-
-const CONFIG: Config = bincode::config::standard();
+/// task is sent to it. Version 1 was bincode 2; version 2 is postcard 1.
+pub const CODEC_VERSION: u32 = 2;
 
 /// A value could not be turned into bytes, or back.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +83,9 @@ pub enum CodecError {
 ///
 /// [`CodecError::Encode`] when the value cannot be expressed in the format.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, CONFIG).map_err(|e| CodecError::Encode(Box::new(e)))
+    let mut buf = Vec::new();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
 }
 
 /// Appends the encoding of `value` to `buf`.
@@ -71,9 +95,29 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// [`CodecError::Encode`] when the value cannot be expressed in the format;
 /// `buf` may then hold a partial encoding past its old length.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-    bincode::serde::encode_into_std_write(value, buf, CONFIG)
-        .map(drop)
-        .map_err(|e| CodecError::Encode(Box::new(e)))
+    postcard::serialize_with_flavor(value, Append(buf)).map_err(|e| CodecError::Encode(Box::new(e)))
+}
+
+/// A postcard output that appends to a caller's buffer, so a frame's header
+/// lands behind its lengths without a copy.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes a `T` that must use all of `bytes`.
@@ -92,7 +136,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Decodes a `T` from the front of `bytes`, returning it and the bytes used.
 fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|e| CodecError::Decode(Box::new(e)))
+    bounded::take_from_bytes(bytes).map_err(|e| CodecError::Decode(Box::new(e)))
 }
 
 /// Builds the encoded arguments of one call, checking that each comes back.
@@ -159,6 +203,7 @@ impl ArgsWriter {
 mod tests {
     use super::*;
     use serde::Deserialize;
+    use std::collections::HashMap;
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     #[serde(untagged)]
@@ -177,6 +222,147 @@ mod tests {
         #[serde(flatten)]
         inner: Inner,
         b: u32,
+    }
+
+    #[test]
+    fn the_format_is_the_documented_one() {
+        // 300 as a LEB128 varint, -1 zigzagged, a length-prefixed string, an
+        // option tag and a bool, an enum's variant index, a u8 as itself.
+        let bytes = encode(&(300u32, -1i32, "hi", Some(true), Option::<u8>::None, 255u8)).unwrap();
+        assert_eq!(
+            bytes,
+            [0xac, 0x02, 0x01, 0x02, b'h', b'i', 0x01, 0x01, 0x00, 0xff]
+        );
+        #[derive(Serialize)]
+        enum Shape {
+            _Empty,
+            Square(u8),
+        }
+        assert_eq!(encode(&Shape::Square(4)).unwrap(), [0x01, 0x04]);
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let value = (
+            "ada".to_owned(),
+            vec![0u8, 1, 255],
+            u64::MAX,
+            Some(vec!["é".to_owned(), String::new()]),
+            std::collections::BTreeMap::from([(1u32, vec![-1i64]), (2, vec![])]),
+        );
+        assert_eq!(
+            decode::<(
+                String,
+                Vec<u8>,
+                u64,
+                Option<Vec<String>>,
+                std::collections::BTreeMap<u32, Vec<i64>>
+            )>(&encode(&value).unwrap())
+            .unwrap(),
+            value
+        );
+    }
+
+    /// A length prefix as postcard writes it.
+    fn varint(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while n >= 0x80 {
+            out.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out
+    }
+
+    fn decode_error<T: DeserializeOwned + std::fmt::Debug>(bytes: &[u8]) -> String {
+        match decode::<T>(bytes) {
+            Err(CodecError::Decode(source)) => source.to_string(),
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_string_longer_than_its_input_is_an_error() {
+        for claimed in [1 << 40, 1 << 63, u64::MAX, 4] {
+            let mut bytes = varint(claimed);
+            bytes.extend_from_slice(b"abc");
+            let error = decode_error::<String>(&bytes);
+            assert!(
+                error.contains("ends before") || error.contains("varint"),
+                "{claimed}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sequence_or_map_longer_than_its_input_is_refused_before_reading_it() {
+        for claimed in [1 << 20, 1 << 40, 1 << 63, u64::MAX] {
+            let mut bytes = varint(claimed);
+            bytes.extend_from_slice(&[0; 10]);
+            let error = decode_error::<Vec<Vec<String>>>(&bytes);
+            assert_eq!(
+                error,
+                format!("a length of {claimed} exceeds the 10 bytes that remain")
+            );
+            let error = decode_error::<HashMap<String, Vec<u32>>>(&bytes);
+            assert_eq!(
+                error,
+                format!("a length of {claimed} exceeds the 10 bytes that remain")
+            );
+        }
+    }
+
+    #[test]
+    fn a_collection_is_told_its_checked_length() {
+        /// Records the length serde is told to expect.
+        struct Hint(Option<usize>);
+        impl<'de> Deserialize<'de> for Hint {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Hint;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a map")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Hint, A::Error> {
+                        let hint = map.size_hint();
+                        while map.next_entry::<u8, u8>()?.is_some() {}
+                        Ok(Hint(hint))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        // Two entries claimed and present: serde may reserve exactly two.
+        let hint = decode::<Hint>(&[2, 1, 1, 2, 2]).unwrap();
+        assert_eq!(hint.0, Some(2));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        #[derive(Serialize, Deserialize, Debug)]
+        enum Expr {
+            Number(i64),
+            Negate(Box<Expr>),
+        }
+        let mut expr = Expr::Number(1);
+        for _ in 0..100 {
+            expr = Expr::Negate(Box::new(expr));
+        }
+        decode::<Expr>(&encode(&expr).unwrap()).unwrap();
+        // A hundred thousand levels, on a thread with a small stack.
+        let mut bytes = vec![1; 100_000];
+        bytes.extend_from_slice(&[0, 2]);
+        let error = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || decode_error::<Expr>(&bytes))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(error, "values nest deeper than 128 levels");
     }
 
     #[test]
@@ -200,8 +386,21 @@ mod tests {
                 b: 2,
             },
         );
-        let (name, _) = args.finish().unwrap_err();
+        let (name, error) = args.finish().unwrap_err();
         assert_eq!(name, "shape");
+        assert!(matches!(error, CodecError::Encode(_)), "{error:?}");
+    }
+
+    #[test]
+    fn more_nothings_than_bytes_are_refused_at_enqueue() {
+        let mut args = ArgsWriter::new();
+        args.push("few", &vec![(); 3]);
+        let (name, error) = args.finish().unwrap_err();
+        assert_eq!(name, "few");
+        assert!(matches!(error, CodecError::Decode(_)), "{error:?}");
+        // Followed by enough bytes, the same sequence decodes.
+        let bytes = encode(&(vec![(); 3], "abc")).unwrap();
+        assert_eq!(decode::<(Vec<()>, String)>(&bytes).unwrap().0.len(), 3);
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! encoded arguments, or its encoded output. Frames are bounded by
 //! [`MAX_FRAME`]; a larger one is refused before it is read or written.
 //!
+//! The bytes a worker sends are not trusted: a frame's length only caps what
+//! is read, memory is committed as its bytes arrive (in chunks of at most
+//! [`READ_CHUNK`], then growing with what was received), and a header that
+//! does not decode is [`ProtocolError::Malformed`]. Reading a frame never
+//! panics and never allocates much more than the bytes actually received.
+//!
 //! A worker opens with [`FromWorker::Hello`]: its protocol and codec
 //! versions, the fingerprint of its registry, and the list of tasks that
 //! fingerprint covers, so a parent refuses a worker from another build
@@ -32,6 +38,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side sends or accepts: 256 MiB.
 pub const MAX_FRAME: usize = 256 << 20;
+
+/// The most memory a frame gets ahead of its bytes: its body is read into at
+/// most this much, then into room growing with what arrived (twice it, at
+/// most). A pipe holds 64 KiB, so a small frame is still read in one go.
+pub const READ_CHUNK: usize = 64 << 10;
 
 /// Parent to worker. The name is borrowed when sending, owned when received.
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,7 +113,8 @@ pub enum ProtocolError {
     /// The other side closed the channel.
     #[error("worker channel closed")]
     Closed,
-    /// A frame over [`MAX_FRAME`].
+    /// A frame over [`MAX_FRAME`] (its length prefix says so; nothing more
+    /// of it is read).
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge {
         /// The frame's size.
@@ -110,7 +122,8 @@ pub enum ProtocolError {
         /// The limit.
         limit: usize,
     },
-    /// A frame whose header is malformed.
+    /// A frame whose header does not decode as the expected message, or
+    /// whose header length exceeds the frame.
     #[error("malformed frame")]
     Malformed(#[source] CodecError),
 }
@@ -186,7 +199,17 @@ pub fn write_frame<H: Serialize>(
     Ok(())
 }
 
-/// Reads one frame, blocking; [`ProtocolError::Closed`] at a clean end of stream.
+/// Reads one frame, blocking.
+///
+/// # Errors
+///
+/// - [`ProtocolError::Closed`] when the stream ends cleanly before a frame;
+/// - [`ProtocolError::FrameTooLarge`] when the length prefix exceeds
+///   [`MAX_FRAME`], before anything more is read;
+/// - [`ProtocolError::Malformed`] when the frame arrived whole but its header
+///   does not decode (the sender is broken or hostile);
+/// - [`ProtocolError::Io`] when reading fails, including a stream that ends
+///   inside a frame (kind `UnexpectedEof`: the sender died mid-write).
 pub fn read_frame<H: DeserializeOwned>(
     reader: &mut impl Read,
 ) -> Result<(H, Vec<u8>), ProtocolError> {
@@ -197,9 +220,24 @@ pub fn read_frame<H: DeserializeOwned>(
     }
     let size = u32::from_le_bytes(size) as usize;
     check_size(size)?;
-    let mut body = vec![0; size];
-    reader.read_exact(&mut body)?;
+    let body = read_body(reader, size)?;
     decode_body(body)
+}
+
+/// Reads `size` bytes, committing memory only as they arrive: a frame that
+/// claims 200 MiB and stops after ten costs [`READ_CHUNK`], not 200 MiB.
+fn read_body(reader: &mut impl Read, size: usize) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while body.len() < size {
+        let filled = body.len();
+        // Doubling keeps a large frame to a few copies; the claimed size
+        // caps it, so a whole frame has no spare capacity.
+        let next = size.min(filled.saturating_mul(2).max(READ_CHUNK));
+        body.reserve_exact(next - filled);
+        body.resize(next, 0);
+        reader.read_exact(&mut body[filled..])?;
+    }
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -272,6 +310,146 @@ mod tests {
             read_frame::<ToWorker<'static>>(&mut wire.as_slice()),
             Err(ProtocolError::Io(_))
         ));
+    }
+
+    /// A reader that hands out `data` and remembers the largest buffer it
+    /// was asked to fill: the memory a reader committed ahead of the bytes.
+    struct Recording<'a> {
+        data: &'a [u8],
+        largest_request: usize,
+    }
+
+    impl Read for Recording<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.largest_request = self.largest_request.max(buf.len());
+            self.data.read(buf)
+        }
+    }
+
+    #[test]
+    fn a_frame_claiming_more_than_arrives_costs_only_a_chunk() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&(200u32 << 20).to_le_bytes());
+        wire.extend_from_slice(&[1; 10]);
+        let mut reader = Recording {
+            data: &wire,
+            largest_request: 0,
+        };
+        let result = read_frame::<FromWorker>(&mut reader);
+        assert!(
+            matches!(&result, Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{result:?}"
+        );
+        assert!(
+            reader.largest_request <= READ_CHUNK,
+            "{}",
+            reader.largest_request
+        );
+    }
+
+    #[test]
+    fn a_length_over_the_limit_reads_nothing_more() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&(3u32 << 30).to_le_bytes());
+        wire.extend_from_slice(b"the rest");
+        let mut reader = wire.as_slice();
+        let result = read_frame::<FromWorker>(&mut reader);
+        assert!(
+            matches!(result, Err(ProtocolError::FrameTooLarge { size, limit: MAX_FRAME }) if size == 3 << 30),
+            "{result:?}"
+        );
+        assert_eq!(reader, b"the rest");
+    }
+
+    #[test]
+    fn a_large_frame_arrives_whole_across_chunks() {
+        let payload: Vec<u8> = (0..(5 * READ_CHUNK + 17)).map(|i| i as u8).collect();
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &ToWorker::Stop, &payload).unwrap();
+        let mut reader = Recording {
+            data: &wire,
+            largest_request: 0,
+        };
+        let (header, got) = read_frame::<ToWorker<'static>>(&mut reader).unwrap();
+        assert!(matches!(header, ToWorker::Stop));
+        assert_eq!(got, payload);
+        assert!(reader.data.is_empty());
+    }
+
+    #[test]
+    fn a_header_that_does_not_decode_is_malformed() {
+        // ToWorker has two variants; index 7 is none of them.
+        for header in [&[7u8][..], &[0, 0x10], &[]] {
+            let mut wire = Vec::new();
+            wire.extend_from_slice(&(4 + header.len() as u32).to_le_bytes());
+            wire.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            wire.extend_from_slice(header);
+            let result = read_frame::<ToWorker<'static>>(&mut wire.as_slice());
+            assert!(
+                matches!(result, Err(ProtocolError::Malformed(CodecError::Decode(_)))),
+                "{header:?}: {result:?}"
+            );
+        }
+    }
+
+    /// The documented layout of a worker's `Log` and `Done` headers, byte
+    /// for byte, so frames can be written by hand (say, to test a parent
+    /// against a hostile worker).
+    #[test]
+    fn log_and_done_headers_have_the_documented_layout() {
+        let id = TaskId::new();
+        let mut record = LogRecord::new(crate::log::LogLevel::Info, "app", "hi");
+        record.at = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 5);
+        let log = FromWorker::Log { id, record };
+        let mut expected = vec![0x01, 0x10];
+        expected.extend_from_slice(&id.to_bytes());
+        // 1_700_000_000 seconds as a varint, then 5 nanoseconds.
+        expected.extend_from_slice(&[0x80, 0xe2, 0xcf, 0xaa, 0x06, 0x05]);
+        expected.extend_from_slice(&[0x02, 3, b'a', b'p', b'p', 2, b'h', b'i']);
+        assert_eq!(codec::encode(&log).unwrap(), expected);
+
+        let frame = encode_frame(&log, b"").unwrap();
+        assert_eq!(frame[0..4], (4 + expected.len() as u32).to_le_bytes());
+        assert_eq!(frame[4..8], (expected.len() as u32).to_le_bytes());
+        assert_eq!(frame[8..], expected);
+
+        let done = FromWorker::Done { id, failure: None };
+        let mut expected = vec![0x02, 0x10];
+        expected.extend_from_slice(&id.to_bytes());
+        expected.push(0x00);
+        assert_eq!(codec::encode(&done).unwrap(), expected);
+
+        let failure = Some(TaskError::new(crate::ErrorKind::Panic, "boom"));
+        let done = FromWorker::Done { id, failure };
+        expected.pop();
+        expected.extend_from_slice(&[0x01, 0x01, 4, b'b', b'o', b'o', b'm']);
+        assert_eq!(codec::encode(&done).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_log_whose_string_claims_a_terabyte_is_malformed() {
+        for claimed in [1u64 << 40, 1 << 63, u64::MAX] {
+            // Log, a task id, a timestamp, Info, then a target claiming `claimed` bytes.
+            let mut header = vec![0x01, 0x10];
+            header.extend_from_slice(&TaskId::new().to_bytes());
+            header.extend_from_slice(&[0x01, 0x00, 0x02]);
+            let mut n = claimed;
+            while n >= 0x80 {
+                header.push(n as u8 | 0x80);
+                n >>= 7;
+            }
+            header.push(n as u8);
+            header.extend_from_slice(b"app");
+            let mut wire = Vec::new();
+            wire.extend_from_slice(&(4 + header.len() as u32).to_le_bytes());
+            wire.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            wire.extend_from_slice(&header);
+            let result = read_frame::<FromWorker>(&mut wire.as_slice());
+            assert!(
+                matches!(result, Err(ProtocolError::Malformed(CodecError::Decode(_)))),
+                "{claimed}: {result:?}"
+            );
+        }
     }
 
     #[test]

@@ -521,6 +521,78 @@ fn unregistered_names_are_kept_untouched_with_a_warning() -> Result<(), Failed> 
     })
 }
 
+/// `n` as the codec writes a length: a LEB128 varint.
+fn varint(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+fn stored_bytes_that_lie_about_their_length_fail_their_task_not_the_process() -> Result<(), Failed>
+{
+    trial(async {
+        let (_dir, db, side) = files();
+        with_store(&db).await.shutdown().await;
+        let (mut ids, mut bad_tags) = (Vec::new(), Vec::new());
+        {
+            let raw = rusqlite::Connection::open(&db).unwrap();
+            for claimed in [1 << 40, 1 << 63, u64::MAX] {
+                // `runs_once(n: u32, side: String)` whose string claims
+                // `claimed` bytes; and a row whose tags (`Some` of a list)
+                // claim as many.
+                let mut args = vec![7];
+                args.extend(varint(claimed));
+                args.extend_from_slice(b"x");
+                let mut tags = vec![1];
+                tags.extend(varint(claimed));
+                for (list, args, tags) in [
+                    (&mut ids, args, None),
+                    (&mut bad_tags, vec![7, 0], Some(tags)),
+                ] {
+                    let id = TaskId::new();
+                    raw.execute(
+                        "INSERT INTO tasks (id, name, executor, status, args, tags, created_at, owner) \
+                         VALUES (?1, ?2, 'async', 'PENDING', ?3, ?4, 1, NULL)",
+                        rusqlite::params![id.to_bytes(), runs_once::NAME, args, tags],
+                    )
+                    .unwrap();
+                    list.push(id);
+                }
+            }
+        }
+        let manager = TaskManager::builder()
+            .snapshot_db(&db)
+            .requeue_pending(true)
+            .build()
+            .await
+            .unwrap();
+        for &id in &ids {
+            eventually("the lying rows to fail", || {
+                record(&manager, id).status == TaskStatus::Failed
+            })
+            .await;
+            let error = record(&manager, id).last_error.unwrap();
+            assert!(
+                error
+                    .message()
+                    .contains("cannot decode the task's arguments"),
+                "{error}"
+            );
+        }
+        // Unreadable tags make the row unreadable: reported, left in place.
+        for &id in &bad_tags {
+            let error = manager.get(id).unwrap_err();
+            assert!(matches!(error, Error::CorruptRow { .. }), "{error:?}");
+        }
+        assert!(runs(&side).is_empty(), "no body ran");
+        manager.shutdown().await;
+    })
+}
+
 fn idempotency_keys_hold_while_live_or_successful() -> Result<(), Failed> {
     trial(async {
         let (dir, db, side) = files();
@@ -1138,6 +1210,10 @@ fn main() -> ExitCode {
         Trial::test(
             "unregistered_names_are_kept_untouched_with_a_warning",
             unregistered_names_are_kept_untouched_with_a_warning,
+        ),
+        Trial::test(
+            "stored_bytes_that_lie_about_their_length_fail_their_task_not_the_process",
+            stored_bytes_that_lie_about_their_length_fail_their_task_not_the_process,
         ),
         Trial::test(
             "idempotency_keys_hold_while_live_or_successful",

@@ -149,7 +149,7 @@ fn context_echo() -> (String, String, u32, Option<String>) {
     )
 }
 
-/// A shape bincode cannot carry: decoding needs a self-describing format.
+/// A shape the codec cannot carry: decoding it needs a self-describing format.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(untagged)]
 enum Loose {
@@ -604,7 +604,7 @@ fn killing_the_parent_leaves_no_worker_running() -> Result<(), Failed> {
     Ok(())
 }
 
-fn an_argument_bincode_cannot_carry_is_refused_at_enqueue() -> Result<(), Failed> {
+fn an_argument_the_codec_cannot_carry_is_refused_at_enqueue() -> Result<(), Failed> {
     trial(async {
         let tasks = manager(1).await;
         let error = takes_loose::call(Loose::Number(3))
@@ -823,8 +823,8 @@ fn main() -> ExitCode {
             killing_the_parent_leaves_no_worker_running,
         ),
         Trial::test(
-            "an_argument_bincode_cannot_carry_is_refused_at_enqueue",
-            an_argument_bincode_cannot_carry_is_refused_at_enqueue,
+            "an_argument_the_codec_cannot_carry_is_refused_at_enqueue",
+            an_argument_the_codec_cannot_carry_is_refused_at_enqueue,
         ),
         Trial::test(
             "workers_are_recycled_after_max_tasks",
