@@ -24,6 +24,10 @@ pub enum ErrorKind {
     Interrupted,
     /// The worker process running the task died.
     WorkerDied,
+    /// The worker process running the task sent something that is not a
+    /// frame of the protocol, or a frame that makes no sense at that point;
+    /// it was killed, since nothing more it says can be trusted.
+    Protocol,
 }
 
 impl ErrorKind {
@@ -36,6 +40,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Interrupted => "interrupted",
             ErrorKind::WorkerDied => "worker_died",
+            ErrorKind::Protocol => "protocol",
         }
     }
 
@@ -48,6 +53,7 @@ impl ErrorKind {
             "cancelled" => ErrorKind::Cancelled,
             "interrupted" => ErrorKind::Interrupted,
             "worker_died" => ErrorKind::WorkerDied,
+            "protocol" => ErrorKind::Protocol,
             _ => return None,
         })
     }
@@ -130,6 +136,12 @@ impl TaskError {
     pub fn is_worker_died(&self) -> bool {
         self.kind == ErrorKind::WorkerDied
     }
+
+    /// Whether the worker process running the task broke the protocol (a
+    /// malformed frame) and was killed for it.
+    pub fn is_protocol(&self) -> bool {
+        self.kind == ErrorKind::Protocol
+    }
 }
 
 impl fmt::Display for TaskError {
@@ -141,6 +153,7 @@ impl fmt::Display for TaskError {
             ErrorKind::Cancelled => "task cancelled",
             ErrorKind::Interrupted => "task interrupted",
             ErrorKind::WorkerDied => "worker process died",
+            ErrorKind::Protocol => "worker protocol violated",
         };
         if self.message.is_empty() {
             f.write_str(what)
@@ -160,5 +173,29 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "Box<dyn Any>".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_stored_word() {
+        let kinds = [
+            ErrorKind::Error,
+            ErrorKind::Panic,
+            ErrorKind::Timeout,
+            ErrorKind::Cancelled,
+            ErrorKind::Interrupted,
+            ErrorKind::WorkerDied,
+            ErrorKind::Protocol,
+        ];
+        for kind in kinds {
+            assert_eq!(ErrorKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ErrorKind::parse("unheard of"), None);
+        let error = TaskError::new(ErrorKind::Protocol, "worker sent a malformed frame");
+        assert!(error.is_protocol() && !error.is_worker_died());
     }
 }

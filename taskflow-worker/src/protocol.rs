@@ -161,21 +161,25 @@ fn length(n: usize) -> u32 {
 
 /// Splits a frame's body (everything after the first length) into header and payload.
 fn decode_body<H: DeserializeOwned>(mut body: Vec<u8>) -> Result<(H, Vec<u8>), ProtocolError> {
-    let header_len = body
-        .get(0..4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    let header_end = header_len
-        .and_then(|len| 4usize.checked_add(len))
-        .filter(|&end| end <= body.len())
-        .ok_or_else(|| {
-            ProtocolError::Malformed(CodecError::Decode(
-                "the frame is shorter than its header length says".into(),
-            ))
-        })?;
+    let header_end = header_end(&body, body.len())?;
     let header = codec::decode(&body[4..header_end]).map_err(ProtocolError::Malformed)?;
     // The payload is what follows the header: keep the buffer, drop the front.
     body.drain(..header_end);
     Ok((header, body))
+}
+
+/// Where the header ends in a body of `size` bytes that starts as `body`
+/// does (its first four bytes are enough).
+fn header_end(body: &[u8], size: usize) -> Result<usize, ProtocolError> {
+    body.get(0..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .and_then(|len| 4usize.checked_add(len))
+        .filter(|&end| end <= size)
+        .ok_or_else(|| {
+            ProtocolError::Malformed(CodecError::Decode(
+                "the frame is shorter than its header length says".into(),
+            ))
+        })
 }
 
 fn check_size(size: usize) -> Result<(), ProtocolError> {
@@ -220,14 +224,22 @@ pub fn read_frame<H: DeserializeOwned>(
     }
     let size = u32::from_le_bytes(size) as usize;
     check_size(size)?;
-    let body = read_body(reader, size)?;
+    // The header's length leads the body: one that cannot fit in the frame
+    // is refused before the rest is waited for. A garbled stream whose first
+    // bytes happen to make a length under the limit then fails at once in
+    // most cases, rather than waiting for bytes its sender never meant to
+    // send.
+    let mut body = Vec::new();
+    read_body(reader, &mut body, size.min(4))?;
+    header_end(&body, size)?;
+    read_body(reader, &mut body, size)?;
     decode_body(body)
 }
 
-/// Reads `size` bytes, committing memory only as they arrive: a frame that
-/// claims 200 MiB and stops after ten costs [`READ_CHUNK`], not 200 MiB.
-fn read_body(reader: &mut impl Read, size: usize) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
+/// Reads until `body` holds `size` bytes, committing memory only as they
+/// arrive: a frame that claims 200 MiB and stops after ten costs
+/// [`READ_CHUNK`], not 200 MiB.
+fn read_body(reader: &mut impl Read, body: &mut Vec<u8>, size: usize) -> io::Result<()> {
     while body.len() < size {
         let filled = body.len();
         // Doubling keeps a large frame to a few copies; the claimed size
@@ -237,7 +249,7 @@ fn read_body(reader: &mut impl Read, size: usize) -> io::Result<Vec<u8>> {
         body.resize(next, 0);
         reader.read_exact(&mut body[filled..])?;
     }
-    Ok(body)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -310,6 +322,20 @@ mod tests {
             read_frame::<ToWorker<'static>>(&mut wire.as_slice()),
             Err(ProtocolError::Io(_))
         ));
+    }
+
+    #[test]
+    fn a_header_length_past_its_frame_is_refused_before_the_body_arrives() {
+        // A frame of 1000 bytes whose header claims 2000, and nothing after:
+        // waiting for the body would wait for bytes that never come.
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&1000u32.to_le_bytes());
+        wire.extend_from_slice(&2000u32.to_le_bytes());
+        let result = read_frame::<FromWorker>(&mut wire.as_slice());
+        assert!(
+            matches!(result, Err(ProtocolError::Malformed(CodecError::Decode(_)))),
+            "{result:?}"
+        );
     }
 
     /// A reader that hands out `data` and remembers the largest buffer it

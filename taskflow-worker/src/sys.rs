@@ -6,17 +6,39 @@
 //! a socket pair: reading a socket wakes the peer's waiters, so every reply
 //! the parent read would wake an idle worker for nothing.
 //!
-//! What needs raw system calls: placing the pipes on those descriptors
-//! between `fork` and `exec`, asking the kernel to kill the worker when its
-//! parent dies, adopting the inherited descriptors in the worker, telling
-//! whether a pid still exists (a crashed manager's rows), and lowering one
-//! thread's priority. Each `unsafe` block says why it is sound.
+//! Every system call this module makes, and why:
+//! - between `fork` and `exec` of a worker: `fcntl` and `dup2` place the
+//!   pipes on their descriptors; `setpgid(0, 0)` (through std's
+//!   `process_group`) makes the worker the leader of its own process group,
+//!   so the processes its tasks start can be killed with it; `prctl`
+//!   (Linux) asks the kernel to kill the worker when its parent dies, and
+//!   `getppid` checks the parent did not die first; `setpriority` applies
+//!   the configured nice value;
+//! - in a starting process: `fstat` tells whether the inherited descriptors
+//!   are pipes, `fcntl` marks them close-on-exec once adopted;
+//! - in the parent: `kill` with a negative pid kills a worker's process
+//!   group ([`kill_group`]); `pidfd_open` (Linux 5.3+, through `syscall`)
+//!   gives a descriptor that becomes readable when a worker exits
+//!   ([`exit_descriptor`]); `waitid` with `WNOWAIT` tells whether a worker
+//!   has exited without reaping it ([`has_exited`]), where pidfds are
+//!   missing; `poll` waits on pipes and pidfds together ([`PollSet`]);
+//!   `fcntl` makes a pipe end non-blocking ([`set_nonblocking`]);
+//! - anywhere: `kill` with signal 0 tells whether a pid exists
+//!   ([`process_exists`]); `gettid` and `setpriority` lower one thread's
+//!   priority ([`set_thread_nice`]).
+//!
+//! Each `unsafe` block says why it is sound. The functions that signal or
+//! wait for a pid are only sound *for the caller's purpose* while that pid
+//! is an unreaped child of this process (so it cannot have been reused):
+//! upholding that is the caller's job, and their docs say so.
 #![allow(unsafe_code)]
 
+use std::fmt;
 use std::io::{self, PipeReader, PipeWriter};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
 
 /// The descriptor a worker reads requests from.
 pub const REQUESTS_FD: RawFd = 3;
@@ -29,8 +51,9 @@ pub const WORKER_ENV: &str = "TASKFLOW_WORKER_PARENT";
 
 /// Prepares `command` to start a worker: `requests` (the read end of the
 /// parent-to-worker pipe) goes to [`REQUESTS_FD`], `replies` (the write end
-/// of the worker-to-parent pipe) to [`REPLIES_FD`]; the worker is killed
-/// when the parent dies (Linux), and runs at `nice` when given.
+/// of the worker-to-parent pipe) to [`REPLIES_FD`]; the worker leads a
+/// process group of its own (its pgid is its pid, see [`kill_group`]), is
+/// killed when the parent dies (Linux), and runs at `nice` when given.
 pub fn prepare_worker(
     command: &mut Command,
     requests: &PipeReader,
@@ -40,6 +63,11 @@ pub fn prepare_worker(
     let (requests, replies) = (requests.as_raw_fd(), replies.as_raw_fd());
     let parent = std::process::id();
     command.env(WORKER_ENV, parent.to_string());
+    // std calls setpgid(0, 0) in the child before the closure below runs.
+    // Besides letting the parent kill a task's children with its worker, it
+    // keeps a terminal's ^C (sent to the foreground group) away from the
+    // workers: the application decides when they stop.
+    command.process_group(0);
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed. It makes only raw system calls
     // (fcntl, dup2, prctl, getppid, setpriority), allocates nothing, takes no
@@ -209,5 +237,225 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
             io::ErrorKind::Unsupported,
             "per-thread nice needs Linux",
         ))
+    }
+}
+
+/// Kills (`SIGKILL`) every process in process group `pgid`: a worker and
+/// whatever its tasks started and left in its group.
+///
+/// Sound for the caller only while the group's leader, `pgid`, is an
+/// unreaped child of this process: until it is reaped, no other process or
+/// group can take that number.
+///
+/// # Errors
+///
+/// What `kill` reports (`ESRCH` once the group is empty); `InvalidInput` for
+/// 0 and 1, which negated would name this process's own group and every
+/// process it may signal, and for numbers past `pid_t`.
+pub fn kill_group(pgid: u32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .ok()
+        .filter(|&pgid| pgid > 1)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill only reads its integer arguments; `-pgid` is a negative
+    // number below -1, which names exactly process group `pgid`.
+    if unsafe { libc::kill(-pgid, libc::SIGKILL) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A descriptor that becomes readable when process `pid` exits (a pidfd),
+/// so one `poll` can wait for a worker's reply or its death.
+///
+/// Call it while `pid` is an unreaped child of this process, so it refers
+/// to that child. The descriptor stays valid (and readable) after the child
+/// is reaped.
+///
+/// # Errors
+///
+/// What `pidfd_open` reports (`ENOSYS` before Linux 5.3, or under a seccomp
+/// filter that forbids it); `Unsupported` on other systems. Callers fall
+/// back to [`has_exited`] on a tick.
+pub fn exit_descriptor(pid: u32) -> io::Result<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        let pid = libc::pid_t::try_from(pid)
+            .ok()
+            .filter(|&pid| pid > 0)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: pidfd_open takes a pid and flags (0) and returns a new
+        // descriptor or -1; it reads no memory of ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = RawFd::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        // SAFETY: the kernel just returned this descriptor to us; nothing
+        // else in the process knows it. pidfds are close-on-exec by default.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "process descriptors need Linux",
+        ))
+    }
+}
+
+/// Whether child `pid` has exited, leaving it unreaped (`waitid` with
+/// `WNOHANG | WNOWAIT`), so its pid and process group stay reserved until
+/// the caller reaps it.
+///
+/// Call it only while `pid` is an unreaped child of this process: a reaped
+/// pid may already belong to another child.
+///
+/// # Errors
+///
+/// What `waitid` reports (`ECHILD` when `pid` is not a child of this
+/// process, or was reaped).
+pub fn has_exited(pid: u32) -> io::Result<bool> {
+    if pid == 0 {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // `id_t` is a u32 on Linux and macOS, an i64 on FreeBSD.
+    #[allow(clippy::useless_conversion)]
+    let id = libc::id_t::from(pid);
+    // SAFETY: siginfo_t is plain data, so all zeroes is a valid value;
+    // waitid writes at most one siginfo_t into the buffer we own, and with
+    // WNOWAIT it changes no process state.
+    let (result, info) = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let result = libc::waitid(
+            libc::P_PID,
+            id,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        (result, info)
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // With WNOHANG and nothing to report the buffer stays zeroed (POSIX
+    // leaves it unspecified; we zeroed it), so a signal number means exited.
+    Ok(info.si_signo != 0)
+}
+
+/// Makes a pipe end non-blocking: a read or write that would wait fails
+/// with `WouldBlock` instead, and the caller waits with [`PollSet`] on what
+/// it chooses.
+///
+/// # Errors
+///
+/// What `fcntl` reports.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl with F_GETFL/F_SETFL reads and sets the status flags of
+    // a descriptor the caller borrows for the duration of the call.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// What a [`PollSet`] entry waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Readable, or at its end (a pipe with no writer left, an exited
+    /// process's pidfd).
+    Read,
+    /// Writable, or broken.
+    Write,
+}
+
+/// Descriptors to wait on together with `poll`.
+///
+/// Entries hold descriptor *numbers*: the caller keeps each descriptor open
+/// until [`wait`](Self::wait) returns (a closed one is reported ready, as
+/// `POLLNVAL`). The set is reused between waits to avoid allocating.
+#[derive(Default)]
+pub struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        PollSet::default()
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Adds `fd`; the index to ask [`is_ready`](Self::is_ready) about.
+    pub fn add(&mut self, fd: BorrowedFd<'_>, interest: Interest) -> usize {
+        let events = match interest {
+            Interest::Read => libc::POLLIN,
+            Interest::Write => libc::POLLOUT,
+        };
+        self.fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        });
+        self.fds.len() - 1
+    }
+
+    /// Waits until an entry is ready or `timeout` passes (`None`: no
+    /// limit); how many entries are ready. A signal that interrupts the
+    /// wait returns early with none ready: callers loop anyway.
+    ///
+    /// # Errors
+    ///
+    /// What `poll` reports, except `EINTR`.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        let millis = match timeout {
+            // Rounded up, so a short wait does not become a busy loop.
+            Some(timeout) => timeout
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .try_into()
+                .unwrap_or(libc::c_int::MAX),
+            None => -1,
+        };
+        for entry in &mut self.fds {
+            entry.revents = 0;
+        }
+        let count = libc::nfds_t::try_from(self.fds.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the pointer and count describe our own initialized vector,
+        // which poll only writes `revents` of; it stays borrowed mutably for
+        // the call.
+        let ready = unsafe { libc::poll(self.fds.as_mut_ptr(), count, millis) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(error);
+        }
+        Ok(usize::try_from(ready).unwrap_or(0))
+    }
+
+    /// Whether entry `index` was ready (or at its end, or in error) when
+    /// [`wait`](Self::wait) last returned.
+    pub fn is_ready(&self, index: usize) -> bool {
+        self.fds.get(index).is_some_and(|entry| entry.revents != 0)
+    }
+}
+
+impl fmt::Debug for PollSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.fds.iter().map(|entry| (entry.fd, entry.revents)))
+            .finish()
     }
 }

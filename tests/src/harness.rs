@@ -115,3 +115,23 @@ pub fn alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Whether `pid` is a zombie: exited, but not reaped by its parent.
+pub fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Kills `pid` with SIGKILL if it is still a live process named `name`: a
+/// test's cleanup of a process it started indirectly (so it cannot wait
+/// for it), checked by name so a reused pid is left alone.
+pub fn kill_if_named(pid: u32, name: &str) {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if alive(pid) && comm.trim_end() == name {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}

@@ -12,7 +12,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use taskflow::{
     Error, EventKind, LogLevel, RecvError, TaskFilter, TaskId, TaskManager, TaskStatus, task,
 };
-use taskflow_tests::harness::{self, alive, scenario, scenario_name, trial};
-use taskflow_tests::{wait_until, wait_until_blocking};
+use taskflow_tests::harness::{self, alive, kill_if_named, scenario, scenario_name, trial, zombie};
+use taskflow_tests::{PATIENCE, wait_until, wait_until_blocking, within};
 
 // ---------------------------------------------------------------- the tasks
 
@@ -191,6 +192,199 @@ fn my_nice() -> i64 {
         .unwrap_or(i64::MIN)
 }
 
+/// Starts a long `sleep` (in its worker's process group), leaves its pid in
+/// `marker`, and outstays its timeout. The sleep outlasts any wait of the
+/// test, so only a kill ends it in time.
+#[task(executor = "process", timeout = "1s")]
+// The point is a child the task leaves behind: its worker is killed first.
+#[allow(clippy::zombie_processes)]
+fn leaves_a_child(marker: String) -> u32 {
+    let child = Command::new("sleep").arg("300").spawn().unwrap();
+    std::fs::write(&marker, child.id().to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+/// Starts a long `sleep` and returns its pid at once, leaving it running.
+#[task(executor = "process")]
+fn returns_leaving_a_child() -> u32 {
+    Command::new("sleep").arg("300").spawn().unwrap().id()
+}
+
+/// Starts `sleep 8` outside its worker's process group, with its stdout on
+/// the worker's reply pipe (so it holds that pipe open after the worker is
+/// gone), leaves its pid in `marker`, and outstays its timeout.
+#[task(executor = "process", timeout = "1s")]
+// The point is a child the task leaves behind: its worker is killed first.
+#[allow(clippy::zombie_processes)]
+fn lends_its_channel(marker: String) -> u32 {
+    let channel = reply_channel();
+    let child = Command::new("sleep")
+        .arg("8")
+        .stdout(channel)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::fs::write(&marker, child.id().to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+/// What a task writes on its worker's reply channel, behind the worker's
+/// back.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+enum Forgery {
+    /// A well-formed log record, made by hand: proves the hand-made
+    /// encoding below is the codec's.
+    FairLog,
+    /// A well-formed failure for this very task, made by hand; the task
+    /// then exits, so the worker's own reply never comes.
+    FairDone,
+    /// A log record whose target claims 2^40 bytes.
+    HugeLogString,
+    /// A failure whose message claims 2^63 bytes.
+    HugeDoneMessage,
+    /// A length prefix of 3 GiB.
+    HugeFrame,
+    /// 1 KiB of (seeded) random bytes, as they come.
+    Noise,
+    /// 1 KiB of (seeded) random bytes as a frame's header, with honest
+    /// lengths around it.
+    FramedNoise,
+    /// A greeting, in the middle of a task.
+    Hello,
+    /// The end of some other task.
+    DoneForAnother,
+}
+
+#[task(executor = "process")]
+fn forges(forgery: Forgery) -> u32 {
+    let id = taskflow::context()
+        .expect("a process task has a context")
+        .id;
+    let bytes = match forgery {
+        Forgery::FairLog => frame(&log_header(id, b"crafted", "crafted by hand")),
+        Forgery::FairDone => {
+            let mut header = vec![2];
+            push_id(id, &mut header);
+            // Some(TaskError { kind: Error (0), message })
+            header.extend_from_slice(&[1, 0]);
+            push_str(b"crafted failure", &mut header);
+            frame(&header)
+        }
+        Forgery::HugeLogString => {
+            let mut header = log_header(id, b"", "");
+            // Cut after the target's length, then claim 2^40 bytes for it.
+            header.truncate(header.len() - 2);
+            push_varint(1 << 40, &mut header);
+            header.extend_from_slice(b"tiny");
+            frame(&header)
+        }
+        Forgery::HugeDoneMessage => {
+            let mut header = vec![2];
+            push_id(id, &mut header);
+            header.extend_from_slice(&[1, 0]);
+            push_varint(1 << 63, &mut header);
+            header.extend_from_slice(b"tiny");
+            frame(&header)
+        }
+        Forgery::HugeFrame => {
+            let mut bytes = (3u32 << 30).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[0; 60]);
+            bytes
+        }
+        Forgery::Noise => noise(1024),
+        Forgery::FramedNoise => frame(&noise(1024)),
+        Forgery::Hello => {
+            // protocol, codec, fingerprint, pid
+            let mut header = vec![0, 2, 2, 7];
+            push_varint(u64::from(std::process::id()), &mut header);
+            frame(&header)
+        }
+        Forgery::DoneForAnother => {
+            let mut header = vec![2];
+            push_id(taskflow::TaskId::new(), &mut header);
+            header.push(0); // no failure
+            frame(&header)
+        }
+    };
+    reply_channel().write_all(&bytes).unwrap();
+    if let Forgery::FairDone = forgery {
+        std::process::exit(0);
+    }
+    7
+}
+
+/// The worker's reply pipe, opened anew through `/proc` (a worker keeps it
+/// on descriptor 4, close-on-exec, so nothing inherits it by accident).
+fn reply_channel() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/fd/4")
+        .unwrap()
+}
+
+// The wire format, by hand (postcard through serde): integers are LEB128
+// varints, an enum is its variant's index, a string is its length and bytes,
+// a task id (a uuid) is 16 bytes with their length before them, an `Option`
+// is a 0 or 1 byte. A frame is the length of the rest and the length of the
+// header (little-endian u32s), the header, then the payload (none here).
+
+fn push_varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn push_str(text: &[u8], out: &mut Vec<u8>) {
+    push_varint(text.len() as u64, out);
+    out.extend_from_slice(text);
+}
+
+fn push_id(id: taskflow::TaskId, out: &mut Vec<u8>) {
+    push_str(&id.to_bytes(), out);
+}
+
+/// `FromWorker::Log { id, record }`, the record at INFO.
+fn log_header(id: taskflow::TaskId, target: &[u8], message: &str) -> Vec<u8> {
+    let mut header = vec![1];
+    push_id(id, &mut header);
+    let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    push_varint(at.as_secs(), &mut header);
+    push_varint(u64::from(at.subsec_nanos()), &mut header);
+    header.push(2); // LogLevel::Info
+    push_str(target, &mut header);
+    push_str(message.as_bytes(), &mut header);
+    header
+}
+
+fn frame(header: &[u8]) -> Vec<u8> {
+    let header_len = u32::try_from(header.len()).unwrap();
+    let mut bytes = (header_len + 4).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&header_len.to_le_bytes());
+    bytes.extend_from_slice(header);
+    bytes
+}
+
+/// `len` bytes of splitmix64 from a fixed seed, so a failure can be
+/// replayed. These happen to begin with a frame length that fits (66 MB)
+/// followed by a header length that does not fit in it.
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x5EED;
+    let mut bytes = Vec::with_capacity(len + 8);
+    while bytes.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
+
 // ---------------------------------------------------------------- helpers
 
 async fn manager(workers: usize) -> TaskManager {
@@ -217,6 +411,40 @@ async fn running_on_a_worker(tasks: &TaskManager, id: TaskId) -> Vec<u32> {
     // RUNNING comes as a slot takes the task, the worker a moment after.
     assert!(wait_until(Duration::from_secs(30), || !tasks.worker_pids().is_empty()).await);
     tasks.worker_pids()
+}
+
+/// Runs one task on each of the two slots of `tasks` at once: both succeed,
+/// on two different live workers.
+async fn both_slots_serve(tasks: &TaskManager) {
+    let first = sleeper::call(500).enqueue_on(tasks).unwrap();
+    let second = sleeper::call(500).enqueue_on(tasks).unwrap();
+    let first = within("a task on the first slot", first).await.unwrap();
+    let second = within("a task on the second slot", second).await.unwrap();
+    assert_ne!(first, second, "two tasks at once ran on one worker");
+    let pids = tasks.worker_pids();
+    assert!(
+        pids.contains(&first) && pids.contains(&second),
+        "{first} and {second} are not among {pids:?}"
+    );
+}
+
+/// The pid in a failure's "(pid N)".
+fn pid_in(message: &str) -> u32 {
+    let (_, rest) = message
+        .split_once("(pid ")
+        .expect("the message names a pid");
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|digits| digits.parse().ok())
+        .expect("a pid")
+}
+
+/// Reads the pid a task left in `marker`.
+fn pid_from(marker: &std::path::Path) -> u32 {
+    std::fs::read_to_string(marker)
+        .expect("the task left its child's pid")
+        .parse()
+        .expect("a pid")
 }
 
 // ---------------------------------------------------------------- the tests
@@ -731,6 +959,181 @@ fn workers_run_at_the_configured_nice_value() -> Result<(), Failed> {
     })
 }
 
+fn a_malformed_frame_costs_one_attempt_and_one_worker() -> Result<(), Failed> {
+    trial(async {
+        let tasks = manager(2).await;
+        tasks.prewarm().await.unwrap();
+
+        // First, frames made by hand that are well formed: the parent
+        // takes them for the worker's own, so the encoding below is right.
+        let handle = forges::call(Forgery::FairLog).enqueue_on(&tasks).unwrap();
+        let id = handle.id();
+        assert_eq!(within("a fair log", handle).await.unwrap(), 7);
+        let record = tasks.get(id).expect("the store is readable").unwrap();
+        assert!(
+            record
+                .logs
+                .iter()
+                .any(|r| r.message == "crafted by hand" && r.target == "crafted"),
+            "the hand-made record is on the task: {:?}",
+            record.logs
+        );
+        let before = tasks.worker_pids();
+        let handle = forges::call(Forgery::FairDone).enqueue_on(&tasks).unwrap();
+        let error = within("a fair failure", handle).await.unwrap_err();
+        assert!(error.is_error(), "{error:?}");
+        assert_eq!(error.message(), "crafted failure");
+        // That worker exited once idle: the pool replaces it on its own.
+        assert!(
+            wait_until(PATIENCE, || {
+                let pids = tasks.worker_pids();
+                pids.len() == 2 && pids != before
+            })
+            .await,
+            "{before:?} became {:?}",
+            tasks.worker_pids()
+        );
+        both_slots_serve(&tasks).await;
+
+        for forgery in [
+            Forgery::HugeLogString,
+            Forgery::HugeDoneMessage,
+            Forgery::HugeFrame,
+            Forgery::Noise,
+            Forgery::FramedNoise,
+            Forgery::Hello,
+            Forgery::DoneForAnother,
+        ] {
+            let handle = forges::call(forgery).enqueue_on(&tasks).unwrap();
+            let id = handle.id();
+            let error = within(&format!("an attempt that forged {forgery:?}"), handle)
+                .await
+                .unwrap_err();
+            assert!(error.is_protocol(), "{forgery:?}: {error:?}");
+            assert!(
+                error.message().starts_with("worker sent a malformed frame"),
+                "{forgery:?}: {error:?}"
+            );
+            let record = tasks.get(id).expect("the store is readable").unwrap();
+            assert_eq!(record.status, TaskStatus::Failed, "{forgery:?}");
+            let liar = pid_in(error.message());
+            assert!(
+                wait_until(PATIENCE, || !alive(liar) && !zombie(liar)).await,
+                "{forgery:?}: the worker that forged it is still there"
+            );
+            assert!(
+                wait_until(PATIENCE, || tasks.worker_pids().len() == 2).await,
+                "{forgery:?}: the pool is not back to two workers: {:?}",
+                tasks.worker_pids()
+            );
+            assert!(!tasks.worker_pids().contains(&liar));
+            both_slots_serve(&tasks).await;
+        }
+        let report = within("shutdown", tasks.shutdown()).await;
+        assert!(report.drained, "{report:?}");
+    })
+}
+
+fn a_timeout_kills_what_the_task_started() -> Result<(), Failed> {
+    trial(async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("child-pid");
+        let tasks = manager(1).await;
+        let handle = leaves_a_child::call(marker.display().to_string())
+            .enqueue_on(&tasks)
+            .unwrap();
+        let error = within("the attempt", handle).await.unwrap_err();
+        assert!(error.is_timeout(), "{error:?}");
+        let child = pid_from(&marker);
+        let gone = wait_until(PATIENCE, || !alive(child)).await;
+        kill_if_named(child, "sleep");
+        assert!(gone, "the task's child {child} outlived its worker");
+        tasks.shutdown().await;
+    })
+}
+
+fn a_retired_worker_takes_what_its_tasks_left_running() -> Result<(), Failed> {
+    trial(async {
+        let tasks = TaskManager::builder()
+            .max_process_workers(1)
+            .max_tasks_per_worker(1)
+            .build()
+            .await
+            .unwrap();
+        let child = within(
+            "the task",
+            returns_leaving_a_child::call().enqueue_on(&tasks).unwrap(),
+        )
+        .await
+        .unwrap();
+        let gone = wait_until(PATIENCE, || !alive(child)).await;
+        kill_if_named(child, "sleep");
+        assert!(gone, "the task's child {child} outlived its retired worker");
+        tasks.shutdown().await;
+    })
+}
+
+fn a_process_holding_the_reply_pipe_does_not_hold_the_attempt() -> Result<(), Failed> {
+    trial(async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("child-pid");
+        let tasks = manager(1).await;
+        tasks.prewarm().await.unwrap();
+        let started = Instant::now();
+        let handle = lends_its_channel::call(marker.display().to_string())
+            .enqueue_on(&tasks)
+            .unwrap();
+        let error = within("the attempt", handle).await.unwrap_err();
+        let took = started.elapsed();
+        let child = pid_from(&marker);
+        // It left the group, so the kill spared it: it still holds the pipe.
+        let held = alive(child);
+        kill_if_named(child, "sleep");
+        assert!(error.is_timeout(), "{error:?}");
+        assert!(
+            took < Duration::from_secs(6),
+            "a 1 s timeout took {took:?} while a process held the pipe for 8 s"
+        );
+        assert!(held, "the pipe's holder {child} died with the worker");
+        // And the slot carries on.
+        let pid = sleeper::call(1).enqueue_on(&tasks).unwrap().await.unwrap();
+        assert!(tasks.worker_pids().contains(&pid));
+        tasks.shutdown().await;
+    })
+}
+
+fn an_idle_worker_killed_from_outside_is_reaped_and_replaced() -> Result<(), Failed> {
+    trial(async {
+        let tasks = manager(2).await;
+        tasks.prewarm().await.unwrap();
+        let before = tasks.worker_pids();
+        assert_eq!(before.len(), 2);
+        let victim = before[0];
+        let killed = Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let replaced = wait_until(PATIENCE, || {
+            let pids = tasks.worker_pids();
+            !pids.contains(&victim) && pids.len() == 2
+        })
+        .await;
+        assert!(
+            replaced,
+            "still {:?} after killing {victim}",
+            tasks.worker_pids()
+        );
+        assert!(!alive(victim) && !zombie(victim), "{victim} was not reaped");
+        for pid in tasks.worker_pids() {
+            assert!(alive(pid), "worker {pid} is not running");
+        }
+        both_slots_serve(&tasks).await;
+        let report = within("shutdown", tasks.shutdown()).await;
+        assert!(report.drained, "{report:?}");
+    })
+}
+
 // ---------------------------------------------------------------- scenarios
 
 /// A parent whose workers print megabytes; verifies the result itself.
@@ -841,6 +1244,26 @@ fn main() -> ExitCode {
         Trial::test(
             "workers_run_at_the_configured_nice_value",
             workers_run_at_the_configured_nice_value,
+        ),
+        Trial::test(
+            "a_malformed_frame_costs_one_attempt_and_one_worker",
+            a_malformed_frame_costs_one_attempt_and_one_worker,
+        ),
+        Trial::test(
+            "a_timeout_kills_what_the_task_started",
+            a_timeout_kills_what_the_task_started,
+        ),
+        Trial::test(
+            "a_retired_worker_takes_what_its_tasks_left_running",
+            a_retired_worker_takes_what_its_tasks_left_running,
+        ),
+        Trial::test(
+            "a_process_holding_the_reply_pipe_does_not_hold_the_attempt",
+            a_process_holding_the_reply_pipe_does_not_hold_the_attempt,
+        ),
+        Trial::test(
+            "an_idle_worker_killed_from_outside_is_reaped_and_replaced",
+            an_idle_worker_killed_from_outside_is_reaped_and_replaced,
         ),
     ];
     harness::run(trials)
