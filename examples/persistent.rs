@@ -76,14 +76,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     for id in &waiting {
         for _ in 0..500 {
-            if second.get(*id)?.is_some_and(|r| r.status.is_finished()) {
+            if second
+                .get(*id)
+                .await?
+                .is_some_and(|r| r.status.is_finished())
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     println!("  history, newest first:");
-    for record in second.list(&TaskFilter::new())? {
+    for record in second.list(&TaskFilter::new()).await? {
         let error = record
             .last_error
             .map(|e| format!(" ({})", e.message()))
@@ -101,9 +105,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             record.attempts
         );
     }
-    let failed = second.list(&TaskFilter::new().status(TaskStatus::Failed))?;
+    let failed = second
+        .list(&TaskFilter::new().status(TaskStatus::Failed))
+        .await?;
     if let Some(failed) = failed.first() {
-        let retry = second.retry(failed.id)?;
+        let retry = second.retry(failed.id).await?;
         println!("  retried the failed task as {retry}");
     }
     second.shutdown().await;

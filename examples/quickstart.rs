@@ -85,7 +85,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  mean duration {mean:.2?}");
     }
     println!("\nretried tasks:");
-    for record in tasks.list(&TaskFilter::new().status(TaskStatus::Success))? {
+    for record in tasks
+        .list(&TaskFilter::new().status(TaskStatus::Success))
+        .await?
+    {
         if record.attempts > 1 {
             println!(
                 "  {} {} attempts={} duration={:.2?}",

@@ -53,9 +53,10 @@ impl TaskContext {
     }
 
     /// Sends `record` to this task's log sink, if it has one.
+    /// The record is stamped with this context's attempt.
     pub fn emit(&self, record: LogRecord) {
         if let Some(sink) = &self.sink {
-            sink.0.emit(self.id, record);
+            sink.0.emit(self.id, record.in_attempt(self.attempt));
         }
     }
 }

@@ -59,19 +59,37 @@ pub struct LogRecord {
     pub level: LogLevel,
     /// Where it came from: a `tracing` target, or the task's name.
     pub target: String,
-    /// The text, with any structured fields appended as `key=value`.
+    /// The text.
     pub message: String,
+    /// Zero-based attempt of the task that logged it.
+    pub attempt: u32,
+    /// Structured fields (`tracing`'s `key = value`s), in order.
+    pub fields: Vec<(String, String)>,
 }
 
 impl LogRecord {
-    /// A record emitted now.
+    /// A record emitted now, by attempt 0 until [`in_attempt`](Self::in_attempt).
     pub fn new(level: LogLevel, target: impl Into<String>, message: impl Into<String>) -> Self {
         LogRecord {
             at: SystemTime::now(),
             level,
             target: target.into(),
             message: message.into(),
+            attempt: 0,
+            fields: Vec::new(),
         }
+    }
+
+    /// The record, logged by zero-based attempt `attempt`.
+    pub fn in_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The record with a structured field appended.
+    pub fn field(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.fields.push((key.into(), value.into()));
+        self
     }
 }
 

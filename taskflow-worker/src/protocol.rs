@@ -432,6 +432,8 @@ mod tests {
         // 1_700_000_000 seconds as a varint, then 5 nanoseconds.
         expected.extend_from_slice(&[0x80, 0xe2, 0xcf, 0xaa, 0x06, 0x05]);
         expected.extend_from_slice(&[0x02, 3, b'a', b'p', b'p', 2, b'h', b'i']);
+        // Attempt 0, no fields.
+        expected.extend_from_slice(&[0, 0]);
         assert_eq!(codec::encode(&log).unwrap(), expected);
 
         let frame = encode_frame(&log, b"").unwrap();

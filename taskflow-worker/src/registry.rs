@@ -93,6 +93,12 @@ pub struct TaskDefaults {
     /// With a task store: run this task again at start when an instance that
     /// died (or shut down) left it RUNNING. For idempotent work only.
     pub requeue_on_interrupt: bool,
+    /// The queue its calls wait in, unless a call names another; `None` for
+    /// the default queue.
+    pub queue: Option<&'static str>,
+    /// Its calls' priority in their queue, unless a call sets one: higher
+    /// runs first.
+    pub priority: i16,
 }
 
 impl TaskDefaults {
@@ -104,6 +110,8 @@ impl TaskDefaults {
         timeout: None,
         persist: false,
         requeue_on_interrupt: false,
+        queue: None,
+        priority: 0,
     };
 
     /// The defaults with `retries` set.
@@ -139,6 +147,18 @@ impl TaskDefaults {
     /// The defaults with `requeue_on_interrupt` set.
     pub const fn requeue_on_interrupt(mut self, requeue: bool) -> Self {
         self.requeue_on_interrupt = requeue;
+        self
+    }
+
+    /// The defaults with `queue` set.
+    pub const fn queue(mut self, queue: &'static str) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// The defaults with `priority` set.
+    pub const fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
         self
     }
 

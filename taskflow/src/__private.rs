@@ -40,7 +40,7 @@ fn decode_args<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
     taskflow_worker::codec::decode(bytes).map_err(|error| {
         TaskError::error(format!(
             "cannot decode the task's arguments: {}",
-            error_chain(&error)
+            crate::error::chain(&error)
         ))
     })
 }
@@ -305,15 +305,4 @@ impl<T, E: Display> Fallible for Result<T, E> {
         // `{:#}` shows the whole chain for errors that support it (anyhow).
         self.map_err(|error| format!("{error:#}"))
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -3,12 +3,13 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use taskflow_worker::codec::ArgsWriter;
 use taskflow_worker::registry::TaskEntry;
 use taskflow_worker::{CodecError, Tags};
 
-use crate::core::Core;
+use crate::core::{Core, Placement};
 use crate::error::Error;
 use crate::handle::TaskHandle;
 use crate::manager::{self, TaskManager};
@@ -37,6 +38,7 @@ pub struct TaskCall<T> {
     args: Result<Vec<u8>, (&'static str, CodecError)>,
     tags: Vec<(String, String)>,
     idempotency_key: Option<String>,
+    placement: Placement,
     output: PhantomData<fn() -> T>,
 }
 
@@ -47,6 +49,7 @@ impl<T: 'static> TaskCall<T> {
             args: args.finish(),
             tags: Vec::new(),
             idempotency_key: None,
+            placement: Placement::default(),
             output: PhantomData,
         }
     }
@@ -71,6 +74,54 @@ impl<T: 'static> TaskCall<T> {
         self
     }
 
+    /// Puts the task in queue `name` (instead of its declared queue, or
+    /// `"default"`): it takes a slot of that queue's concurrency and counts
+    /// against its `max_size`.
+    pub fn queue(mut self, name: impl Into<String>) -> Self {
+        self.placement.queue = Some(name.into());
+        self
+    }
+
+    /// Runs the task ahead of lower priorities in its queue (higher first;
+    /// the same priority in arrival order). Default: its declared priority,
+    /// else 0.
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.placement.priority = Some(priority);
+        self
+    }
+
+    /// Starts the task no earlier than `delay` from now. It is PENDING
+    /// meanwhile, with its `run_at` on its record; with a task store it
+    /// waits as a row, so a restart keeps the appointment.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// #[taskflow::task]
+    /// async fn remind(who: String) {}
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tasks = taskflow::TaskManager::builder().build().await?;
+    /// let later = remind::call("ada".into())
+    ///     .delay(Duration::from_millis(50))
+    ///     .enqueue_on(&tasks)?;
+    /// assert!(later.record().run_at > later.record().created_at);
+    /// later.await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.placement.run_at = Some(SystemTime::now() + delay);
+        self
+    }
+
+    /// Starts the task no earlier than `time` (a wall-clock time; one in
+    /// the past means now). See [`delay`](Self::delay).
+    pub fn run_at(mut self, time: SystemTime) -> Self {
+        self.placement.run_at = Some(time);
+        self
+    }
+
     /// Enqueues on the installed default manager.
     ///
     /// # Errors
@@ -86,8 +137,10 @@ impl<T: 'static> TaskCall<T> {
     /// # Errors
     ///
     /// [`Error::ShutDown`] after shutdown, [`Error::MissingResource`] when the
-    /// manager lacks a resource the task takes, and [`Error::Argument`] when an
-    /// argument could not be encoded. Nothing is recorded in any of these cases.
+    /// manager lacks a resource the task takes, [`Error::Argument`] when an
+    /// argument could not be encoded, and [`Error::QueueFull`] when its queue
+    /// holds its `max_size` of PENDING tasks. Nothing is recorded in any of
+    /// these cases.
     pub fn enqueue_on(self, manager: &TaskManager) -> Result<TaskHandle<T>, Error> {
         self.enqueue_into(manager.core())
     }
@@ -99,7 +152,7 @@ impl<T: 'static> TaskCall<T> {
             source,
         })?;
         let tags = Tags::from_pairs(self.tags);
-        let cell = core.enqueue(self.entry, args, tags, self.idempotency_key)?;
+        let cell = core.enqueue(self.entry, args, tags, self.idempotency_key, self.placement)?;
         Ok(TaskHandle::new(cell))
     }
 }
@@ -109,6 +162,7 @@ impl<T> fmt::Debug for TaskCall<T> {
         f.debug_struct("TaskCall")
             .field("task", &self.entry.name())
             .field("tags", &self.tags)
+            .field("placement", &self.placement)
             .finish_non_exhaustive()
     }
 }

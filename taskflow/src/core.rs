@@ -1,15 +1,25 @@
-//! The state every part of a manager shares: records, the event bus, the
-//! executors and the one function that changes a task's status.
+//! The state every part of a manager shares: the live index, the queue, the
+//! executors, the task store, the event bus, and the one function that
+//! changes a task's status.
 //!
 //! [`Core::transition`] is the single writer of lifecycle state. It consults
-//! [`lifecycle::next`], updates the record, moves the status counts, publishes
-//! the event while still holding the record's lock (so one task's events are
-//! in order), and wakes the task's handles when it finishes. Executors only
-//! call it; no other code assigns a status.
+//! [`lifecycle::next`], updates the record, moves the counts, gives back the
+//! task's queue and executor slots when it leaves RUNNING, publishes the event
+//! while still holding the record's lock (so one task's events are in order),
+//! queues the change for the task store, and wakes the task's handles when
+//! it finishes. Executors, the claimer and the keeper only call it; no other
+//! code assigns a status.
+//!
+//! Without a task store the queue is in memory and a task is admitted from
+//! it. With one, the store's table is the queue: an enqueue writes a row, and
+//! the claimer (see [`durable`](crate::durable)) claims ready rows for the
+//! slots that are free, marking them RUNNING in the store before a body
+//! starts.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use taskflow_worker::log::LogSink;
 use taskflow_worker::registry::TaskEntry;
@@ -18,24 +28,26 @@ use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::durable::Durable;
 use crate::error::Error;
 use crate::events::{Bus, EventKind, TaskEvent};
 #[cfg(unix)]
 use crate::executor::ProcessExecutor;
 use crate::executor::{AsyncExecutor, SyncExecutor};
+use crate::index::LiveIndex;
 use crate::lifecycle::{self, TaskStatus, Transition};
-use crate::record::{MAX_LOGS, Origin, Produced, SharedCell, TaskCell, TaskFilter, TaskRecord};
-use crate::store::{
-    Claimed, CorruptRow, MemoryStore, Recovered, SqliteStore, StoredRow, sort_newest_first,
-};
+use crate::queue::{DEFAULT_QUEUE, Scheduler, executor_index};
+use crate::record::{Origin, Produced, SharedCell, TaskCell, TaskFilter, TaskRecord};
+use crate::store::{Change, CorruptRow, Expect, Row, StoredTask, TaskState};
 use crate::tally::Tally;
 
 pub(crate) struct Core {
-    pub(crate) store: Arc<MemoryStore>,
-    /// The task store, when the manager has one.
-    pub(crate) persistence: Option<SqliteStore>,
-    /// Whether PENDING tasks interrupted by shutdown run at the next start.
-    requeue_pending: bool,
+    /// Live and recently finished tasks of this instance.
+    pub(crate) index: Arc<LiveIndex>,
+    /// Admission: named queues, priorities, delays, slots.
+    pub(crate) scheduler: Scheduler,
+    /// The task store and what drives it, when the manager has one.
+    pub(crate) durable: Option<Durable>,
     pub(crate) bus: Bus,
     pub(crate) resources: Resources,
     pub(crate) runtime: Handle,
@@ -44,12 +56,14 @@ pub(crate) struct Core {
     #[cfg(unix)]
     pub(crate) process_tasks: ProcessExecutor,
     closed: AtomicBool,
-    /// RUNNING tasks per executor, indexed by [`executor_index`].
+    /// RUNNING tasks per executor.
     running: Tally<3>,
     /// Signalled whenever a task stops running after close.
     idle: Notify,
-    /// Rows of the task store found corrupt and reported, by SQLite row id.
-    reported_corrupt: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// Rows of the task store found corrupt and reported, by row key.
+    reported_corrupt: Mutex<HashSet<i64>>,
+    /// Log lines kept per task.
+    pub(crate) max_logs: usize,
 }
 
 /// What a transition did.
@@ -57,8 +71,8 @@ pub(crate) struct Applied {
     pub(crate) status: TaskStatus,
     /// Zero-based attempt the transition belonged to.
     pub(crate) attempt: u32,
-    /// After a failure with retries left: the wait before the next attempt.
-    pub(crate) retry_in: Option<Duration>,
+    /// After a failure with retries left: when the next attempt may start.
+    pub(crate) retry_at: Option<SystemTime>,
 }
 
 /// The executors a manager runs, built before the core they belong to.
@@ -69,42 +83,44 @@ pub(crate) struct Executors {
     pub(crate) process_tasks: ProcessExecutor,
 }
 
-fn executor_index(executor: Executor) -> usize {
-    match executor {
-        Executor::Async => 0,
-        Executor::Thread => 1,
-        _ => 2,
-    }
+/// Per-call options of an enqueue.
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    pub(crate) queue: Option<String>,
+    pub(crate) priority: Option<i16>,
+    pub(crate) run_at: Option<SystemTime>,
+}
+
+/// What a core is built from.
+pub(crate) struct Parts {
+    pub(crate) runtime: Handle,
+    pub(crate) resources: Resources,
+    pub(crate) executors: Executors,
+    pub(crate) bus: Bus,
+    pub(crate) index: LiveIndex,
+    pub(crate) scheduler: Scheduler,
+    pub(crate) durable: Option<Durable>,
+    pub(crate) max_logs: usize,
 }
 
 impl Core {
-    pub(crate) fn new(
-        runtime: Handle,
-        resources: Resources,
-        executors: Executors,
-        event_capacity: usize,
-        memory: MemoryStore,
-        persistence: Option<(SqliteStore, bool)>,
-    ) -> Self {
-        let (persistence, requeue_pending) = match persistence {
-            Some((store, requeue_pending)) => (Some(store), requeue_pending),
-            None => (None, false),
-        };
+    pub(crate) fn new(parts: Parts) -> Self {
         Core {
-            store: Arc::new(memory),
-            persistence,
-            requeue_pending,
-            bus: Bus::new(event_capacity),
-            resources,
-            runtime,
-            async_tasks: executors.async_tasks,
-            sync_tasks: executors.sync_tasks,
+            index: Arc::new(parts.index),
+            scheduler: parts.scheduler,
+            durable: parts.durable,
+            bus: parts.bus,
+            resources: parts.resources,
+            runtime: parts.runtime,
+            async_tasks: parts.executors.async_tasks,
+            sync_tasks: parts.executors.sync_tasks,
             #[cfg(unix)]
-            process_tasks: executors.process_tasks,
+            process_tasks: parts.executors.process_tasks,
             closed: AtomicBool::new(false),
-            running: Default::default(),
+            running: Tally::default(),
             idle: Notify::new(),
-            reported_corrupt: Default::default(),
+            reported_corrupt: Mutex::default(),
+            max_logs: parts.max_logs,
         }
     }
 
@@ -112,14 +128,15 @@ impl Core {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Records a new PENDING task and hands it to its executor. With an
-    /// idempotency key held by another task, returns that task instead.
+    /// Records a new PENDING task and queues it. With an idempotency key
+    /// held by another task, returns that task instead.
     pub(crate) fn enqueue(
         self: &Arc<Self>,
         entry: &'static TaskEntry,
         args: Vec<u8>,
         tags: Tags,
         key: Option<String>,
+        placement: Placement,
     ) -> Result<SharedCell, Error> {
         if self.is_closed() {
             return Err(Error::ShutDown);
@@ -139,72 +156,81 @@ impl Core {
                 executor: entry.executor().as_str(),
             });
         }
-        let origin = Origin::new(self.persistence.is_some());
+        let defaults = entry.defaults();
+        let queue_name = placement
+            .queue
+            .as_deref()
+            .or(defaults.queue)
+            .unwrap_or(DEFAULT_QUEUE);
+        let queue = self.scheduler.queue(queue_name);
+        let priority = placement.priority.unwrap_or(defaults.priority);
+        if !queue.reserve_pending() {
+            return Err(Error::QueueFull {
+                queue: queue.name().to_string(),
+                max_size: queue.config().max_size.unwrap_or(0),
+            });
+        }
+        let origin = Origin::new(self.durable.is_some(), placement.run_at);
         let cell = Arc::new(TaskCell::new(
             entry,
             args.into_boxed_slice(),
             tags,
             key.map(Into::into),
+            (queue, priority),
             origin,
         ));
-        if cell.key.is_some()
-            && let Some(holder) = self.claim_key(&cell)?
-        {
-            holder.add_handle();
-            return Ok(holder);
+        if cell.key.is_some() {
+            match self.claim_key(&cell) {
+                Ok(None) => {}
+                Ok(Some(holder)) => {
+                    cell.queue.unreserve_pending();
+                    holder.add_handle();
+                    return Ok(holder);
+                }
+                Err(error) => {
+                    cell.queue.unreserve_pending();
+                    return Err(error);
+                }
+            }
         }
-        // A keyed claim against the task store recorded the cell already.
-        let recorded = cell.key.is_some() && self.persistence.is_some();
-        self.admit(cell.clone(), EventKind::Enqueued, recorded);
+        self.admit(cell.clone(), EventKind::Enqueued);
         Ok(cell)
     }
 
     /// Makes `cell` the holder of its key, or returns the task that holds it.
-    /// With a task store the file decides, across processes and restarts,
-    /// through its unique index; without one, this process's key map does.
+    /// With a task store the store decides, across processes and restarts,
+    /// through its unique index (the enqueue waits for it); without one,
+    /// this process's key map does.
     fn claim_key(self: &Arc<Self>, cell: &SharedCell) -> Result<Option<SharedCell>, Error> {
-        let Some(persistence) = &self.persistence else {
-            return Ok(self.store.hold_key(cell));
+        let Some(durable) = &self.durable else {
+            return Ok(self.index.hold_key(cell));
         };
-        if let Some(holder) = self.store.key_holder(cell) {
+        if let Some(holder) = self.index.key_holder(cell) {
             return Ok(Some(holder));
         }
-        // Visible here before the claim, so a racing enqueue of the same key
-        // in this process finds it by id.
-        self.store.insert(cell.clone());
-        match persistence.claim(cell.clone()) {
-            Ok(Claimed::Inserted) => {
-                self.store.set_key_holder(cell);
+        match durable.insert_keyed(cell)? {
+            None => {
+                self.index.set_key_holder(cell);
                 Ok(None)
             }
-            Ok(Claimed::Existing(row)) => {
-                self.store.remove_unstarted(cell);
-                Ok(Some(match self.store.get(&row.record.id) {
-                    Some(local) => local,
-                    None => self.mirror(cell.entry, *row),
-                }))
-            }
-            Ok(Claimed::Corrupt(row)) => {
-                self.store.remove_unstarted(cell);
-                self.report_corrupt(std::slice::from_ref(&row));
+            Some(Ok(row)) => Ok(Some(match self.index.get(&row.record.id) {
+                Some(local) => local,
+                None => self.mirror(cell.entry, row),
+            })),
+            Some(Err(corrupt)) => {
+                self.report_corrupt(std::slice::from_ref(&corrupt));
                 Err(Error::CorruptRow {
-                    id: row.id.unwrap_or(cell.id),
-                    reason: row.reason,
+                    id: corrupt.id.unwrap_or(cell.id),
+                    reason: corrupt.reason,
                 })
-            }
-            Err(error) => {
-                self.store.remove_unstarted(cell);
-                Err(error)
             }
         }
     }
 
-    /// Records a PENDING cell (if not yet recorded), announces it, queues
-    /// its row and hands it to its executor.
-    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind, recorded: bool) {
-        if !recorded {
-            self.store.insert(cell.clone());
-        }
+    /// Records a PENDING cell, announces it, and queues it: in memory, or
+    /// as a row for the claimer (unless a keyed insert wrote it already).
+    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind) {
+        self.index.insert(cell.clone());
         self.bus.publish(|| TaskEvent {
             id: cell.id,
             name: cell.entry.name(),
@@ -213,16 +239,21 @@ impl Core {
             attempt: 0,
             at: cell.created_at,
         });
-        if let Some(persistence) = &self.persistence
-            && !cell.is_stored()
-        {
-            persistence.write(cell.clone());
+        match &self.durable {
+            Some(durable) => {
+                if !cell.is_stored() {
+                    durable.write(cell.clone());
+                }
+                if durable.is_lost() {
+                    self.scheduler.submit(self, cell);
+                }
+            }
+            None => self.scheduler.submit(self, cell),
         }
-        self.dispatch(cell);
     }
 
-    /// Hands a PENDING cell to its executor.
-    fn dispatch(self: &Arc<Self>, cell: SharedCell) {
+    /// Hands an admitted task to its executor.
+    pub(crate) fn run(self: &Arc<Self>, cell: SharedCell) {
         match cell.entry.executor() {
             Executor::Async => self.async_tasks.submit(self, cell),
             #[cfg(unix)]
@@ -231,12 +262,26 @@ impl Core {
         }
     }
 
-    /// Dispatches a row claimed from the task store at start, under its own id.
-    pub(crate) fn restore(self: &Arc<Self>, recovered: Recovered) {
+    /// The cell for a task the claimer took from the store: this instance's
+    /// own, or a new one for a task enqueued elsewhere (or before a
+    /// restart). `None` for a task this binary does not register.
+    pub(crate) fn claimed_cell(self: &Arc<Self>, task: &StoredTask) -> Option<SharedCell> {
+        let record = &task.record;
+        if let Some(cell) = self.index.get(&record.id) {
+            if cell.is_mirror() {
+                cell.set_mirror(false);
+                self.index.recount(&cell);
+            }
+            return Some(cell);
+        }
+        let entry = taskflow_worker::Registry::global()
+            .ok()?
+            .get(&record.name)?;
         let origin = Origin {
-            id: recovered.id,
-            created_at: recovered.created_at,
-            attempts: recovered.attempts,
+            id: record.id,
+            created_at: record.created_at,
+            run_at: record.run_at,
+            attempts: record.attempts.saturating_sub(1),
             status: TaskStatus::Pending,
             handles: 0,
             durable: true,
@@ -244,23 +289,29 @@ impl Core {
             mirror: false,
         };
         let cell = Arc::new(TaskCell::new(
-            recovered.entry,
-            recovered.args.into_boxed_slice(),
-            recovered.tags,
-            recovered.idempotency_key.map(Into::into),
+            entry,
+            task.args.clone().into_boxed_slice(),
+            record.tags.clone(),
+            task.idempotency_key.clone().map(Into::into),
+            (self.scheduler.queue(&record.queue), record.priority),
             origin,
         ));
-        self.store.set_key_holder(&cell);
-        self.admit(cell, EventKind::Requeued, false);
+        cell.queue.reserve_pending_unchecked();
+        self.index.insert(cell.clone());
+        if cell.key.is_some() {
+            self.index.set_key_holder(&cell);
+        }
+        Some(cell)
     }
 
     /// A handle's view of a task that another instance (or an earlier run)
-    /// owns, kept current from the task store until it finishes.
-    fn mirror(self: &Arc<Self>, entry: &'static TaskEntry, row: StoredRow) -> SharedCell {
+    /// owns, followed through the task store until it finishes.
+    fn mirror(self: &Arc<Self>, entry: &'static TaskEntry, row: StoredTask) -> SharedCell {
         let record = &row.record;
         let origin = Origin {
             id: record.id,
             created_at: record.created_at,
+            run_at: record.run_at,
             attempts: record.attempts,
             status: TaskStatus::Pending,
             handles: 0,
@@ -268,54 +319,49 @@ impl Core {
             stored: true,
             mirror: true,
         };
+        // The key too: this instance may yet claim and run the task, and
+        // then keeps its output for every other handle, as its owner would.
         let cell = Arc::new(TaskCell::new(
             entry,
             row.args.clone().into_boxed_slice(),
             record.tags.clone(),
-            None,
+            row.idempotency_key.clone().map(Into::into),
+            (self.scheduler.queue(&record.queue), record.priority),
             origin,
         ));
         self.transition(&cell, Transition::Observe(Box::new(row)));
         if !cell.status().is_finished() {
-            let (core, watched) = (Arc::downgrade(self), cell.clone());
-            drop(self.runtime.spawn(async move {
-                // Polls the file: the other instance publishes nothing to us.
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let Some(core) = core.upgrade() else { return };
-                    let Some(persistence) = &core.persistence else {
-                        return;
-                    };
-                    match persistence
-                        .get(watched.id)
-                        .and_then(|row| core.readable(watched.id, row))
-                    {
-                        Ok(Some(row)) => {
-                            core.transition(&watched, Transition::Observe(Box::new(row)));
-                        }
-                        Ok(None) => {
-                            core.transition(&watched, Transition::Interrupt);
-                        }
-                        Err(error) => tracing::warn!("cannot follow task {}: {error}", watched.id),
-                    }
-                    if watched.status().is_finished() {
-                        return;
-                    }
-                }
-            }));
+            self.index.insert(cell.clone());
         }
         cell
     }
 
+    /// A snapshot of a task: from memory while it is live here, else from
+    /// the task store.
+    pub(crate) async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
+        if let Some(cell) = self.index.get(&id)
+            && !cell.is_mirror()
+        {
+            return Ok(Some(cell.snapshot()));
+        }
+        match &self.durable {
+            Some(durable) => {
+                let row = durable.store.get(id).await.map_err(Error::from_store)?;
+                Ok(self.readable(id, row)?.map(|task| task.record))
+            }
+            None => Ok(self.index.get(&id).map(|cell| cell.snapshot())),
+        }
+    }
+
     /// A stored row, or the error for a corrupt one (reported once).
-    fn readable(
+    pub(crate) fn readable(
         &self,
         id: TaskId,
-        row: Option<Result<StoredRow, CorruptRow>>,
-    ) -> Result<Option<StoredRow>, Error> {
+        row: Option<Row>,
+    ) -> Result<Option<StoredTask>, Error> {
         match row {
             None => Ok(None),
-            Some(Ok(row)) => Ok(Some(row)),
+            Some(Ok(task)) => Ok(Some(task)),
             Some(Err(corrupt)) => {
                 self.report_corrupt(std::slice::from_ref(&corrupt));
                 Err(Error::CorruptRow {
@@ -326,55 +372,70 @@ impl Core {
         }
     }
 
-    /// A snapshot of a task, live or stored.
-    pub(crate) fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
-        if let Some(cell) = self.store.get(&id) {
-            return Ok(Some(cell.snapshot()));
-        }
-        match &self.persistence {
-            Some(persistence) => self
-                .readable(id, persistence.get(id)?)
-                .map(|row| row.map(|row| row.record)),
-            None => Ok(None),
-        }
-    }
-
-    /// Records matching `filter`, live and stored, newest first.
-    pub(crate) fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
-        let mut records = self.store.list(filter);
-        if let Some(persistence) = &self.persistence {
-            let live: std::collections::HashSet<TaskId> = records.iter().map(|r| r.id).collect();
-            let (stored, corrupt) = persistence.list(filter)?;
-            self.report_corrupt(&corrupt);
-            records.extend(stored.into_iter().filter(|r| !live.contains(&r.id)));
-            sort_newest_first(&mut records);
-            if let Some(limit) = filter.limit {
-                records.truncate(limit);
-            }
+    /// Records matching `filter`, newest first: with a store, its rows
+    /// (every instance's), with this instance's live state where fresher.
+    pub(crate) async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+        let Some(durable) = &self.durable else {
+            return Ok(self.index.list(filter));
+        };
+        let listed = durable
+            .store
+            .list(filter)
+            .await
+            .map_err(Error::from_store)?;
+        self.report_corrupt(&listed.corrupt);
+        let mut records: Vec<TaskRecord> = listed
+            .tasks
+            .into_iter()
+            .map(|task| match self.index.get(&task.record.id) {
+                Some(cell) if !cell.is_mirror() => cell.snapshot(),
+                _ => task.record,
+            })
+            .collect();
+        // Tasks enqueued here whose rows are not written yet.
+        let seen: HashSet<TaskId> = records.iter().map(|record| record.id).collect();
+        records.extend(
+            self.index
+                .list_unstored(filter)
+                .into_iter()
+                .filter(|record| !seen.contains(&record.id)),
+        );
+        crate::index::sort_newest_first(&mut records);
+        if let Some(limit) = filter.limit {
+            records.truncate(limit);
         }
         Ok(records)
     }
 
-    /// Enqueues a FAILED, INTERRUPTED or CANCELLED task again as a new task.
-    pub(crate) fn retry(self: &Arc<Self>, id: TaskId) -> Result<TaskId, Error> {
-        let (name, status, args, tags) = match self.store.get(&id) {
-            Some(cell) => (
+    /// Enqueues a FAILED, INTERRUPTED or CANCELLED task again as a new task
+    /// with its arguments, tags, queue and priority.
+    pub(crate) async fn retry(self: &Arc<Self>, id: TaskId) -> Result<TaskId, Error> {
+        let (name, status, args, tags, queue, priority) = match self.index.get(&id) {
+            Some(cell) if !cell.is_mirror() => (
                 cell.entry.name().to_owned(),
                 cell.status(),
                 cell.args.to_vec(),
                 cell.tags.clone(),
+                cell.queue.name().to_string(),
+                cell.priority,
             ),
-            None => {
-                let row = match &self.persistence {
-                    Some(persistence) => self.readable(id, persistence.get(id)?)?,
+            _ => {
+                let row = match &self.durable {
+                    Some(durable) => {
+                        let row = durable.store.get(id).await.map_err(Error::from_store)?;
+                        self.readable(id, row)?
+                    }
                     None => None,
                 };
                 let row = row.ok_or(Error::NotFound(id))?;
+                let record = row.record;
                 (
-                    row.record.name,
-                    row.record.status,
+                    record.name,
+                    record.status,
                     row.args,
-                    row.record.tags,
+                    record.tags,
+                    record.queue,
+                    record.priority,
                 )
             }
         };
@@ -387,12 +448,17 @@ impl Core {
         let entry = taskflow_worker::Registry::global()?
             .get(&name)
             .ok_or(Error::UnknownTask(name))?;
-        Ok(self.enqueue(entry, args, tags, None)?.id)
+        let placement = Placement {
+            queue: Some(queue),
+            priority: Some(priority),
+            run_at: None,
+        };
+        Ok(self.enqueue(entry, args, tags, None, placement)?.id)
     }
 
-    /// Reports on the bus that the task store could not be written.
-    /// The event names the first task whose change was not written, when
-    /// there is one; otherwise its id is nil and its name empty.
+    /// Reports on the bus that the task store could not be written. The
+    /// event names the first task whose change was not written, when there
+    /// is one; otherwise its id is nil and its name empty.
     pub(crate) fn report_store_failure(&self, cell: Option<&TaskCell>, message: &str) {
         let (id, name, status) = match cell {
             Some(cell) => (cell.id, cell.entry.name(), cell.status()),
@@ -419,7 +485,7 @@ impl Core {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         for row in rows {
-            if !reported.insert(row.rowid) {
+            if !reported.insert(row.key) {
                 continue;
             }
             tracing::error!("{row}; it is left in place and skipped");
@@ -434,19 +500,26 @@ impl Core {
         }
     }
 
-    /// Whether a task interrupted from `from` runs again at the next start.
+    /// Whether a task interrupted from `from` runs again at the next start
+    /// (its row is released to PENDING rather than marked INTERRUPTED).
     fn runs_again(&self, cell: &TaskCell, from: TaskStatus) -> bool {
-        self.persistence.is_some()
-            && match from {
-                TaskStatus::Pending => self.requeue_pending || cell.entry.defaults().persist,
-                TaskStatus::Running => cell.entry.defaults().requeue_on_interrupt,
-                _ => false,
-            }
+        let Some(durable) = &self.durable else {
+            return false;
+        };
+        match from {
+            TaskStatus::Pending => durable.requeue_pending() || cell.entry.defaults().persist,
+            TaskStatus::Running => cell.entry.defaults().requeue_on_interrupt,
+            _ => false,
+        }
     }
 
     /// Applies `transition` to `cell`; `None` when it does not apply in the
     /// task's current status (see [`lifecycle::next`]).
-    pub(crate) fn transition(&self, cell: &SharedCell, transition: Transition) -> Option<Applied> {
+    pub(crate) fn transition(
+        self: &Arc<Self>,
+        cell: &SharedCell,
+        transition: Transition,
+    ) -> Option<Applied> {
         let now = SystemTime::now();
         // Once closed, nothing more is admitted: a start becomes an interrupt.
         let transition = match transition {
@@ -456,8 +529,21 @@ impl Core {
         let mut state = cell.lock();
         let from = state.status;
         let policy = cell.entry.defaults();
-        let to = lifecycle::next(from, &transition, state.attempts, policy)?;
-        let mut retry_in = None;
+        let Some(to) = lifecycle::next(from, &transition, state.attempts, policy) else {
+            // A task that finished before its admitted start gives back
+            // its slots here.
+            let release = state.admitted && state.status.is_finished();
+            if release {
+                state.admitted = false;
+            }
+            drop(state);
+            if release {
+                self.scheduler
+                    .release(self, &cell.queue, cell.entry.executor());
+            }
+            return None;
+        };
+        let mut retry_at = None;
         let mut abort = None;
         let mut observed_finish = None;
         let kind = match transition {
@@ -480,7 +566,9 @@ impl Core {
             }
             Transition::Fail(error) if to == TaskStatus::Pending => {
                 let delay = lifecycle::retry_delay(state.attempts, policy);
-                retry_in = Some(delay);
+                let at = now + delay;
+                state.run_at = at;
+                retry_at = Some(at);
                 let kind = EventKind::Retrying {
                     error: error.clone(),
                     delay,
@@ -497,16 +585,22 @@ impl Core {
                 abort = state.abort.take();
                 EventKind::Cancelled
             }
-            Transition::Interrupt => {
+            Transition::Interrupt | Transition::Orphaned => {
                 if self.runs_again(cell, from) {
                     cell.release();
                 }
                 abort = state.abort.take();
-                EventKind::Interrupted
+                if to == TaskStatus::Pending {
+                    state.run_at = now;
+                    EventKind::Requeued
+                } else {
+                    EventKind::Interrupted
+                }
             }
             Transition::Observe(row) => {
                 let record = row.record;
                 state.attempts = record.attempts;
+                state.run_at = record.run_at;
                 state.started_at = record.started_at;
                 state.last_error = record.last_error.map(Box::new);
                 if let Some(bytes) = row.output {
@@ -532,8 +626,12 @@ impl Core {
                     .map(|start| finished_at.duration_since(start).unwrap_or_default());
             }
         }
+        let release = state.admitted && to != TaskStatus::Running;
+        if release {
+            state.admitted = false;
+        }
         if !cell.is_mirror() {
-            self.store.count_transition(from, to, duration);
+            self.index.count_transition(cell, from, to, duration);
         }
         let executor = executor_index(cell.entry.executor());
         if to == TaskStatus::Running {
@@ -550,25 +648,44 @@ impl Core {
             attempt,
             at: now,
         });
-        let waiters = match to.is_finished() {
+        // A keyed task's end that releases its key is seen by handles only
+        // once the store has the release, so a process that learns of the
+        // end and enqueues the same key gets a new task, never this one.
+        let durable_write = !cell.is_mirror() && self.durable.is_some();
+        if durable_write
+            && cell.key.is_some()
+            && matches!(
+                to,
+                TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Interrupted
+            )
+        {
+            cell.hold_for_key_release();
+        }
+        let waiters = match to.is_finished() && !cell.is_releasing_key() {
             true => std::mem::take(&mut state.waiters),
             false => Vec::new(),
         };
         drop(state);
 
-        if !cell.is_mirror() {
-            match &self.persistence {
-                Some(persistence) => persistence.write(cell.clone()),
-                // Without a store, a finished record may leave memory at once;
-                // with one, only after its final state is committed.
-                None if to.is_finished() => self.store.evict_when_full(cell),
-                None => {}
+        match &self.durable {
+            // The claim wrote the start; every other change goes to the store.
+            Some(durable) if durable_write && to != TaskStatus::Running => {
+                durable.write(cell.clone())
             }
+            Some(_) => {}
+            // Without a store, a finished record may leave memory at once;
+            // with one, only after its final state is written.
+            None if to.is_finished() => self.index.evict_when_full(cell),
+            None => {}
         }
 
         waiters.into_iter().for_each(std::task::Waker::wake);
         if let Some(abort) = abort {
             abort.abort();
+        }
+        if release {
+            self.scheduler
+                .release(self, &cell.queue, cell.entry.executor());
         }
         if from == TaskStatus::Running && self.is_closed() {
             self.idle.notify_waiters();
@@ -576,97 +693,190 @@ impl Core {
         Some(Applied {
             status: to,
             attempt,
-            retry_in,
+            retry_at,
         })
     }
 
     /// Admits the next attempt of `cell`: its zero-based number, or `None`
     /// when the task may not start (cancelled, interrupted, shut down).
-    pub(crate) fn start(&self, cell: &SharedCell) -> Option<u32> {
+    pub(crate) fn start(self: &Arc<Self>, cell: &SharedCell) -> Option<u32> {
         self.transition(cell, Transition::Start)
             .filter(|applied| applied.status == TaskStatus::Running)
             .map(|applied| applied.attempt)
     }
 
-    /// Records an attempt's result. A failure with retries left goes back
-    /// to the task's executor after its delay, on a timer task of its own so
-    /// no attempt's state or permit is held meanwhile; cancelling or
-    /// interrupting the task during the wait needs no abort: the timer
-    /// finds it finished and drops it.
+    /// Records an attempt's result. A failure with retries left waits for
+    /// its next attempt as a PENDING task with a later `run_at`: in the
+    /// in-memory queue's timer, or in the store (where a restart finds it).
     pub(crate) fn finish(self: &Arc<Self>, cell: &SharedCell, result: Result<Produced, TaskError>) {
         let transition = match result {
             Ok(output) => Transition::Succeed(output),
             Err(error) => Transition::Fail(error),
         };
-        let Some(wait) = self
+        let retry = self
             .transition(cell, transition)
-            .and_then(|applied| applied.retry_in)
-        else {
-            return;
-        };
-        if wait.is_zero() {
-            self.dispatch(cell.clone());
-            return;
+            .and_then(|applied| applied.retry_at);
+        let in_memory = self
+            .durable
+            .as_ref()
+            .is_none_or(|durable| durable.is_lost());
+        if retry.is_some() && in_memory {
+            self.scheduler.submit(self, cell.clone());
         }
-        let (core, cell) = (self.clone(), cell.clone());
-        drop(self.runtime.spawn(async move {
-            tokio::time::sleep(wait).await;
-            if !cell.status().is_finished() {
-                core.dispatch(cell);
-            }
-        }));
     }
 
-    /// Appends a log record to a running task and publishes it.
+    /// Appends a log record to a running task: on its record (the latest
+    /// `max_logs` lines, the others counted), on the bus, and in the store.
     pub(crate) fn log(&self, cell: &TaskCell, record: LogRecord) {
         let mut state = cell.lock();
         if state.status.is_finished() {
             return;
         }
-        let logs = &mut state.extra().logs;
-        if logs.len() == MAX_LOGS {
-            logs.pop_front();
+        let max = self.max_logs;
+        let extra = state.extra();
+        if extra.logs.len() >= max && (extra.logs.pop_front().is_some() || max == 0) {
+            extra.logs_dropped = extra.logs_dropped.saturating_add(1);
         }
-        let attempt = state.attempts.saturating_sub(1);
+        let status = state.status;
         self.bus.publish(|| TaskEvent {
             id: cell.id,
             name: cell.entry.name(),
             kind: EventKind::Log(record.clone()),
-            status: state.status,
-            attempt,
+            status,
+            attempt: record.attempt,
             at: record.at,
         });
-        state.extra().logs.push_back(record);
+        if let Some(durable) = &self.durable {
+            durable.log(cell.id, record.clone());
+        }
+        if max > 0 {
+            state.extra().logs.push_back(record);
+        }
     }
 
-    pub(crate) fn cancel(&self, id: TaskId) -> Result<(), Error> {
-        let cell = self.store.get(&id).ok_or(Error::NotFound(id))?;
-        match self.transition(&cell, Transition::Cancel) {
+    /// Cancels task `id`, wherever it is: see [`TaskManager::cancel`](crate::TaskManager::cancel).
+    pub(crate) async fn cancel(self: &Arc<Self>, id: TaskId) -> Result<(), Error> {
+        let local = self.index.get(&id).filter(|cell| !cell.is_mirror());
+        let Some(durable) = &self.durable else {
+            let cell = local.ok_or(Error::NotFound(id))?;
+            return self.cancel_here(&cell);
+        };
+        // A few rounds: the row may change hands between a read and a write.
+        for _ in 0..8 {
+            if let Some(cell) = &local {
+                let (status, written) = {
+                    let state = cell.lock();
+                    (state.status, state.written)
+                };
+                match (status, written) {
+                    // Running here, or not yet written: ours to change.
+                    (TaskStatus::Running, _) | (TaskStatus::Pending, None) => {
+                        return self.cancel_here(cell);
+                    }
+                    (TaskStatus::Pending, Some(written)) => {
+                        // Another instance may claim the row any moment:
+                        // the store decides, then this view follows.
+                        let change = cancelled(id, written.status, written.attempts, None);
+                        if durable.apply_now(cell, change).await? {
+                            return self.cancel_here(cell);
+                        }
+                    }
+                    (status, _) => return Err(Error::AlreadyFinished { id, status }),
+                }
+            }
+            let row = durable.store.get(id).await.map_err(Error::from_store)?;
+            let Some(task) = self.readable(id, row)? else {
+                return Err(Error::NotFound(id));
+            };
+            let record = &task.record;
+            match record.status {
+                TaskStatus::Pending => {
+                    let change = cancelled(id, TaskStatus::Pending, record.attempts, None);
+                    let applied = durable
+                        .store
+                        .apply(vec![change])
+                        .await
+                        .map_err(Error::from_store)?;
+                    if applied.first() == Some(&true) {
+                        self.publish_stored(&task, EventKind::Cancelled, TaskStatus::Cancelled);
+                        return Ok(());
+                    }
+                }
+                TaskStatus::Running if task.owner.as_deref() != Some(durable.instance_id()) => {
+                    if durable
+                        .store
+                        .request_cancel(id)
+                        .await
+                        .map_err(Error::from_store)?
+                    {
+                        return Ok(());
+                    }
+                }
+                TaskStatus::Running => {
+                    // Ours, claimed a moment ago: its cell is about to run.
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                status => return Err(Error::AlreadyFinished { id, status }),
+            }
+            if let Some(cell) = self.index.get(&id).filter(|cell| !cell.is_mirror()) {
+                return self.cancel_here(&cell);
+            }
+        }
+        Err(Error::Store(format!(
+            "task {id} kept changing hands while being cancelled; try again"
+        )))
+    }
+
+    /// Cancels a task this instance holds.
+    fn cancel_here(self: &Arc<Self>, cell: &SharedCell) -> Result<(), Error> {
+        match self.transition(cell, Transition::Cancel) {
             Some(_) => Ok(()),
             None => Err(Error::AlreadyFinished {
-                id,
+                id: cell.id,
                 status: cell.status(),
             }),
         }
+    }
+
+    /// Publishes the event of a change made to a stored task with no cell
+    /// here (cancelled from here, rescued from a dead instance).
+    pub(crate) fn publish_stored(&self, task: &StoredTask, kind: EventKind, status: TaskStatus) {
+        let name = taskflow_worker::Registry::global()
+            .ok()
+            .and_then(|registry| registry.get(&task.record.name))
+            .map_or("", |entry| entry.name());
+        self.bus.publish(|| TaskEvent {
+            id: task.record.id,
+            name,
+            kind,
+            status,
+            attempt: task.record.attempts.saturating_sub(1),
+            at: SystemTime::now(),
+        });
     }
 
     /// Stops admissions. Returns `false` if already closed.
     pub(crate) fn close(&self) -> bool {
         let first = !self.closed.swap(true, Ordering::SeqCst);
         if first {
+            self.scheduler.stop();
             self.sync_tasks.close();
             #[cfg(unix)]
             self.process_tasks.close();
+            if let Some(durable) = &self.durable {
+                durable.close();
+            }
         }
         first
     }
 
-    /// Interrupts every unfinished task (only PENDING ones with
-    /// `pending_only`); returns how many.
-    pub(crate) fn interrupt_unfinished(&self, pending_only: bool) -> usize {
-        self.store
+    /// Interrupts every unfinished task this instance holds (only PENDING
+    /// ones with `pending_only`); returns how many.
+    pub(crate) fn interrupt_unfinished(self: &Arc<Self>, pending_only: bool) -> usize {
+        self.index
             .unfinished()
             .into_iter()
+            .filter(|cell| !cell.is_mirror())
             .filter(|cell| !pending_only || cell.status() == TaskStatus::Pending)
             .filter(|cell| self.transition(cell, Transition::Interrupt).is_some())
             .count()
@@ -697,6 +907,24 @@ impl Core {
     }
 }
 
+/// A compare-and-set that cancels a task in `status` with `attempts`.
+fn cancelled(id: TaskId, status: TaskStatus, attempts: u32, owner: Option<String>) -> Change {
+    let now = SystemTime::now();
+    let mut state = TaskState::pending(now);
+    state.status = TaskStatus::Cancelled;
+    state.attempts = attempts;
+    state.finished_at = Some(now);
+    Change {
+        id,
+        expect: Expect::Status {
+            status,
+            attempts,
+            owner,
+        },
+        state,
+    }
+}
+
 /// The encoding of a keyed task's output, or `None` (logged) if it has none.
 fn encoded(entry: &TaskEntry, output: &Produced) -> Option<Arc<[u8]>> {
     match output {
@@ -717,7 +945,7 @@ fn encoded(entry: &TaskEntry, output: &Produced) -> Option<Arc<[u8]>> {
 /// In-process tasks log through their context straight onto their record.
 impl LogSink for Core {
     fn emit(&self, id: TaskId, record: LogRecord) {
-        if let Some(cell) = self.store.get(&id) {
+        if let Some(cell) = self.index.get(&id) {
             self.log(&cell, record);
         }
     }

@@ -8,6 +8,7 @@ use taskflow_worker::registry::DuplicateTask;
 use taskflow_worker::{CodecError, TaskId};
 
 use crate::lifecycle::TaskStatus;
+use crate::store::StoreError;
 
 /// Why a call into taskflow failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,22 @@ pub enum Error {
     /// Two `#[task]` declarations share a name.
     #[error(transparent)]
     DuplicateTask(#[from] DuplicateTask),
+    /// A queue was configured with settings that cannot work.
+    #[error("queue `{queue}` is misconfigured: {reason}")]
+    InvalidQueue {
+        /// The queue.
+        queue: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A builder option has a value that cannot work.
+    #[error("`{option}` {reason}")]
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A limit was set to zero.
     #[error("`{option}` must be at least 1")]
     ZeroLimit {
@@ -135,6 +152,18 @@ pub enum Error {
         /// Its status.
         status: TaskStatus,
     },
+    /// The queue holds its `max_size` of PENDING tasks; nothing was
+    /// recorded.
+    #[error("queue `{queue}` is full: it holds its maximum of {max_size} pending tasks")]
+    QueueFull {
+        /// The queue.
+        queue: String,
+        /// Its cap.
+        max_size: usize,
+    },
+    /// The task store could not do what was asked.
+    #[error("the task store failed")]
+    StoreFailed(#[source] crate::store::StoreError),
     /// No task with this id is known.
     #[error("no task with id {0}")]
     NotFound(TaskId),
@@ -146,4 +175,27 @@ pub enum Error {
         /// Its final status.
         status: TaskStatus,
     },
+}
+
+impl Error {
+    /// A store failure, as an API error.
+    pub(crate) fn from_store(error: StoreError) -> Self {
+        match error {
+            StoreError::Closed => Error::ShutDown,
+            StoreError::Lost(reason) => Error::Store(reason),
+            other => Error::StoreFailed(other),
+        }
+    }
+}
+
+/// An error and its sources, as one line: `what: why: cause`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -43,8 +43,9 @@ pub struct TaskEvent {
 pub enum EventKind {
     /// Enqueued: now PENDING.
     Enqueued,
-    /// Taken back from the task store at start (left PENDING, or RUNNING
-    /// and declared `requeue_on_interrupt`): PENDING again, under its own id.
+    /// Back to PENDING, under its own id, to run again: a task declared
+    /// `requeue_on_interrupt` whose instance died or shut down while it ran
+    /// (rescued by this instance, or released by this one at shutdown).
     Requeued,
     /// An attempt started: now RUNNING.
     Started,
@@ -61,7 +62,7 @@ pub enum EventKind {
     Failed(TaskError),
     /// Cancelled: CANCELLED.
     Cancelled,
-    /// Interrupted by shutdown: INTERRUPTED.
+    /// Interrupted by shutdown, or rescued from a dead instance: INTERRUPTED.
     Interrupted,
     /// The running task logged this record; the status is unchanged.
     Log(LogRecord),
@@ -76,6 +77,11 @@ pub enum EventKind {
     /// nil) and its `name` is empty; the text says what is wrong. Reported
     /// once per row and manager, and in the log.
     CorruptRow(String),
+    /// This instance ran the task, but its lease on it expired (the process
+    /// was frozen or cut off from the store) and another instance rescued
+    /// it: the attempt here is stopped if it can be, and its result is not
+    /// recorded. The task's record follows the store from now on.
+    Lost,
     /// A task another instance runs, followed through the task store, was
     /// seen in a new status (the event's `status`).
     Observed,

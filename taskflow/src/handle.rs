@@ -72,7 +72,7 @@ impl<T> TaskHandle<T> {
     ///
     /// [`Error::NotDurable`] when the manager has no task store, and
     /// [`Error::Store`] when the store stopped (at shutdown) before it could
-    /// write the row.
+    /// write the row, or its file was deleted or replaced.
     pub async fn persisted(&self) -> Result<(), Error> {
         if !self.cell.is_durable() {
             return Err(Error::NotDurable);
@@ -83,7 +83,8 @@ impl<T> TaskHandle<T> {
                 Poll::Ready(Ok(()))
             } else if self.cell.is_unwritten() {
                 Poll::Ready(Err(Error::Store(
-                    "the task store stopped before this task could be written".into(),
+                    "the task store stopped, or lost its file, before this task could be written"
+                        .into(),
                 )))
             } else {
                 wake_later(&mut state.extra().persist_waiters, cx.waker());
@@ -99,11 +100,18 @@ impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.cell.lock();
-        let outcome = match state.status {
-            TaskStatus::Pending | TaskStatus::Running => {
-                wake_later(&mut state.waiters, cx.waker());
-                return Poll::Pending;
+        if !state.status.is_finished() || self.cell.is_releasing_key() {
+            wake_later(&mut state.waiters, cx.waker());
+            // The release may have been written between the check and the
+            // registration: look once more.
+            if state.status.is_finished() && !self.cell.is_releasing_key() {
+                drop(state);
+                cx.waker().wake_by_ref();
             }
+            return Poll::Pending;
+        }
+        let outcome = match state.status {
+            TaskStatus::Pending | TaskStatus::Running => unreachable_pending(),
             TaskStatus::Success => match state.output.take() {
                 Some(Produced::Value(output)) => output
                     .downcast::<T>()
@@ -165,4 +173,10 @@ fn wake_later(waiters: &mut Vec<Waker>, waker: &Waker) {
 fn decode_output<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TaskError> {
     taskflow_worker::codec::decode(bytes)
         .map_err(|e| TaskError::error(format!("cannot decode the task's output: {e}")))
+}
+
+/// A handle is only resolved once its task finished: the arm that would see
+/// PENDING or RUNNING is never reached.
+fn unreachable_pending<T>() -> Result<T, TaskError> {
+    Err(TaskError::error("the task has not finished"))
 }

@@ -102,7 +102,7 @@
 //! let handle = flaky::call().enqueue_on(&tasks)?;
 //! let id = handle.id();
 //! assert_eq!(handle.await?, 2);
-//! let record = tasks.get(id)?.expect("known");
+//! let record = tasks.get(id).await?.expect("known");
 //! assert_eq!((record.status, record.attempts), (TaskStatus::Success, 3));
 //! assert_eq!(record.logs.len(), 3);
 //!
@@ -165,12 +165,12 @@
 //! let mut events = tasks.subscribe();
 //! let first = nap::call(10).enqueue_on(&tasks)?;
 //! let waiting = nap::call(10).enqueue_on(&tasks)?; // PENDING behind the first
-//! tasks.cancel(waiting.id())?;
+//! tasks.cancel(waiting.id()).await?;
 //! first.await?;
 //! assert!(waiting.await.unwrap_err().is_cancelled());
 //!
 //! assert_eq!(events.recv().await?.kind, EventKind::Enqueued);
-//! let cancelled = tasks.list(&TaskFilter::new().status(TaskStatus::Cancelled))?;
+//! let cancelled = tasks.list(&TaskFilter::new().status(TaskStatus::Cancelled)).await?;
 //! assert_eq!(cancelled.len(), 1);
 //! assert_eq!(tasks.metrics().success, 1);
 //! tasks.shutdown().await;
@@ -241,7 +241,7 @@
 //!
 //! // Another process, or this one after a restart:
 //! let again = TaskManager::builder().snapshot_db(&db).build().await?;
-//! assert_eq!(again.get(id)?.expect("stored").status, TaskStatus::Success);
+//! assert_eq!(again.get(id).await?.expect("stored").status, TaskStatus::Success);
 //! let same = charge::call(42).idempotency_key("order-42").enqueue_on(&again)?;
 //! assert_eq!((same.id(), same.await?), (id, 4200)); // not charged twice
 //! again.shutdown().await;
@@ -252,14 +252,17 @@
 
 mod call;
 mod core;
+mod durable;
 mod error;
 mod events;
 mod executor;
 mod handle;
+mod index;
 mod lifecycle;
 mod manager;
+mod queue;
 mod record;
-mod store;
+pub mod store;
 mod tally;
 
 #[doc(hidden)]
@@ -276,6 +279,7 @@ pub use events::{EventKind, EventStream, RecvError, TaskEvent};
 pub use handle::TaskHandle;
 pub use lifecycle::{ParseStatusError, TaskStatus};
 pub use manager::{ShutdownReport, TaskManager, TaskManagerBuilder};
+pub use queue::{DEFAULT_QUEUE, QueueConfig, QueueStats};
 pub use record::{Metrics, TaskFilter, TaskRecord};
 pub use taskflow_macros::{main, task};
 pub use taskflow_worker::log::log;

@@ -8,10 +8,14 @@
 //!                        └──────────────────▶ FAILED
 //!  PENDING | RUNNING ── Cancel ──▶ CANCELLED
 //!  PENDING | RUNNING ── Interrupt ─▶ INTERRUPTED
+//!  RUNNING ── Orphaned ─▶ PENDING (requeue_on_interrupt) | INTERRUPTED
 //!  PENDING | RUNNING ── Observe ───▶ what the task store says
 //! ```
 //!
-//! `Observe` applies only to a handle's view of a task that another instance
+//! `Orphaned` is what happens to a task whose instance is gone: it crashed,
+//! lost its lease, or shut down past its deadline. Recovery and rescue
+//! decide through it, like every other change, whichever instance applies
+//! it. `Observe` applies only to a view of a task that another instance
 //! runs: the store is then the authority.
 //!
 //! [`next`] is total over (status, transition): every pair not drawn above
@@ -29,7 +33,7 @@ use taskflow_worker::TaskError;
 use taskflow_worker::registry::TaskDefaults;
 
 use crate::record::Produced;
-use crate::store::StoredRow;
+use crate::store::StoredTask;
 
 /// Where a task is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -124,9 +128,11 @@ pub(crate) enum Transition {
     Cancel,
     /// Shutdown reached the task before it finished.
     Interrupt,
+    /// The instance running the task is gone.
+    Orphaned,
     /// The task store says where a task another instance runs has got to
     /// (for a handle to it).
-    Observe(Box<StoredRow>),
+    Observe(Box<StoredTask>),
 }
 
 /// The status after `transition` from `status`, or `None` when the transition
@@ -146,6 +152,8 @@ pub(crate) fn next(
         (Running, Transition::Fail(_)) => Some(Failed),
         (Pending | Running, Transition::Cancel) => Some(Cancelled),
         (Pending | Running, Transition::Interrupt) => Some(Interrupted),
+        (Running, Transition::Orphaned) if policy.requeue_on_interrupt => Some(Pending),
+        (Running, Transition::Orphaned) => Some(Interrupted),
         (Pending | Running, Transition::Observe(row)) if row.record.status != status => {
             Some(row.record.status)
         }
@@ -170,6 +178,7 @@ mod tests {
             Transition::Fail(TaskError::error("x")),
             Transition::Cancel,
             Transition::Interrupt,
+            Transition::Orphaned,
         ]
     }
 
@@ -194,6 +203,21 @@ mod tests {
         assert_eq!(next(Running, &fail, 1, &policy), Some(Pending));
         assert_eq!(next(Running, &fail, 2, &policy), Some(Pending));
         assert_eq!(next(Running, &fail, 3, &policy), Some(Failed));
+    }
+
+    #[test]
+    fn an_orphan_runs_again_only_when_its_task_says_so() {
+        let plain = TaskDefaults::DEFAULT;
+        let idempotent = TaskDefaults::DEFAULT.requeue_on_interrupt(true);
+        assert_eq!(
+            next(Running, &Transition::Orphaned, 1, &plain),
+            Some(Interrupted)
+        );
+        assert_eq!(
+            next(Running, &Transition::Orphaned, 1, &idempotent),
+            Some(Pending)
+        );
+        assert_eq!(next(Pending, &Transition::Orphaned, 0, &idempotent), None);
     }
 
     #[test]

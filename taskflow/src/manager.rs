@@ -14,15 +14,18 @@ use taskflow_worker::registry::Registry;
 use taskflow_worker::{Executor, Resources, TaskError, TaskId};
 use tokio::time::Instant;
 
-use crate::core::{Core, Executors};
+use crate::core::{Core, Executors, Parts};
+use crate::durable::{Durable, Settings};
 use crate::error::Error;
-use crate::events::EventStream;
+use crate::events::{Bus, EventStream};
 use crate::executor::{AsyncExecutor, SyncExecutor};
 #[cfg(unix)]
 use crate::executor::{ProcessConfig, ProcessExecutor};
+use crate::index::LiveIndex;
 use crate::lifecycle::TaskStatus;
+use crate::queue::{QueueConfig, QueueStats, Scheduler};
 use crate::record::{Metrics, TaskFilter, TaskRecord};
-use crate::store::{MemoryStore, SqliteStore, StoreConfig};
+use crate::store::{SqliteStore, Store, StoreConfig};
 
 /// The installed default manager, read on every `name::enqueue`.
 static INSTALLED: ArcSwapOption<Inner> = ArcSwapOption::const_empty();
@@ -81,55 +84,73 @@ impl TaskManager {
     }
 
     /// A snapshot of the task's record: from memory while the task is live
-    /// or recently finished, else from the task store, if there is one (a
-    /// point lookup on the calling thread, typically microseconds).
+    /// here or recently finished, else from the task store (whichever
+    /// process ran it), with its log lines.
     ///
     /// # Errors
     ///
-    /// [`Error::ReadStore`] when the task store cannot be read.
-    pub fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
-        self.inner.core.get(id)
+    /// [`Error::StoreFailed`] when the task store cannot be read,
+    /// [`Error::CorruptRow`] when the task's row cannot be read as a task.
+    pub async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
+        self.inner.core.get(id).await
     }
 
-    /// Records matching `filter`, newest first: live ones and, with a task
-    /// store, stored ones (of every instance sharing the file), read on the
-    /// calling thread. Give a `limit` when the history is long.
+    /// Records matching `filter`, newest first: with a task store, every
+    /// process's tasks, without their log lines. Page through a long history
+    /// with [`TaskFilter::limit`] and [`TaskFilter::before`]:
+    ///
+    /// ```
+    /// # use taskflow::{TaskFilter, TaskManager, TaskRecord};
+    /// # async fn walk(tasks: &TaskManager) -> Result<(), taskflow::Error> {
+    /// let mut page = tasks.list(&TaskFilter::new().limit(100)).await?;
+    /// while let Some(last) = page.last() {
+    ///     // … show `page` …
+    ///     page = tasks.list(&TaskFilter::new().limit(100).before(last.id)).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::ReadStore`] when the task store cannot be read.
-    pub fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
-        self.inner.core.list(filter)
+    /// [`Error::StoreFailed`] when the task store cannot be read. Rows that
+    /// cannot be read as tasks are skipped (and reported once as
+    /// [`EventKind::CorruptRow`](crate::EventKind::CorruptRow)).
+    pub async fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Error> {
+        self.inner.core.list(filter).await
     }
 
-    /// Waits until every change so far is committed to the task store.
+    /// Waits until every change so far is written to the task store.
     ///
     /// # Errors
     ///
     /// [`Error::NotDurable`] without a task store, [`Error::Store`] when the
-    /// store cannot be written right now (it keeps retrying).
+    /// store cannot be written right now (it keeps retrying) or its file
+    /// was lost.
     pub async fn flush(&self) -> Result<(), Error> {
-        match &self.inner.core.persistence {
-            Some(persistence) => persistence.flush().await,
+        match &self.inner.core.durable {
+            Some(durable) => durable.flush().await,
             None => Err(Error::NotDurable),
         }
     }
 
     /// Enqueues a FAILED, INTERRUPTED or CANCELLED task again, as a new task
-    /// with the original arguments and tags; returns the new task's id.
+    /// with the original arguments, tags, queue and priority; returns the
+    /// new task's id. With a task store, any process's task can be retried.
     ///
     /// # Errors
     ///
     /// [`Error::NotFound`], [`Error::NotRetryable`] for a task in another
     /// status, [`Error::UnknownTask`] for a stored task this binary does not
     /// register, and whatever enqueueing reports.
-    pub fn retry(&self, id: TaskId) -> Result<TaskId, Error> {
-        self.inner.core.retry(id)
+    pub async fn retry(&self, id: TaskId) -> Result<TaskId, Error> {
+        self.inner.core.retry(id).await
     }
 
-    /// Counts per status and the mean duration.
+    /// Counts per status and the mean duration, of the tasks this
+    /// instance enqueued or ran.
     pub fn metrics(&self) -> Metrics {
-        self.inner.core.store.metrics()
+        self.inner.core.index.metrics()
     }
 
     /// Every lifecycle event from now on.
@@ -138,16 +159,93 @@ impl TaskManager {
     }
 
     /// Cancels a task. A PENDING task never runs. A RUNNING async task is
-    /// aborted at its next `.await`. A RUNNING sync task is marked CANCELLED
-    /// and its result ignored; its thread stays busy until the function
-    /// returns, since a thread cannot be preempted.
+    /// aborted at its next `.await`; a RUNNING process task's worker is
+    /// killed. A RUNNING sync task is marked CANCELLED and its result
+    /// ignored; its thread stays busy until the function returns, since a
+    /// thread cannot be preempted.
+    ///
+    /// With a task store this reaches a task of any process sharing it: a
+    /// PENDING one is cancelled in the store (the claim and the cancel
+    /// cannot both win), and a RUNNING one is stopped by the process running
+    /// it, which learns of the request at its next heartbeat.
     ///
     /// # Errors
     ///
     /// [`Error::NotFound`] for an unknown id, [`Error::AlreadyFinished`] for a
-    /// task that reached a final status.
-    pub fn cancel(&self, id: TaskId) -> Result<(), Error> {
-        self.inner.core.cancel(id)
+    /// task that reached a final status, and store failures.
+    pub async fn cancel(&self, id: TaskId) -> Result<(), Error> {
+        self.inner.core.cancel(id).await
+    }
+
+    /// Stops admitting tasks from `queue`: PENDING ones wait, running ones
+    /// finish. With a task store the pause is stored, so every process
+    /// sharing it stops claiming from the queue.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn pause(&self, queue: &str) -> Result<(), Error> {
+        self.set_paused(queue, true).await
+    }
+
+    /// Admits tasks from `queue` again, after [`pause`](Self::pause).
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn resume(&self, queue: &str) -> Result<(), Error> {
+        self.set_paused(queue, false).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), Error> {
+        let core = &self.inner.core;
+        if let Some(durable) = &core.durable {
+            durable
+                .store
+                .set_paused(queue, paused)
+                .await
+                .map_err(Error::from_store)?;
+        }
+        core.scheduler.set_paused(core, queue, paused);
+        Ok(())
+    }
+
+    /// Per queue: PENDING and RUNNING tasks (with a task store, of every
+    /// process sharing it), whether it is paused, and its caps here.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        let core = &self.inner.core;
+        let mut stats = core.scheduler.stats();
+        let Some(durable) = &core.durable else {
+            return Ok(stats);
+        };
+        let stored = durable.store.queues().await.map_err(Error::from_store)?;
+        for stat in &mut stats {
+            stat.pending = 0;
+            stat.running = 0;
+        }
+        for row in stored {
+            match stats.iter_mut().find(|stat| stat.name == row.name) {
+                Some(stat) => {
+                    stat.pending = row.pending;
+                    stat.running = row.running;
+                    stat.paused = row.paused;
+                }
+                None => stats.push(QueueStats {
+                    name: row.name,
+                    pending: row.pending,
+                    running: row.running,
+                    paused: row.paused,
+                    concurrency: None,
+                    max_size: None,
+                }),
+            }
+        }
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(stats)
     }
 
     /// Whether [`shutdown`](Self::shutdown) has begun.
@@ -170,11 +268,11 @@ impl TaskManager {
         let core = &self.inner.core;
         // Closing wakes tasks parked at an admission gate and they interrupt
         // themselves, racing the pass below: count what both did together.
-        let interrupted_before = core.store.count(TaskStatus::Interrupted);
+        let interrupted_before = core.index.count(TaskStatus::Interrupted);
         core.close();
         core.interrupt_unfinished(true);
         let pending = core
-            .store
+            .index
             .count(TaskStatus::Interrupted)
             .saturating_sub(interrupted_before);
         let pending = usize::try_from(pending).unwrap_or(usize::MAX);
@@ -193,8 +291,8 @@ impl TaskManager {
         core.async_tasks.stop();
         #[cfg(unix)]
         core.process_tasks.kill_all().await;
-        if let Some(persistence) = &core.persistence
-            && let Err(error) = persistence.stop().await
+        if let Some(durable) = &core.durable
+            && let Err(error) = durable.stop(core).await
         {
             tracing::error!("the task store could not be brought up to date at shutdown: {error}");
         }
@@ -293,6 +391,12 @@ pub struct TaskManagerBuilder {
     store_max_size: Option<u64>,
     store_file_mode: u32,
     max_finished_in_memory: usize,
+    queues: std::collections::HashMap<Arc<str>, QueueConfig>,
+    lease: Duration,
+    poll_interval: Duration,
+    max_logs_per_task: usize,
+    /// Created by the first `subscribe` on the builder.
+    bus: Option<Bus>,
 }
 
 impl Default for TaskManagerBuilder {
@@ -319,6 +423,11 @@ impl Default for TaskManagerBuilder {
             store_max_size: None,
             store_file_mode: 0o600,
             max_finished_in_memory: 100_000,
+            queues: std::collections::HashMap::new(),
+            lease: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(250),
+            max_logs_per_task: 1000,
+            bus: None,
         }
     }
 }
@@ -510,9 +619,73 @@ impl TaskManagerBuilder {
         self
     }
 
-    /// Events kept for a subscriber that falls behind. Default 4096.
+    /// Events kept for a subscriber that falls behind. Default 4096. Set it
+    /// before [`subscribe`](Self::subscribe).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
+        self
+    }
+
+    /// Every event of the manager about to be built, from its start: unlike
+    /// [`TaskManager::subscribe`], this sees what `build` itself does, such
+    /// as the tasks it rescues from instances that died.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), taskflow::Error> {
+    /// let mut builder = taskflow::TaskManager::builder();
+    /// let events = builder.subscribe();
+    /// let manager = builder.build().await?;
+    /// # drop((events, manager));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&mut self) -> EventStream {
+        let capacity = self.event_capacity;
+        self.bus
+            .get_or_insert_with(|| Bus::new(capacity))
+            .subscribe()
+    }
+
+    /// Settings of the queue `name`: its concurrency cap and its cap on
+    /// PENDING tasks. Tasks name their queue with `#[task(queue = "…")]` or
+    /// `call(…).queue("…")`; those that name none wait in `"default"`, whose
+    /// settings this can set too. A queue not configured has no caps.
+    ///
+    /// ```
+    /// use taskflow::{QueueConfig, TaskManager};
+    /// let builder = TaskManager::builder()
+    ///     .queue("emails", QueueConfig::new().concurrency(4).max_size(10_000));
+    /// # let _ = builder;
+    /// ```
+    pub fn queue(mut self, name: impl Into<String>, config: QueueConfig) -> Self {
+        self.queues.insert(name.into().into(), config);
+        self
+    }
+
+    /// With a task store: how long this instance's lease lasts without
+    /// renewal. It is renewed five times per lease; an instance that has not
+    /// renewed it for this long (killed, frozen, cut off) is declared dead
+    /// and its running tasks are rescued by another instance (requeued when
+    /// declared `requeue_on_interrupt`, else INTERRUPTED). Default 10 s.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// With a task store: how often an instance with free slots looks for
+    /// work that other processes queued (its own enqueues and finished
+    /// tasks wake it at once). Default 250 ms.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Log lines kept per task (the latest; earlier ones are dropped and
+    /// counted in [`TaskRecord::logs_dropped`]), in memory and in the task
+    /// store. Default 1000.
+    pub fn max_logs_per_task(mut self, n: usize) -> Self {
+        self.max_logs_per_task = n;
         self
     }
 
@@ -539,23 +712,34 @@ impl TaskManagerBuilder {
                 return Err(Error::ZeroLimit { option });
             }
         }
+        for (name, config) in &self.queues {
+            if config.concurrency == Some(0) {
+                return Err(Error::InvalidQueue {
+                    queue: name.to_string(),
+                    reason: "its concurrency must be at least 1",
+                });
+            }
+        }
+        if self.lease < Duration::from_millis(100) {
+            return Err(Error::InvalidOption {
+                option: "lease",
+                reason: "must be at least 100 ms",
+            });
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let workers = self
+            .max_process_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let executors = Executors {
-            async_tasks: AsyncExecutor::new(
-                self.max_concurrent_tasks,
-                self.async_worker_threads,
-                self.background_nice,
-            )
-            .map_err(|source| Error::SpawnThread {
-                name: "taskflow-async".into(),
-                source,
-            })?,
+            async_tasks: AsyncExecutor::new(self.async_worker_threads, self.background_nice)
+                .map_err(|source| Error::SpawnThread {
+                    name: "taskflow-async".into(),
+                    source,
+                })?,
             sync_tasks: SyncExecutor::new(self.max_sync_threads, self.background_nice),
             #[cfg(unix)]
             process_tasks: ProcessExecutor::new(ProcessConfig {
-                workers: self
-                    .max_process_workers
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                workers,
                 max_tasks_per_worker: self.max_tasks_per_worker,
                 nice: self.process_nice,
                 program: self.worker_program,
@@ -563,46 +747,63 @@ impl TaskManagerBuilder {
                 handshake_timeout: self.worker_start_timeout,
             }),
         };
-        let (persistence, recovered, corrupt) = match self.snapshot_db {
-            None => (None, Vec::new(), Vec::new()),
+        let durable = match self.snapshot_db {
+            None => None,
             Some(path) => {
                 let config = StoreConfig {
                     path,
-                    requeue_pending: self.requeue_pending,
-                    retention: self.retention,
                     busy_timeout: self.store_busy_timeout,
                     max_size: self.store_max_size,
                     file_mode: self.store_file_mode,
                 };
-                // Opening and recovery touch the disk: off the async runtime.
-                let opened =
-                    tokio::task::spawn_blocking(move || SqliteStore::open(&config, registry))
-                        .await
-                        .map_err(|_| {
-                            Error::Store(
-                                "the task store could not be opened: its thread panicked".into(),
-                            )
-                        })??;
-                let (store, recovered, corrupt) = opened;
-                (Some((store, self.requeue_pending)), recovered, corrupt)
+                // Opening touches the disk: off the async runtime.
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open_with(&config))
+                    .await
+                    .map_err(|_| {
+                        Error::Store(
+                            "the task store could not be opened: its thread panicked".into(),
+                        )
+                    })??;
+                let store: Arc<dyn Store> = Arc::new(store);
+                let settings = Settings {
+                    requeue_pending: self.requeue_pending,
+                    lease: self.lease,
+                    heartbeat: (self.lease / 5).max(Duration::from_millis(20)),
+                    poll: self.poll_interval,
+                    retention: self.retention,
+                    max_logs: u32::try_from(self.max_logs_per_task).unwrap_or(u32::MAX),
+                };
+                Some(Durable::new(store, settings, registry))
             }
         };
-        let core = Arc::new(Core::new(
+        // Slots per executor: async, thread, process. Without a dedicated
+        // pool, sync tasks go to tokio's blocking pool, uncapped.
+        #[cfg(unix)]
+        let process_slots = Some(workers);
+        #[cfg(not(unix))]
+        let process_slots = Some(workers);
+        let scheduler = Scheduler::new(
+            self.queues,
+            [
+                self.max_concurrent_tasks,
+                self.max_sync_threads,
+                process_slots,
+            ],
+            durable.is_some(),
+        );
+        let capacity = self.event_capacity;
+        let core = Arc::new(Core::new(Parts {
             runtime,
-            self.resources,
+            resources: self.resources,
             executors,
-            self.event_capacity,
-            MemoryStore::new(self.max_finished_in_memory),
-            persistence,
-        ));
+            bus: self.bus.unwrap_or_else(|| Bus::new(capacity)),
+            index: LiveIndex::new(self.max_finished_in_memory),
+            scheduler,
+            durable,
+            max_logs: self.max_logs_per_task,
+        }));
         SyncExecutor::start(&core)?;
-        if let Some(persistence) = &core.persistence {
-            persistence.start(Arc::downgrade(&core))?;
-        }
-        core.report_corrupt(&corrupt);
-        for task in recovered {
-            core.restore(task);
-        }
+        Durable::start(&core).await?;
         Ok(TaskManager {
             inner: Arc::new(Inner {
                 core,

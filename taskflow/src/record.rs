@@ -1,9 +1,10 @@
 //! A task's record: the live cell executors update, and the snapshot users read.
 //!
-//! A [`TaskCell`] is shared by the store, the executor running the task and its
-//! [`TaskHandle`](crate::TaskHandle). Its immutable half (id, entry, arguments,
-//! tags) is read without locking; the mutable half sits behind one small mutex
-//! that only `Core::transition` writes, plus handle bookkeeping.
+//! A [`TaskCell`] is shared by the live index, the queue, the executor
+//! running the task and its [`TaskHandle`](crate::TaskHandle). Its immutable
+//! half (id, entry, arguments, tags, queue, priority) is read without
+//! locking; the mutable half sits behind one small mutex that only
+//! `Core::transition` changes status in, plus handle and store bookkeeping.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -16,9 +17,7 @@ use taskflow_worker::{Executor, LogRecord, Tags, TaskError, TaskId};
 use tokio::task::AbortHandle;
 
 use crate::lifecycle::TaskStatus;
-
-/// Log records kept per task; older ones are dropped first.
-pub(crate) const MAX_LOGS: usize = 1000;
+use crate::queue::Queue;
 
 /// What a successful attempt produced.
 pub(crate) enum Produced {
@@ -28,7 +27,8 @@ pub(crate) enum Produced {
     Encoded(Vec<u8>),
 }
 
-/// One task, shared between the store, its executor and its handles.
+/// One task, shared between the index, its queue, its executor and its
+/// handles.
 pub(crate) struct TaskCell {
     pub(crate) id: TaskId,
     pub(crate) entry: &'static TaskEntry,
@@ -37,6 +37,10 @@ pub(crate) struct TaskCell {
     pub(crate) created_at: SystemTime,
     /// The idempotency key given at enqueue.
     pub(crate) key: Option<Box<str>>,
+    /// The queue it waits in and takes a slot of.
+    pub(crate) queue: Arc<Queue>,
+    /// Higher runs first within its queue.
+    pub(crate) priority: i16,
     /// Flags: see the `FLAG_*` constants.
     flags: AtomicU8,
     /// Place in the memory window of finished records (0: none yet).
@@ -51,7 +55,11 @@ const FLAG_STORED: u8 = 2;
 /// Interrupted by shutdown but to run again at the next start: its row is
 /// written back as PENDING and unowned.
 const FLAG_RELEASED: u8 = 4;
-/// A view of a task another instance runs: never dispatched or written here.
+/// Its final status releases its idempotency key, and handles wait until
+/// the store has written that release.
+const FLAG_RELEASING: u8 = 8;
+/// A view of a task another instance runs (or may run): never written
+/// here, followed through the store.
 const FLAG_MIRROR: u8 = 16;
 /// The task store stopped before this task's row could be written.
 const FLAG_UNWRITTEN: u8 = 32;
@@ -60,6 +68,7 @@ const FLAG_UNWRITTEN: u8 = 32;
 pub(crate) struct Origin {
     pub(crate) id: TaskId,
     pub(crate) created_at: SystemTime,
+    pub(crate) run_at: SystemTime,
     pub(crate) attempts: u32,
     pub(crate) status: TaskStatus,
     pub(crate) handles: u32,
@@ -69,12 +78,13 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    /// A task enqueued now, with one handle.
-    pub(crate) fn new(durable: bool) -> Self {
+    /// A task enqueued now to start at `run_at` (or now), with one handle.
+    pub(crate) fn new(durable: bool, run_at: Option<SystemTime>) -> Self {
         let now = SystemTime::now();
         Origin {
             id: TaskId::at(now),
             created_at: now,
+            run_at: run_at.unwrap_or(now),
             attempts: 0,
             status: TaskStatus::Pending,
             handles: 1,
@@ -116,8 +126,10 @@ pub(crate) struct Extra {
     pub(crate) output_bytes: Option<Arc<[u8]>>,
     /// `persisted()` futures waiting for the row to be committed.
     pub(crate) persist_waiters: Vec<Waker>,
-    /// The latest log records, oldest first, at most [`MAX_LOGS`].
+    /// The latest log records, oldest first.
     pub(crate) logs: VecDeque<LogRecord>,
+    /// Log records past the cap, dropped.
+    pub(crate) logs_dropped: u32,
 }
 
 impl CellState {
@@ -132,10 +144,21 @@ impl CellState {
     }
 }
 
+/// What the store's row is known to be, for fencing the next write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Its status: RUNNING means owned by this instance.
+    pub(crate) status: TaskStatus,
+    /// Its attempt count.
+    pub(crate) attempts: u32,
+}
+
 /// The mutable half of a cell.
 pub(crate) struct CellState {
     pub(crate) status: TaskStatus,
     pub(crate) attempts: u32,
+    /// Not before this may the task (or its next attempt) start.
+    pub(crate) run_at: SystemTime,
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) finished_at: Option<SystemTime>,
     pub(crate) last_error: Option<Box<TaskError>>,
@@ -147,6 +170,10 @@ pub(crate) struct CellState {
     extra: Option<Box<Extra>>,
     /// Live `TaskHandle`s.
     pub(crate) handles: u32,
+    /// The task holds a slot of its queue and executor.
+    pub(crate) admitted: bool,
+    /// With a store: what its row was last written (or claimed) as.
+    pub(crate) written: Option<Written>,
     /// Handles waiting for the task to finish.
     pub(crate) waiters: Vec<Waker>,
     /// Stops the running attempt: aborts its tokio task, or kills the
@@ -160,6 +187,7 @@ impl TaskCell {
         args: Box<[u8]>,
         tags: Tags,
         key: Option<Box<str>>,
+        placement: (Arc<Queue>, i16),
         origin: Origin,
     ) -> Self {
         let flags = [
@@ -170,6 +198,7 @@ impl TaskCell {
         .into_iter()
         .filter(|(set, _)| *set)
         .fold(0, |flags, (_, flag)| flags | flag);
+        let (queue, priority) = placement;
         TaskCell {
             id: origin.id,
             entry,
@@ -177,17 +206,22 @@ impl TaskCell {
             tags,
             created_at: origin.created_at,
             key,
+            queue,
+            priority,
             flags: AtomicU8::new(flags),
             window_seq: AtomicU64::new(0),
             state: Mutex::new(CellState {
                 status: origin.status,
                 attempts: origin.attempts,
+                run_at: origin.run_at,
                 started_at: None,
                 finished_at: None,
                 last_error: None,
                 output: None,
                 extra: None,
                 handles: origin.handles,
+                admitted: false,
+                written: None,
                 waiters: Vec::new(),
                 abort: None,
             }),
@@ -201,6 +235,11 @@ impl TaskCell {
     /// Sets `flag`; whether it was clear before.
     fn set_flag(&self, flag: u8) -> bool {
         self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0
+    }
+
+    /// Clears `flag`; whether it was set before.
+    fn clear_flag(&self, flag: u8) -> bool {
+        self.flags.fetch_and(!flag, Ordering::AcqRel) & flag != 0
     }
 
     pub(crate) fn is_durable(&self) -> bool {
@@ -219,9 +258,39 @@ impl TaskCell {
         self.flag(FLAG_MIRROR)
     }
 
+    /// Marks the task as followed through the store rather than run here.
+    pub(crate) fn set_mirror(&self, mirror: bool) {
+        match mirror {
+            true => drop(self.set_flag(FLAG_MIRROR)),
+            false => drop(self.clear_flag(FLAG_MIRROR)),
+        }
+    }
+
     /// Marks the task to run again at the next start.
     pub(crate) fn release(&self) {
         self.set_flag(FLAG_RELEASED);
+    }
+
+    /// Holds handles back until the store has written the key's release.
+    pub(crate) fn hold_for_key_release(&self) {
+        self.set_flag(FLAG_RELEASING);
+    }
+
+    pub(crate) fn is_releasing_key(&self) -> bool {
+        self.flag(FLAG_RELEASING)
+    }
+
+    /// The key's release is written (or will never be): wakes the handles.
+    pub(crate) fn key_released(&self) {
+        if self.clear_flag(FLAG_RELEASING) {
+            let waiters = std::mem::take(&mut self.lock().waiters);
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Marks the cell as holding its queue's and executor's slots.
+    pub(crate) fn admit(&self) {
+        self.lock().admitted = true;
     }
 
     /// Gives the finished cell its place `seq` in the memory window; whether
@@ -295,22 +364,25 @@ impl TaskCell {
 
     pub(crate) fn snapshot(&self) -> TaskRecord {
         let state = self.lock();
+        let extra = state.extra.as_ref();
         TaskRecord {
             id: self.id,
             name: self.entry.name().to_owned(),
             executor: self.entry.executor(),
+            queue: self.queue.name().to_string(),
+            priority: self.priority,
             status: state.status,
             created_at: self.created_at,
+            run_at: state.run_at,
             started_at: state.started_at,
             finished_at: state.finished_at,
             attempts: state.attempts,
             last_error: state.last_error.as_deref().cloned(),
             tags: self.tags.clone(),
-            logs: state
-                .extra
-                .as_ref()
+            logs: extra
                 .map(|extra| extra.logs.iter().cloned().collect())
                 .unwrap_or_default(),
+            logs_dropped: extra.map_or(0, |extra| extra.logs_dropped),
         }
     }
 }
@@ -326,10 +398,17 @@ pub struct TaskRecord {
     pub name: String,
     /// Where it runs.
     pub executor: Executor,
+    /// The queue it waits in.
+    pub queue: String,
+    /// Its priority in the queue: higher runs first.
+    pub priority: i16,
     /// Its status when the snapshot was taken.
     pub status: TaskStatus,
     /// When it was enqueued.
     pub created_at: SystemTime,
+    /// Not before this time may it (or its next attempt) start: the
+    /// enqueue time, or later for a delayed task or a retry's wait.
+    pub run_at: SystemTime,
     /// When its first attempt started.
     pub started_at: Option<SystemTime>,
     /// When it reached a final status.
@@ -340,9 +419,12 @@ pub struct TaskRecord {
     pub last_error: Option<TaskError>,
     /// Tags given at enqueue.
     pub tags: Tags,
-    /// Log records the task emitted, oldest first (the latest 1000). Kept in
-    /// memory only: a record read back from the task store has none.
+    /// Log lines the task recorded, oldest first, each with its attempt.
+    /// With a task store they are stored too and read back by `get` after
+    /// a restart (`list` leaves them out).
     pub logs: Vec<LogRecord>,
+    /// Log lines past the per-task cap, counted but not kept.
+    pub logs_dropped: u32,
 }
 
 impl TaskRecord {
@@ -354,18 +436,42 @@ impl TaskRecord {
     }
 }
 
-/// Which records [`TaskManager::list`](crate::TaskManager::list) returns.
+/// Which records [`TaskManager::list`](crate::TaskManager::list) returns:
+/// every condition set must hold. Results come newest first; for the next
+/// page, pass the last id seen to [`before`](Self::before).
 ///
 /// ```
+/// use std::time::{Duration, SystemTime};
 /// use taskflow::{TaskFilter, TaskStatus};
-/// let filter = TaskFilter::new().status(TaskStatus::Failed).name("app::send_email").limit(20);
+/// let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+/// let filter = TaskFilter::new()
+///     .status(TaskStatus::Failed)
+///     .name("app::send_email")
+///     .queue("emails")
+///     .tag("tenant", "acme")
+///     .created_after(hour_ago)
+///     .limit(20);
 /// # let _ = filter;
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TaskFilter {
-    pub(crate) status: Option<TaskStatus>,
-    pub(crate) name: Option<String>,
-    pub(crate) limit: Option<usize>,
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks registered under this name.
+    pub name: Option<String>,
+    /// Only tasks of this queue.
+    pub queue: Option<String>,
+    /// Only tasks with this tag (key, value).
+    pub tag: Option<(String, String)>,
+    /// Only tasks enqueued at or after this time.
+    pub created_after: Option<SystemTime>,
+    /// Only tasks enqueued before this time.
+    pub created_before: Option<SystemTime>,
+    /// Only tasks older than this one (ids sort by creation): the cursor.
+    pub before: Option<TaskId>,
+    /// At most this many (the newest that match).
+    pub limit: Option<usize>,
 }
 
 impl TaskFilter {
@@ -386,15 +492,55 @@ impl TaskFilter {
         self
     }
 
+    /// Only records of tasks in `queue`.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Only records of tasks tagged `key` = `value`.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tag = Some((key.into(), value.into()));
+        self
+    }
+
+    /// Only tasks enqueued at or after `time`.
+    pub fn created_after(mut self, time: SystemTime) -> Self {
+        self.created_after = Some(time);
+        self
+    }
+
+    /// Only tasks enqueued before `time`.
+    pub fn created_before(mut self, time: SystemTime) -> Self {
+        self.created_before = Some(time);
+        self
+    }
+
+    /// Only tasks enqueued before task `id`: pass the last id of a page to
+    /// get the next one.
+    pub fn before(mut self, id: TaskId) -> Self {
+        self.before = Some(id);
+        self
+    }
+
     /// At most `limit` records (the newest).
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
         self
     }
 
-    pub(crate) fn matches(&self, cell: &TaskCell, status: TaskStatus) -> bool {
-        self.status.is_none_or(|s| s == status)
-            && self.name.as_deref().is_none_or(|n| n == cell.entry.name())
+    /// Whether a task with this record matches.
+    pub fn matches(&self, record: &TaskRecord) -> bool {
+        self.status.is_none_or(|s| s == record.status)
+            && self.name.as_deref().is_none_or(|n| n == record.name)
+            && self.queue.as_deref().is_none_or(|q| q == record.queue)
+            && self
+                .tag
+                .as_ref()
+                .is_none_or(|(k, v)| record.tags.get(k) == Some(v.as_str()))
+            && self.created_after.is_none_or(|t| record.created_at >= t)
+            && self.created_before.is_none_or(|t| record.created_at < t)
+            && self.before.is_none_or(|id| record.id < id)
     }
 }
 
@@ -448,6 +594,6 @@ mod tests {
     fn a_record_stays_small() {
         // B9: a finished record is budgeted at 512 bytes with its map entry.
         let size = std::mem::size_of::<TaskCell>();
-        assert!(size <= 256, "TaskCell is {size} bytes");
+        assert!(size <= 288, "TaskCell is {size} bytes");
     }
 }

@@ -32,6 +32,24 @@ pub async fn wait_until(timeout: Duration, mut predicate: impl FnMut() -> bool) 
     }
 }
 
+/// As [`wait_until`], with a predicate that awaits (a query of the manager).
+pub async fn wait_for<F, Fut>(timeout: Duration, mut predicate: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if predicate().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return predicate().await;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// As [`wait_until`], blocking the calling thread (for sync task bodies).
 pub fn wait_until_blocking(timeout: Duration, mut predicate: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -64,23 +82,23 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
 ///
 /// When the task is unknown or does not reach `status` within [`PATIENCE`].
 pub async fn wait_for_status(manager: &TaskManager, id: TaskId, status: TaskStatus) -> TaskRecord {
-    let reached = wait_until(PATIENCE, || {
-        manager
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let record = manager
             .get(id)
+            .await
             .expect("the store is readable")
-            .is_some_and(|record| record.status == status)
-    })
-    .await;
-    let record = manager
-        .get(id)
-        .expect("the store is readable")
-        .expect("the task has a record");
-    assert!(
-        reached,
-        "task {id} did not reach {status} within {PATIENCE:?}; it is {}",
-        record.status
-    );
-    record
+            .expect("the task has a record");
+        if record.status == status {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} did not reach {status} within {PATIENCE:?}; it is {}",
+            record.status
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The name of the calling thread, or `""` for an unnamed one.

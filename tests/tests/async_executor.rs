@@ -139,7 +139,11 @@ async fn at_most_three_of_thirty_run_at_once() {
         "the event stream shows {peak} tasks RUNNING at once"
     );
     for id in ids {
-        let record = manager.get(id).expect("the store is readable").unwrap();
+        let record = manager
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .unwrap();
         assert_eq!(record.status, TaskStatus::Success);
         assert_eq!(record.attempts, 1);
     }
@@ -200,6 +204,7 @@ async fn tasks_beyond_the_cap_wait_pending() {
     assert_eq!((metrics.running, metrics.pending), (3, 7));
     let pending = manager
         .list(&TaskFilter::new().status(TaskStatus::Pending))
+        .await
         .expect("the store is readable");
     assert_eq!(pending.len(), 7);
     for record in &pending {

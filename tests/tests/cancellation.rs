@@ -68,8 +68,8 @@ async fn pending_tasks_cancelled_never_run() {
     let sync_victim = sync_victim::call().enqueue_on(&manager).unwrap();
     assert_eq!(async_victim.status(), TaskStatus::Pending);
     assert_eq!(sync_victim.status(), TaskStatus::Pending);
-    manager.cancel(async_victim.id()).unwrap();
-    manager.cancel(sync_victim.id()).unwrap();
+    manager.cancel(async_victim.id()).await.unwrap();
+    manager.cancel(sync_victim.id()).await.unwrap();
     let victims = [async_victim.id(), sync_victim.id()];
 
     // Free the slots; a task enqueued after each victim must run past it.
@@ -103,7 +103,11 @@ async fn pending_tasks_cancelled_never_run() {
     assert_eq!(ASYNC_VICTIM_RUNS.load(Ordering::SeqCst), 0);
     assert_eq!(SYNC_VICTIM_RUNS.load(Ordering::SeqCst), 0);
     for id in victims {
-        let record = manager.get(id).expect("the store is readable").unwrap();
+        let record = manager
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .unwrap();
         assert_eq!(record.status, TaskStatus::Cancelled);
         assert_eq!((record.attempts, record.started_at), (0, None));
         assert!(record.finished_at.is_some());
@@ -164,7 +168,7 @@ async fn running_async_task_is_aborted_at_its_await() {
     wait_for_status(&manager, id, TaskStatus::Running).await;
     assert!(wait_until(PATIENCE, || ABORTED_STARTED.load(Ordering::SeqCst)).await);
 
-    manager.cancel(id).unwrap();
+    manager.cancel(id).await.unwrap();
     assert_eq!(handle.status(), TaskStatus::Cancelled);
     let error = within("the cancelled task's handle", handle)
         .await
@@ -182,7 +186,11 @@ async fn running_async_task_is_aborted_at_its_await() {
         "the body ran past its await"
     );
 
-    let record = manager.get(id).expect("the store is readable").unwrap();
+    let record = manager
+        .get(id)
+        .await
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!((record.status, record.attempts), (TaskStatus::Cancelled, 1));
     // The only permit came back with the abort.
     within(
@@ -194,6 +202,7 @@ async fn running_async_task_is_aborted_at_its_await() {
     assert_eq!(
         manager
             .get(id)
+            .await
             .expect("the store is readable")
             .unwrap()
             .status,
@@ -228,12 +237,16 @@ async fn running_sync_task_is_cancelled_and_its_late_result_ignored() {
     wait_for_status(&manager, id, TaskStatus::Running).await;
     assert!(wait_until(PATIENCE, || STUCK_STARTED.load(Ordering::SeqCst)).await);
 
-    manager.cancel(id).unwrap();
+    manager.cancel(id).await.unwrap();
     let error = within("the cancelled task's handle", handle)
         .await
         .unwrap_err();
     assert!(error.is_cancelled(), "{error:?}");
-    let cancelled = manager.get(id).expect("the store is readable").unwrap();
+    let cancelled = manager
+        .get(id)
+        .await
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
 
     // The thread is still inside the function: the next task must wait.
@@ -251,7 +264,11 @@ async fn running_sync_task_is_cancelled_and_its_late_result_ignored() {
         .await
         .unwrap();
     assert!(STUCK_RETURNED.load(Ordering::SeqCst));
-    let after = manager.get(id).expect("the store is readable").unwrap();
+    let after = manager
+        .get(id)
+        .await
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!(after, cancelled, "the late result changed nothing");
     let metrics = manager.metrics();
     assert_eq!(
@@ -267,18 +284,19 @@ async fn running_sync_task_is_cancelled_and_its_late_result_ignored() {
 async fn cancelling_unknown_or_finished_tasks_is_an_error() {
     let manager = TaskManager::builder().build().await.unwrap();
     let unknown = TaskId::new();
-    assert!(matches!(manager.cancel(unknown), Err(Error::NotFound(id)) if id == unknown));
+    assert!(matches!(manager.cancel(unknown).await, Err(Error::NotFound(id)) if id == unknown));
 
     let done = async_noop::call().enqueue_on(&manager).unwrap();
     let done_id = done.id();
     within("a quick task", done).await.unwrap();
     assert!(matches!(
-        manager.cancel(done_id),
+        manager.cancel(done_id).await,
         Err(Error::AlreadyFinished { id, status: TaskStatus::Success }) if id == done_id
     ));
     assert_eq!(
         manager
             .get(done_id)
+            .await
             .expect("the store is readable")
             .unwrap()
             .status,
@@ -286,9 +304,9 @@ async fn cancelling_unknown_or_finished_tasks_is_an_error() {
     );
 
     let twice = async_sleeper::call().enqueue_on(&manager).unwrap();
-    manager.cancel(twice.id()).unwrap();
+    manager.cancel(twice.id()).await.unwrap();
     assert!(matches!(
-        manager.cancel(twice.id()),
+        manager.cancel(twice.id()).await,
         Err(Error::AlreadyFinished {
             status: TaskStatus::Cancelled,
             ..

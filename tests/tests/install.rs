@@ -31,7 +31,11 @@ async fn enqueue_goes_to_the_installed_manager() {
         2
     );
     assert!(
-        first.get(id).expect("the store is readable").is_some(),
+        first
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .is_some(),
         "the task went to the installed manager"
     );
     let handle = ping::call(2).tag("via", "call").enqueue().unwrap();
@@ -45,6 +49,7 @@ async fn enqueue_goes_to_the_installed_manager() {
     assert_eq!(
         first
             .get(id)
+            .await
             .expect("the store is readable")
             .unwrap()
             .tags
@@ -59,9 +64,19 @@ async fn enqueue_goes_to_the_installed_manager() {
         within("a task on the new manager", handle).await.unwrap(),
         4
     );
-    assert!(second.get(id).expect("the store is readable").is_some());
     assert!(
-        first.get(id).expect("the store is readable").is_none(),
+        second
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .is_some()
+    );
+    assert!(
+        first
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .is_none(),
         "install replaced the earlier default"
     );
 

@@ -95,26 +95,27 @@ async fn get_and_list_filter_newest_first_with_limit() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let newest_first = |ids: &[TaskId]| ids.iter().rev().copied().collect::<Vec<_>>();
-    let ids_of = |filter: TaskFilter| {
+    let ids_of = async |filter: TaskFilter| {
         manager
             .list(&filter)
+            .await
             .expect("the store is readable")
             .into_iter()
             .map(|r| r.id)
             .collect::<Vec<_>>()
     };
 
-    assert_eq!(ids_of(TaskFilter::new()), newest_first(&all_ids));
+    assert_eq!(ids_of(TaskFilter::new()).await, newest_first(&all_ids));
     assert_eq!(
-        ids_of(TaskFilter::new().status(TaskStatus::Failed)),
+        ids_of(TaskFilter::new().status(TaskStatus::Failed)).await,
         newest_first(&broken_ids)
     );
     assert_eq!(
-        ids_of(TaskFilter::new().status(TaskStatus::Success)),
+        ids_of(TaskFilter::new().status(TaskStatus::Success)).await,
         newest_first(&work_ids)
     );
     assert_eq!(
-        ids_of(TaskFilter::new().name(work::NAME)),
+        ids_of(TaskFilter::new().name(work::NAME)).await,
         newest_first(&work_ids)
     );
     assert_eq!(
@@ -122,21 +123,23 @@ async fn get_and_list_filter_newest_first_with_limit() {
             TaskFilter::new()
                 .name(broken::NAME)
                 .status(TaskStatus::Success)
-        ),
+        )
+        .await,
         []
     );
-    assert_eq!(ids_of(TaskFilter::new().name("no::such::task")), []);
+    assert_eq!(ids_of(TaskFilter::new().name("no::such::task")).await, []);
     assert_eq!(
-        ids_of(TaskFilter::new().limit(2)),
+        ids_of(TaskFilter::new().limit(2)).await,
         newest_first(&all_ids)[..2]
     );
     assert_eq!(
-        ids_of(TaskFilter::new().name(work::NAME).limit(1)),
+        ids_of(TaskFilter::new().name(work::NAME).limit(1)).await,
         [work_ids[2]]
     );
 
     let record = manager
         .get(work_ids[1])
+        .await
         .expect("the store is readable")
         .unwrap();
     assert_eq!(record.id, work_ids[1]);
@@ -151,6 +154,7 @@ async fn get_and_list_filter_newest_first_with_limit() {
 
     let failed = manager
         .get(broken_ids[0])
+        .await
         .expect("the store is readable")
         .unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
@@ -158,7 +162,10 @@ async fn get_and_list_filter_newest_first_with_limit() {
     assert!(failed.tags.is_empty());
 
     assert_eq!(
-        manager.get(TaskId::new()).expect("the store is readable"),
+        manager
+            .get(TaskId::new())
+            .await
+            .expect("the store is readable"),
         None
     );
     manager.shutdown().await;
@@ -209,6 +216,7 @@ async fn metrics_count_statuses_and_average_durations() {
     assert!(
         manager
             .get(slow_id)
+            .await
             .expect("the store is readable")
             .unwrap()
             .duration()
@@ -341,6 +349,7 @@ async fn handle_reports_id_and_status() {
     assert_eq!(second.record().status, TaskStatus::Pending);
     let listed: Vec<_> = manager
         .list(&TaskFilter::new())
+        .await
         .expect("the store is readable")
         .into_iter()
         .map(|r| r.id)
@@ -354,6 +363,7 @@ async fn handle_reports_id_and_status() {
     assert_eq!(
         manager
             .get(second_id)
+            .await
             .expect("the store is readable")
             .unwrap()
             .status,
@@ -448,7 +458,7 @@ async fn finished_records_beyond_the_window_leave_memory_oldest_first() {
         }
         done
     };
-    let kept = manager.list(&TaskFilter::new()).expect("readable");
+    let kept = manager.list(&TaskFilter::new()).await.expect("readable");
     // The window, plus at most the quarter that accumulates between sweeps.
     assert!(
         (40..=50).contains(&kept.len()),
@@ -456,11 +466,11 @@ async fn finished_records_beyond_the_window_leave_memory_oldest_first() {
         kept.len()
     );
     assert!(
-        manager.get(ids[199]).expect("readable").is_some(),
+        manager.get(ids[199]).await.expect("readable").is_some(),
         "the newest stays"
     );
     assert!(
-        manager.get(ids[0]).expect("readable").is_none(),
+        manager.get(ids[0]).await.expect("readable").is_none(),
         "the oldest left"
     );
     assert_eq!(manager.metrics().success, 200, "counts cover every task");

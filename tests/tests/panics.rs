@@ -50,7 +50,11 @@ async fn panicking_async_task_fails_and_the_permit_returns() {
             error.message().starts_with(&format!("async boom {code}")),
             "{error:?}"
         );
-        let record = manager.get(id).expect("the store is readable").unwrap();
+        let record = manager
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .unwrap();
         assert_eq!(record.status, TaskStatus::Failed);
         assert_eq!(record.attempts, 1);
         let recorded = record.last_error.unwrap();
@@ -90,7 +94,11 @@ async fn panicking_sync_task_fails_and_the_one_thread_serves_on() {
             error.message().starts_with(&format!("sync boom {code}")),
             "{error:?}"
         );
-        let record = manager.get(id).expect("the store is readable").unwrap();
+        let record = manager
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .unwrap();
         assert_eq!(record.status, TaskStatus::Failed);
         assert!(record.last_error.unwrap().is_panic());
     }
@@ -131,7 +139,11 @@ async fn a_panic_is_retried_like_any_failure() {
     let handle = panics_once::call().enqueue_on(&manager).unwrap();
     let id = handle.id();
     assert_eq!(within("a task that panics once", handle).await.unwrap(), 1);
-    let record = manager.get(id).expect("the store is readable").unwrap();
+    let record = manager
+        .get(id)
+        .await
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!((record.status, record.attempts), (TaskStatus::Success, 2));
     assert_eq!(record.last_error, None);
     assert_eq!(RECOVERING_RUNS.load(Ordering::SeqCst), 2);

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Failed, Trial};
 use serde::{Deserialize, Serialize};
 use taskflow::{Error, EventKind, TaskFilter, TaskId, TaskManager, TaskStatus, task};
-use taskflow_tests::eventually;
 use taskflow_tests::harness::{self, finish, lines, read_until, scenario_name, trial};
+use taskflow_tests::{eventually, wait_for_status, within};
 
 const DB: &str = "TASKFLOW_TEST_DB";
 const SIDE: &str = "TASKFLOW_TEST_SIDE";
@@ -188,9 +188,14 @@ async fn with_store(db: &Path) -> TaskManager {
         .unwrap()
 }
 
+/// Waits for `future` from a synchronous predicate (the trials run on a
+/// multi-threaded runtime, where a worker may block in place).
+fn wait<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
 fn record(manager: &TaskManager, id: TaskId) -> taskflow::TaskRecord {
-    manager
-        .get(id)
+    wait(manager.get(id))
         .unwrap()
         .unwrap_or_else(|| panic!("task {id} is unknown"))
 }
@@ -200,8 +205,7 @@ fn settled(manager: &TaskManager) -> bool {
     [TaskStatus::Pending, TaskStatus::Running]
         .into_iter()
         .all(|status| {
-            manager
-                .list(&TaskFilter::new().status(status))
+            wait(manager.list(&TaskFilter::new().status(status)))
                 .unwrap()
                 .is_empty()
         })
@@ -319,7 +323,7 @@ fn every_stored_field_round_trips_through_a_restart() -> Result<(), Failed> {
         let _ = events.try_recv();
         // Its arguments survived: retry re-runs a copy of the failed task too.
         std::fs::write(&flag, b"").unwrap();
-        let retried = second.retry(failed_id).unwrap();
+        let retried = second.retry(failed_id).await.unwrap();
         eventually("the retry to succeed", || {
             record(&second, retried).status == TaskStatus::Success
         })
@@ -447,7 +451,7 @@ fn interrupted_tasks_run_again_only_when_declared() -> Result<(), Failed> {
             .build()
             .await
             .unwrap();
-        let again = idempotent_blocker::call(500, side.display().to_string())
+        let again = idempotent_blocker::call(3_000, side.display().to_string())
             .enqueue_on(&first)
             .unwrap();
         let once = blocker::call(60_000).enqueue_on(&first).unwrap();
@@ -485,8 +489,8 @@ fn unregistered_names_are_kept_untouched_with_a_warning() -> Result<(), Failed> 
         {
             let raw = rusqlite::Connection::open(&db).unwrap();
             raw.execute(
-                "INSERT INTO tasks (id, name, executor, status, args, created_at, owner) \
-                 VALUES (?1, 'retired::task', 'async', 'PENDING', x'00', 1, NULL)",
+                "INSERT INTO tasks (id, name, executor, status, args, created_at, owner, codec) \
+                 VALUES (?1, 'retired::task', 'async', 'PENDING', x'00', 1, NULL, 2)",
                 [orphan_id.to_bytes()],
             )
             .unwrap();
@@ -555,8 +559,8 @@ fn stored_bytes_that_lie_about_their_length_fail_their_task_not_the_process() ->
                 ] {
                     let id = TaskId::new();
                     raw.execute(
-                        "INSERT INTO tasks (id, name, executor, status, args, tags, created_at, owner) \
-                         VALUES (?1, ?2, 'async', 'PENDING', ?3, ?4, 1, NULL)",
+                        "INSERT INTO tasks (id, name, executor, status, args, tags, created_at, owner, codec) \
+                         VALUES (?1, ?2, 'async', 'PENDING', ?3, ?4, 1, NULL, 2)",
                         rusqlite::params![id.to_bytes(), runs_once::NAME, args, tags],
                     )
                     .unwrap();
@@ -585,7 +589,7 @@ fn stored_bytes_that_lie_about_their_length_fail_their_task_not_the_process() ->
         }
         // Unreadable tags make the row unreadable: reported, left in place.
         for &id in &bad_tags {
-            let error = manager.get(id).unwrap_err();
+            let error = manager.get(id).await.unwrap_err();
             assert!(matches!(error, Error::CorruptRow { .. }), "{error:?}");
         }
         assert!(runs(&side).is_empty(), "no body ran");
@@ -621,13 +625,13 @@ fn idempotency_keys_hold_while_live_or_successful() -> Result<(), Failed> {
                 .unwrap();
             assert_ne!(other.id(), first.id());
             // CANCELLED releases it.
-            manager.cancel(first.id()).unwrap();
+            manager.cancel(first.id()).await.unwrap();
             let fresh = keyed_work::call(4, side_text.clone())
                 .idempotency_key("order-1")
                 .enqueue_on(&manager)
                 .unwrap();
             assert_ne!(fresh.id(), first.id());
-            manager.cancel(blocked.id()).unwrap();
+            manager.cancel(blocked.id()).await.unwrap();
             // RUNNING and SUCCESS hold it; both handles read the output.
             assert_eq!(fresh.await.unwrap(), 40);
             let done = keyed_work::call(5, side_text.clone())
@@ -689,14 +693,14 @@ fn retry_enqueues_a_copy_with_the_original_arguments_and_tags() -> Result<(), Fa
         let ok_id = ok.id();
         ok.await.unwrap();
         assert!(matches!(
-            manager.retry(ok_id),
+            manager.retry(ok_id).await,
             Err(Error::NotRetryable {
                 status: TaskStatus::Success,
                 ..
             })
         ));
         assert!(matches!(
-            manager.retry(TaskId::new()),
+            manager.retry(TaskId::new()).await,
             Err(Error::NotFound(_))
         ));
         manager.shutdown().await;
@@ -704,7 +708,7 @@ fn retry_enqueues_a_copy_with_the_original_arguments_and_tags() -> Result<(), Fa
         // From the file, after a restart.
         std::fs::write(&flag, b"").unwrap();
         let manager = with_store(&db).await;
-        let copy = manager.retry(failed_id).unwrap();
+        let copy = manager.retry(failed_id).await.unwrap();
         eventually("the copy to succeed", || {
             record(&manager, copy).status == TaskStatus::Success
         })
@@ -738,19 +742,19 @@ fn retention_prunes_finished_rows_and_never_unfinished_ones() -> Result<(), Fail
         let pending = sized::call(vec![0]).enqueue_on(&manager).unwrap();
         let finished = sized::call(vec![1]).enqueue_on(&manager);
         let finished_id = finished.as_ref().unwrap().id();
-        manager.cancel(finished_id).unwrap();
+        manager.cancel(finished_id).await.unwrap();
         manager.flush().await.unwrap();
         assert!(
-            manager.get(finished_id).unwrap().is_some(),
+            manager.get(finished_id).await.unwrap().is_some(),
             "kept until it is old enough"
         );
         eventually("the finished row to be pruned", || {
-            manager.get(finished_id).unwrap().is_none()
+            wait(manager.get(finished_id)).unwrap().is_none()
         })
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(manager.get(running.id()).unwrap().is_some());
-        assert!(manager.get(pending.id()).unwrap().is_some());
+        assert!(manager.get(running.id()).await.unwrap().is_some());
+        assert!(manager.get(pending.id()).await.unwrap().is_some());
         manager.shutdown().await;
     })
 }
@@ -912,7 +916,7 @@ fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
     let after = runs(&side);
     trial(async {
         let manager = with_store(&db).await;
-        let all = manager.list(&TaskFilter::new()).unwrap();
+        let all = manager.list(&TaskFilter::new()).await.unwrap();
         assert_eq!(all.len(), 500, "every acknowledged task is in the file");
         let mut twice = 0;
         for task in &all {
@@ -1022,22 +1026,44 @@ fn idempotency_keys_hold_across_processes() -> Result<(), Failed> {
     Ok(())
 }
 
-fn a_full_store_delays_writes_without_stopping_tasks() -> Result<(), Failed> {
+/// Holds `held` until the test opens [`GATE`].
+#[task]
+async fn held() -> u32 {
+    assert!(GATE.wait().await, "the test never opened the gate");
+    7
+}
+
+static GATE: taskflow_tests::Latch = taskflow_tests::Latch::new();
+
+fn a_full_store_holds_new_work_without_stopping_running_tasks() -> Result<(), Failed> {
     trial(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("tasks.db");
+        with_store(&db).await.shutdown().await;
+        // Ballast that fills most of the capped file: what the test deletes
+        // to give the space back, as an operator would free a full disk.
+        {
+            let raw = rusqlite::Connection::open(&db).unwrap();
+            raw.execute_batch("CREATE TABLE ballast (data BLOB)")
+                .unwrap();
+            for _ in 0..24 {
+                raw.execute("INSERT INTO ballast VALUES (zeroblob(16384))", [])
+                    .unwrap();
+            }
+        }
         // A capped file fails its writes exactly as a full disk does
-        // (SQLITE_FULL); retention is what frees space again.
+        // (SQLITE_FULL).
         let manager = TaskManager::builder()
             .snapshot_db(&db)
             .store_max_size(512 * 1024)
-            .retention(Duration::from_secs(1))
-            .max_finished_in_memory(0)
             .build()
             .await
             .unwrap();
         let mut events = manager.subscribe();
         WARNINGS.lock().unwrap().clear();
+        let running = held::call().enqueue_on(&manager).unwrap();
+        wait_for_status(&manager, running.id(), TaskStatus::Running).await;
+
         let mut handles = Vec::new();
         let failure = loop {
             handles.push(
@@ -1062,13 +1088,30 @@ fn a_full_store_delays_writes_without_stopping_tasks() -> Result<(), Failed> {
                 .any(|w| w.contains("cannot write to the task store")),
             "the failure is in the log too"
         );
-        // Tasks keep running while their changes wait.
+        // A running task keeps running and finishes; its completion waits
+        // to be written.
+        GATE.open();
+        assert_eq!(within("the running task", running).await.unwrap(), 7);
+        // New work waits: nothing that cannot be claimed durably starts.
+        let last = handles.last().unwrap();
+        assert_eq!(last.status(), TaskStatus::Pending);
+        assert!(manager.flush().await.is_err(), "the store is still full");
+
+        // Space returns; every change kept is written and every task runs.
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("DELETE FROM ballast")
+            .unwrap();
         let enqueued = handles.len();
         for handle in handles {
-            assert_eq!(handle.await.unwrap(), 16 * 1024);
+            assert_eq!(
+                within("a task held back by the full store", handle)
+                    .await
+                    .unwrap(),
+                16 * 1024
+            );
         }
-        assert_eq!(manager.metrics().success, enqueued as u64);
-        // Retention frees the oldest rows; the kept changes are written.
+        assert_eq!(manager.metrics().success, enqueued as u64 + 1);
         let deadline = Instant::now() + Duration::from_secs(60);
         while manager.flush().await.is_err() {
             assert!(Instant::now() < deadline, "writing never resumed");
@@ -1244,8 +1287,8 @@ fn main() -> ExitCode {
             idempotency_keys_hold_across_processes,
         ),
         Trial::test(
-            "a_full_store_delays_writes_without_stopping_tasks",
-            a_full_store_delays_writes_without_stopping_tasks,
+            "a_full_store_holds_new_work_without_stopping_running_tasks",
+            a_full_store_holds_new_work_without_stopping_running_tasks,
         ),
     ];
     harness::run(trials)

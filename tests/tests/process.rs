@@ -23,7 +23,7 @@ use taskflow::{
     Error, EventKind, LogLevel, RecvError, TaskFilter, TaskId, TaskManager, TaskStatus, task,
 };
 use taskflow_tests::harness::{self, alive, kill_if_named, scenario, scenario_name, trial, zombie};
-use taskflow_tests::{PATIENCE, wait_until, wait_until_blocking, within};
+use taskflow_tests::{PATIENCE, wait_for, wait_until, wait_until_blocking, within};
 
 // ---------------------------------------------------------------- the tasks
 
@@ -357,6 +357,8 @@ fn log_header(id: taskflow::TaskId, target: &[u8], message: &str) -> Vec<u8> {
     header.push(2); // LogLevel::Info
     push_str(target, &mut header);
     push_str(message.as_bytes(), &mut header);
+    header.push(0); // attempt 0
+    header.push(0); // no structured fields
     header
 }
 
@@ -398,14 +400,15 @@ async fn manager(workers: usize) -> TaskManager {
 /// Waits until task `id` is RUNNING and its worker has started; the pids
 /// of the manager's workers then.
 async fn running_on_a_worker(tasks: &TaskManager, id: TaskId) -> Vec<u32> {
-    let running = || {
+    let running = || async {
         tasks
             .get(id)
+            .await
             .expect("the store is readable")
             .is_some_and(|r| r.status == TaskStatus::Running)
     };
     assert!(
-        wait_until(Duration::from_secs(30), running).await,
+        wait_for(Duration::from_secs(30), running).await,
         "task {id} never ran"
     );
     // RUNNING comes as a slot takes the task, the worker a moment after.
@@ -582,6 +585,7 @@ fn failures_have_the_right_kind_and_text() -> Result<(), Failed> {
         assert_eq!(
             tasks
                 .get(id)
+                .await
                 .expect("the store is readable")
                 .unwrap()
                 .status,
@@ -593,7 +597,7 @@ fn failures_have_the_right_kind_and_text() -> Result<(), Failed> {
         let error = handle.await.unwrap_err();
         assert!(error.is_timeout(), "{error:?}");
         assert!(error.message().contains("was killed"), "{error:?}");
-        let record = tasks.get(id).expect("the store is readable").unwrap();
+        let record = tasks.get(id).await.expect("the store is readable").unwrap();
         assert_eq!(record.status, TaskStatus::Failed);
         assert_eq!(
             record.last_error.as_ref().map(|e| e.is_timeout()),
@@ -623,7 +627,7 @@ fn a_crash_costs_one_attempt_and_the_retry_runs_elsewhere() -> Result<(), Failed
         let second_pid = handle.await.unwrap();
         let first_pid: u32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
         assert_ne!(first_pid, second_pid, "the retry ran on a fresh worker");
-        let record = tasks.get(id).expect("the store is readable").unwrap();
+        let record = tasks.get(id).await.expect("the store is readable").unwrap();
         assert_eq!(record.status, TaskStatus::Success);
         assert_eq!(record.attempts, 2);
         assert!(!alive(first_pid), "the dead worker was reaped");
@@ -698,18 +702,22 @@ fn logs_before_a_failure_are_on_the_record_in_order() -> Result<(), Failed> {
         let id = handle.id();
         assert_eq!(handle.await.unwrap_err().message(), "failed after logging");
 
-        let record = tasks.get(id).expect("the store is readable").unwrap();
-        let lines: Vec<(LogLevel, &str)> = record
+        let record = tasks.get(id).await.expect("the store is readable").unwrap();
+        let lines: Vec<_> = record
             .logs
             .iter()
-            .map(|r| (r.level, r.message.as_str()))
+            .map(|r| (r.level, r.message.as_str(), r.fields.clone()))
             .collect();
         assert_eq!(
             lines,
             [
-                (LogLevel::Info, "step one"),
-                (LogLevel::Warn, "step two step=2"),
-                (LogLevel::Error, "step three"),
+                (LogLevel::Info, "step one", vec![]),
+                (
+                    LogLevel::Warn,
+                    "step two",
+                    vec![("step".to_owned(), "2".to_owned())]
+                ),
+                (LogLevel::Error, "step three", vec![]),
             ]
         );
 
@@ -729,7 +737,7 @@ fn logs_before_a_failure_are_on_the_record_in_order() -> Result<(), Failed> {
                 _ => {}
             }
         }
-        assert_eq!(seen, ["step one", "step two step=2", "step three"]);
+        assert_eq!(seen, ["step one", "step two", "step three"]);
         tasks.shutdown().await;
     })
 }
@@ -755,6 +763,7 @@ fn shutdown_kills_what_outlives_the_timeout() -> Result<(), Failed> {
         assert_eq!(
             tasks
                 .get(id)
+                .await
                 .expect("the store is readable")
                 .unwrap()
                 .status,
@@ -793,7 +802,7 @@ fn cancelling_a_running_process_task_kills_its_worker() -> Result<(), Failed> {
         let handle = sleeper::call(60_000).enqueue_on(&tasks).unwrap();
         let id = handle.id();
         let pids = running_on_a_worker(&tasks, id).await;
-        tasks.cancel(id).unwrap();
+        tasks.cancel(id).await.unwrap();
         assert!(handle.await.unwrap_err().is_cancelled());
         assert!(wait_until_blocking(Duration::from_secs(10), || pids
             .iter()
@@ -849,6 +858,7 @@ fn an_argument_the_codec_cannot_carry_is_refused_at_enqueue() -> Result<(), Fail
         assert!(
             tasks
                 .list(&TaskFilter::new())
+                .await
                 .expect("the store is readable")
                 .is_empty(),
             "no record was created"
@@ -969,7 +979,7 @@ fn a_malformed_frame_costs_one_attempt_and_one_worker() -> Result<(), Failed> {
         let handle = forges::call(Forgery::FairLog).enqueue_on(&tasks).unwrap();
         let id = handle.id();
         assert_eq!(within("a fair log", handle).await.unwrap(), 7);
-        let record = tasks.get(id).expect("the store is readable").unwrap();
+        let record = tasks.get(id).await.expect("the store is readable").unwrap();
         assert!(
             record
                 .logs
@@ -1014,7 +1024,7 @@ fn a_malformed_frame_costs_one_attempt_and_one_worker() -> Result<(), Failed> {
                 error.message().starts_with("worker sent a malformed frame"),
                 "{forgery:?}: {error:?}"
             );
-            let record = tasks.get(id).expect("the store is readable").unwrap();
+            let record = tasks.get(id).await.expect("the store is readable").unwrap();
             assert_eq!(record.status, TaskStatus::Failed, "{forgery:?}");
             let liar = pid_in(error.message());
             assert!(

@@ -111,6 +111,7 @@ async fn a_missing_resource_is_refused_at_enqueue() {
     assert!(
         manager
             .list(&TaskFilter::new())
+            .await
             .expect("the store is readable")
             .is_empty(),
         "no record for a refused task"

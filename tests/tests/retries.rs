@@ -108,7 +108,11 @@ async fn always_failing_async_task_makes_three_attempts() {
     assert!(error.is_error(), "{error:?}");
     assert_eq!(error.message(), "attempt 2 failed");
 
-    let record = manager.get(id).expect("the store is readable").unwrap();
+    let record = manager
+        .get(id)
+        .await
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!(record.status, TaskStatus::Failed);
     assert_eq!(record.attempts, 3);
     assert_eq!(record.last_error.unwrap().message(), "attempt 2 failed");
@@ -153,7 +157,11 @@ async fn always_failing_sync_task_makes_three_attempts() {
     let id = handle.id();
     let error = within("a doomed task", handle).await.unwrap_err();
     assert_eq!(error.message(), "attempt 2 failed");
-    let record = manager.get(id).expect("the store is readable").unwrap();
+    let record = manager
+        .get(id)
+        .await
+        .expect("the store is readable")
+        .unwrap();
     assert_eq!(record.status, TaskStatus::Failed);
     assert_eq!(record.attempts, 3);
     assert_eq!(record.last_error.unwrap().message(), "attempt 2 failed");
@@ -177,7 +185,11 @@ async fn failing_once_then_succeeding_takes_two_attempts() {
     );
     assert_eq!(within("a sync flaky task", sync_handle).await.unwrap(), 1);
     for id in ids {
-        let record = manager.get(id).expect("the store is readable").unwrap();
+        let record = manager
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .unwrap();
         assert_eq!(record.status, TaskStatus::Success);
         assert_eq!(record.attempts, 2);
         assert_eq!(record.last_error, None, "a success clears the error");

@@ -111,7 +111,11 @@ async fn shutdown_with_running_and_pending_tasks() {
     assert_eq!(long_async.status(), TaskStatus::Interrupted);
     assert_eq!(long_sync.status(), TaskStatus::Interrupted);
     for &id in &pending {
-        let record = manager.get(id).expect("the store is readable").unwrap();
+        let record = manager
+            .get(id)
+            .await
+            .expect("the store is readable")
+            .unwrap();
         assert_eq!(
             (record.status, record.attempts),
             (TaskStatus::Interrupted, 0)
@@ -157,6 +161,7 @@ async fn shutdown_with_running_and_pending_tasks() {
     assert_eq!(
         manager
             .get(long_sync_id)
+            .await
             .expect("the store is readable")
             .unwrap()
             .status,
@@ -236,6 +241,7 @@ async fn enqueue_after_shutdown_is_refused_and_records_nothing() {
     assert!(
         manager
             .list(&TaskFilter::new())
+            .await
             .expect("the store is readable")
             .is_empty()
     );

@@ -98,6 +98,7 @@ async fn unset_uses_tokios_blocking_pool() {
     assert_eq!(
         manager
             .get(id)
+            .await
             .expect("the store is readable")
             .unwrap()
             .status,

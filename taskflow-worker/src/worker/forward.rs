@@ -1,8 +1,8 @@
 //! A `tracing` subscriber for worker processes: events emitted inside a task
 //! become log records on that task, sent to the parent as they happen.
 //!
-//! Spans are not tracked (a worker has no use for them); an event's fields
-//! are flattened into its message as `key=value`.
+//! Spans are not tracked (a worker has no use for them); an event's message
+//! and its fields become the record's message and fields.
 
 use std::fmt::{self, Write as _};
 
@@ -64,11 +64,9 @@ impl Subscriber for Forwarder {
         let mut text = Text::default();
         event.record(&mut text);
         let metadata = event.metadata();
-        context.emit(LogRecord::new(
-            level(metadata.level()),
-            metadata.target(),
-            text.finish(),
-        ));
+        let mut record = LogRecord::new(level(metadata.level()), metadata.target(), text.message);
+        record.fields = text.fields;
+        context.emit(record);
     }
 
     fn enter(&self, _: &Id) {}
@@ -86,20 +84,11 @@ fn level(level: &Level) -> LogLevel {
     }
 }
 
+/// An event's message and its other fields, in order.
 #[derive(Default)]
 struct Text {
     message: String,
-    fields: String,
-}
-
-impl Text {
-    fn finish(self) -> String {
-        match (self.message.is_empty(), self.fields.is_empty()) {
-            (_, true) => self.message,
-            (true, false) => self.fields,
-            (false, false) => format!("{} {}", self.message, self.fields),
-        }
-    }
+    fields: Vec<(String, String)>,
 }
 
 impl Visit for Text {
@@ -107,10 +96,8 @@ impl Visit for Text {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            if !self.fields.is_empty() {
-                self.fields.push(' ');
-            }
-            let _ = write!(self.fields, "{}={value:?}", field.name());
+            self.fields
+                .push((field.name().to_owned(), format!("{value:?}")));
         }
     }
 
@@ -118,7 +105,8 @@ impl Visit for Text {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.record_debug(field, &value);
+            self.fields
+                .push((field.name().to_owned(), value.to_owned()));
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The async executor: each admitted attempt is a tokio task, behind a
-//! [`Gate`] of `max_concurrent_tasks` permits (no gate when unset).
+//! The async executor: each admitted attempt is a tokio task. Admission
+//! (`max_concurrent_tasks`, queues, priorities) happens before, in the
+//! queue; a task reaching here starts at once.
 
 use std::sync::Arc;
 
@@ -7,14 +8,11 @@ use taskflow_worker::attempt::{CatchUnwind, catch_panic};
 use taskflow_worker::registry::Body;
 use taskflow_worker::{ErrorKind, TaskError, context};
 
-use super::gate::{Gate, Permit};
 use super::{context_of, lower_priority, spawn_attempt};
 use crate::core::Core;
 use crate::record::{Produced, SharedCell};
 
 pub(crate) struct AsyncExecutor {
-    /// `None` means no cap.
-    gate: Option<Gate>,
     /// Threads of the manager's own, when asked for; else the application's
     /// runtime runs the tasks.
     dedicated: Option<Dedicated>,
@@ -51,11 +49,7 @@ impl AsyncExecutor {
     /// # Errors
     ///
     /// When the dedicated runtime's threads cannot start.
-    pub(crate) fn new(
-        max_concurrent_tasks: Option<usize>,
-        threads: Option<usize>,
-        nice: Option<i32>,
-    ) -> std::io::Result<Self> {
+    pub(crate) fn new(threads: Option<usize>, nice: Option<i32>) -> std::io::Result<Self> {
         let dedicated = match threads {
             None => None,
             Some(threads) => {
@@ -77,10 +71,7 @@ impl AsyncExecutor {
                 })
             }
         };
-        Ok(AsyncExecutor {
-            gate: max_concurrent_tasks.map(Gate::new),
-            dedicated,
-        })
+        Ok(AsyncExecutor { dedicated })
     }
 
     /// The runtime that runs the attempts.
@@ -91,11 +82,6 @@ impl AsyncExecutor {
         }
     }
 
-    /// The admission gate; `None` when there is no cap.
-    pub(super) fn gate(&self) -> Option<&Gate> {
-        self.gate.as_ref()
-    }
-
     /// Stops the dedicated threads, if any; after shutdown nothing runs there.
     pub(crate) fn stop(&self) {
         if let Some(dedicated) = &self.dedicated {
@@ -103,22 +89,16 @@ impl AsyncExecutor {
         }
     }
 
+    /// Spawns one admitted attempt.
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
-        match &self.gate {
-            None => start(core, cell, None),
-            Some(gate) => gate.submit(core, cell),
-        }
+        let runtime = self.runtime(core);
+        spawn_attempt(runtime, &cell.clone(), attempt(core.clone(), cell));
     }
 }
 
-/// Spawns one admitted attempt.
-pub(super) fn start(core: &Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
-    let runtime = core.async_tasks.runtime(core);
-    spawn_attempt(runtime, &cell.clone(), attempt(core.clone(), cell, permit));
-}
-
-/// Runs one attempt and records its result.
-async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
+/// Runs one attempt and records its result. The task's slots are given
+/// back when it leaves RUNNING (or, aborted, when its cancel does).
+async fn attempt(core: Arc<Core>, cell: SharedCell) {
     let Some(attempt) = core.start(&cell) else {
         return;
     };
@@ -149,7 +129,4 @@ async fn attempt(core: Arc<Core>, cell: SharedCell, permit: Option<Permit>) {
         },
     };
     core.finish(&cell, result.map(Produced::Value));
-    // Released only once the record has left RUNNING, so RUNNING records
-    // never outnumber the permits; never held across a retry's wait.
-    drop(permit);
 }

@@ -1,21 +1,21 @@
 //! Executors, one per kind of task.
 //!
-//! - [`AsyncExecutor`]: a tokio task per admitted attempt, behind a FIFO
-//!   admission gate of `max_concurrent_tasks` permits. A task waiting for a
-//!   permit is a queued cell, costing no scheduler time; the permit is held
-//!   for one attempt and never across a retry wait.
-//! - [`SyncExecutor`]: a dedicated pool of `max_sync_threads` threads fed by a
-//!   queue, or tokio's blocking pool when no size is set.
-//! - [`ProcessExecutor`]: at most `max_process_workers` worker processes,
-//!   each served by a slot thread of its own that takes tasks from one
-//!   queue, one attempt per worker at a time.
+//! Executors are runners behind the one queue (`crate::queue`), which admits
+//! a task only when its executor has a free slot, so a task that reaches an
+//! executor starts at once:
+//!
+//! - [`AsyncExecutor`]: a tokio task per admitted attempt (slots:
+//!   `max_concurrent_tasks`).
+//! - [`SyncExecutor`]: a dedicated pool of `max_sync_threads` threads, or
+//!   tokio's blocking pool when no size is set.
+//! - [`ProcessExecutor`]: `max_process_workers` worker processes, each served
+//!   by a slot thread of its own, one attempt per worker at a time.
 //!
 //! All run an attempt the same way: set the task context, call the body with
 //! panics caught (in this process or in a worker), and report the result to
-//! `Core::finish`, which records it and schedules a retry after its delay.
+//! `Core::finish`, which records it and queues a retry for its `run_at`.
 
 mod async_tasks;
-mod gate;
 #[cfg(unix)]
 mod process;
 mod sync_pool;

@@ -646,23 +646,13 @@ enum Broken {
 impl From<ProtocolError> for Broken {
     fn from(error: ProtocolError) -> Self {
         match error {
-            ProtocolError::Malformed(source) => Broken::Malformed(chain(&source)),
-            too_large @ ProtocolError::FrameTooLarge { .. } => Broken::Malformed(chain(&too_large)),
+            ProtocolError::Malformed(source) => Broken::Malformed(crate::error::chain(&source)),
+            too_large @ ProtocolError::FrameTooLarge { .. } => {
+                Broken::Malformed(crate::error::chain(&too_large))
+            }
             other => Broken::Lost(other),
         }
     }
-}
-
-/// An error and its sources, as one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// One slot: a thread that owns one worker at a time.

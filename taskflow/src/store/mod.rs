@@ -1,11 +1,433 @@
-//! Where task records live.
+//! The storage seam: everything durable goes through [`Store`].
 //!
-//! [`MemoryStore`] holds the live records of this manager and a window of
-//! finished ones. [`SqliteStore`], when configured, keeps every task in a
-//! file that survives restarts and crashes, written by one thread in groups.
+//! A store keeps task rows, claims ready work for an instance, keeps instance
+//! leases, task logs and queue settings. It **persists and claims; it never
+//! decides a status**: every status it writes was computed above it by the
+//! lifecycle's one transition function, and arrives as a compare-and-set
+//! ([`Change`] with its [`Expect`]) that the store applies only if the row is
+//! still as the caller saw it. That is what lets several processes (SQLite) or
+//! hosts (PostgreSQL) share one table: a claim is atomic, a write by an owner
+//! whose lease was taken is refused, and recovery, released idempotency keys
+//! and rescued rows all go through the same code whatever the backend.
+//!
+//! The trait is object-safe, with boxed futures: a manager holds an
+//! `Arc<dyn Store>` chosen at run time (`snapshot_db`, later `postgres`), so
+//! neither `TaskManager` nor the generated code is generic over a backend. A
+//! store call is I/O (microseconds for SQLite, a round trip for PostgreSQL)
+//! and carries a batch, so one allocation for the future is noise.
+//!
+//! [`SqliteStore`] is the embedded backend. The in-memory index of live
+//! tasks in front of it is a cache for this process, not a backend.
+//!
+//! The contract every backend keeps is proven by one conformance suite
+//! (`tests/src/conformance.rs`), run against each backend.
 
-mod memory;
 mod sqlite;
 
-pub(crate) use memory::{MemoryStore, sort_newest_first};
-pub(crate) use sqlite::{Claimed, CorruptRow, Recovered, SqliteStore, StoreConfig, StoredRow};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use taskflow_worker::{Executor, LogRecord, Tags, TaskError, TaskId};
+
+use crate::lifecycle::TaskStatus;
+use crate::record::{TaskFilter, TaskRecord};
+
+pub use sqlite::SqliteStore;
+pub(crate) use sqlite::StoreConfig;
+
+/// A future a [`Store`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A durable home for tasks, shared by every process or host that opens it.
+///
+/// Times are wall-clock [`SystemTime`]s computed by the caller, except for
+/// instance leases, which a backend measures with its own clock (SQLite: the
+/// host's; PostgreSQL: the server's) so hosts with skewed clocks agree.
+///
+/// Every method is one atomic unit: it applies entirely or not at all, and a
+/// failure leaves the store as it was. Errors are transient from the
+/// caller's point of view (a busy or full disk, a lost connection); the
+/// caller keeps what it wanted to write and tries again.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Inserts new tasks, each with the state it has now (usually PENDING).
+    ///
+    /// A task with an idempotency key is inserted only while no task of the
+    /// same name holds that key (PENDING, RUNNING or SUCCESS); otherwise the
+    /// holder is returned and nothing is written for it. A task whose id is
+    /// already stored is left as it is ([`Inserted::Duplicate`]).
+    fn insert(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Inserted>, StoreError>>;
+
+    /// Applies changes to stored tasks: each is written only if its row
+    /// still matches its [`Expect`]; the answer says, per change, whether it
+    /// was.
+    fn apply(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
+
+    /// Appends log lines to their tasks, keeping at most `per_task` lines per
+    /// task: lines past the cap are not stored but counted on the task.
+    fn append_logs(
+        &self,
+        lines: Vec<LogLine>,
+        per_task: u32,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Claims ready tasks for `owner`: for each [`Demand`], up to `slots`
+    /// PENDING tasks of that queue and executor whose `run_at` has passed, in
+    /// a queue that is not paused, highest priority first and first ready
+    /// first within a priority. Each claimed row becomes RUNNING, owned by
+    /// `owner`, with its attempt count raised by one, atomically: two
+    /// claimers never get the same task. Also tells when the next task of
+    /// these queues becomes ready, so the caller can sleep until then.
+    fn claim_ready<'a>(
+        &'a self,
+        owner: &'a str,
+        demand: &'a [Demand],
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<Claimed, StoreError>>;
+
+    /// The stored task `id`, with its logs, or why its row is unreadable.
+    fn get(&self, id: TaskId) -> BoxFuture<'_, Result<Option<Row>, StoreError>>;
+
+    /// The stored tasks among `ids` (without logs), in no particular order;
+    /// unknown ids are left out.
+    fn get_many<'a>(&'a self, ids: &'a [TaskId]) -> BoxFuture<'a, Result<Vec<Row>, StoreError>>;
+
+    /// Tasks matching `filter`, newest first (by id), at most its limit,
+    /// after its cursor; rows that cannot be read are returned apart.
+    fn list<'a>(&'a self, filter: &'a TaskFilter) -> BoxFuture<'a, Result<Listed, StoreError>>;
+
+    /// Asks the owner of RUNNING task `id` to cancel it (it learns at its
+    /// next heartbeat). Whether the task was RUNNING.
+    fn request_cancel(&self, id: TaskId) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Registers `instance` or renews its lease for `lease` from now (the
+    /// store's clock). Answers whether the instance still held its lease
+    /// (`false` once another instance declared it dead and took its tasks:
+    /// it is registered afresh, but what it ran is no longer its own), and
+    /// the tasks it owns that someone asked to cancel.
+    fn heartbeat<'a>(
+        &'a self,
+        instance: &'a InstanceInfo,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Heartbeat, StoreError>>;
+
+    /// Instances whose lease has expired (by the store's clock).
+    fn expired_instances(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// The RUNNING tasks `instance` owns.
+    fn orphans<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<Row>, StoreError>>;
+
+    /// Forgets `instance` (after a graceful stop, or once its orphans are
+    /// rescued). Its later heartbeat finds its lease gone.
+    fn retire<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Deletes finished tasks (and their logs) that finished before
+    /// `before`; PENDING and RUNNING tasks are never deleted. How many went.
+    fn prune(&self, before: SystemTime) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// The names of the PENDING and RUNNING tasks, each once (an instance
+    /// warns about those its binary does not register: it leaves them to
+    /// one that does).
+    fn unfinished_names(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// Every queue the store knows of (with a setting or a task), with its
+    /// paused flag and its PENDING and RUNNING counts.
+    fn queues(&self) -> BoxFuture<'_, Result<Vec<QueueRow>, StoreError>>;
+
+    /// Pauses or resumes `queue` for every instance sharing the store.
+    fn set_paused<'a>(
+        &'a self,
+        queue: &'a str,
+        paused: bool,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A task as first written.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NewTask {
+    /// Its id.
+    pub id: TaskId,
+    /// Its registered name.
+    pub name: String,
+    /// Where it runs.
+    pub executor: Executor,
+    /// Its queue.
+    pub queue: String,
+    /// Higher runs first within its queue.
+    pub priority: i16,
+    /// Its encoded arguments.
+    pub args: Vec<u8>,
+    /// Its tags.
+    pub tags: Tags,
+    /// Its idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// When it was enqueued.
+    pub created_at: SystemTime,
+    /// Its state now: PENDING for a new task, or already final for one
+    /// cancelled before it was first written.
+    pub state: TaskState,
+}
+
+/// The mutable part of a stored task.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct TaskState {
+    /// Its status.
+    pub status: TaskStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Not before this time may it start (PENDING tasks).
+    pub run_at: SystemTime,
+    /// When its first attempt started.
+    pub started_at: Option<SystemTime>,
+    /// When it reached a final status.
+    pub finished_at: Option<SystemTime>,
+    /// The failure of its latest failed attempt.
+    pub last_error: Option<TaskError>,
+    /// The instance running it (RUNNING), or none.
+    pub owner: Option<String>,
+    /// The encoded output, kept for tasks with an idempotency key.
+    pub output: Option<Vec<u8>>,
+}
+
+impl TaskState {
+    /// A task that may start at `run_at`.
+    pub fn pending(run_at: SystemTime) -> Self {
+        TaskState {
+            status: TaskStatus::Pending,
+            attempts: 0,
+            run_at,
+            started_at: None,
+            finished_at: None,
+            last_error: None,
+            owner: None,
+            output: None,
+        }
+    }
+}
+
+/// The outcome of inserting one [`NewTask`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Inserted {
+    /// Written.
+    New,
+    /// Not written: its key is held by this task.
+    Existing(Box<Row>),
+    /// Not written: a task with this id is stored already.
+    Duplicate,
+}
+
+/// A compare-and-set on one stored task.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Change {
+    /// The task.
+    pub id: TaskId,
+    /// What its row must still be for the change to apply.
+    pub expect: Expect,
+    /// Its new state.
+    pub state: TaskState,
+}
+
+/// The condition a [`Change`] is fenced on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expect {
+    /// RUNNING, owned by `owner`, at attempt count `attempts`: how the
+    /// instance running a task writes its progress. An instance that lost its
+    /// lease (and so the task) is refused.
+    Owned {
+        /// The owner.
+        owner: String,
+        /// The attempt count its claim set.
+        attempts: u32,
+    },
+    /// In `status` with `attempts` attempts, whoever owns it: how a task
+    /// nobody runs is changed (a PENDING task cancelled, an orphan rescued).
+    Status {
+        /// The status.
+        status: TaskStatus,
+        /// The attempt count.
+        attempts: u32,
+        /// The owner it must have (orphans), or any.
+        owner: Option<String>,
+    },
+}
+
+/// How many tasks of one queue and executor an instance can start now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Demand {
+    /// The queue.
+    pub queue: String,
+    /// The executor.
+    pub executor: Executor,
+    /// Free slots.
+    pub slots: usize,
+    /// The task names of this executor the claimer can run (a binary never
+    /// claims a task it does not register).
+    pub names: Arc<[String]>,
+}
+
+impl Demand {
+    /// Up to `slots` tasks of `queue` on `executor`, among `names`.
+    pub fn new(
+        queue: impl Into<String>,
+        executor: Executor,
+        slots: usize,
+        names: Arc<[String]>,
+    ) -> Self {
+        Demand {
+            queue: queue.into(),
+            executor,
+            slots,
+            names,
+        }
+    }
+}
+
+/// What [`Store::claim_ready`] took.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Claimed {
+    /// The claimed tasks, RUNNING and owned by the claimer now; a row that
+    /// could not be read is not claimed and comes back in `corrupt`.
+    pub tasks: Vec<StoredTask>,
+    /// Rows met but not claimed because they cannot be read.
+    pub corrupt: Vec<CorruptRow>,
+    /// When the earliest task of the demanded queues that is not ready yet
+    /// becomes ready.
+    pub next_run_at: Option<SystemTime>,
+}
+
+/// A task as stored.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoredTask {
+    /// What a user sees of it.
+    pub record: TaskRecord,
+    /// Its encoded arguments.
+    pub args: Vec<u8>,
+    /// Its encoded output, kept for tasks with an idempotency key.
+    pub output: Option<Vec<u8>>,
+    /// Its idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The instance that owns it.
+    pub owner: Option<String>,
+    /// Someone asked its owner to cancel it: a claimer that gets it cancels
+    /// it instead of running it.
+    pub cancel_requested: bool,
+}
+
+/// A stored row: the task, or why it cannot be read.
+pub type Row = Result<StoredTask, CorruptRow>;
+
+/// A stored row that cannot be read as a task: a column of the wrong type,
+/// an unknown status or executor, undecodable tags, an unknown codec. It is
+/// reported and left in place; every other row still loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CorruptRow {
+    /// The task's id, when that much is intact.
+    pub id: Option<TaskId>,
+    /// A key that identifies the row whatever its columns hold (SQLite's
+    /// rowid).
+    pub key: i64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for CorruptRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "task {id} (row {})", self.key)?,
+            None => write!(f, "row {}", self.key)?,
+        }
+        write!(f, " in the task store is corrupt: {}", self.reason)
+    }
+}
+
+/// What [`Store::list`] found.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Listed {
+    /// Matching tasks, newest first.
+    pub tasks: Vec<StoredTask>,
+    /// Rows in the range that cannot be read.
+    pub corrupt: Vec<CorruptRow>,
+}
+
+/// One log line of a task, as stored.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LogLine {
+    /// The task.
+    pub task: TaskId,
+    /// The line.
+    pub record: LogRecord,
+}
+
+/// An instance, as it registers.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct InstanceInfo {
+    /// Its random token: the owner of the tasks it claims.
+    pub id: String,
+    /// Its process id, for people reading the store (never for liveness:
+    /// a pid means nothing across PID namespaces and hosts).
+    pub pid: u32,
+    /// Its host name, for people reading the store.
+    pub host: String,
+}
+
+/// What a [`Store::heartbeat`] learned.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Heartbeat {
+    /// Whether the instance still held its lease. `false` for a new
+    /// instance's first heartbeat too.
+    pub held: bool,
+    /// RUNNING tasks it owns that someone asked to cancel.
+    pub cancel: Vec<TaskId>,
+}
+
+/// A queue as the store sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueRow {
+    /// Its name.
+    pub name: String,
+    /// Whether admission is paused.
+    pub paused: bool,
+    /// Its PENDING tasks.
+    pub pending: u64,
+    /// Its RUNNING tasks.
+    pub running: u64,
+}
+
+/// A store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend failed (disk full, database locked past the busy timeout,
+    /// connection lost).
+    #[error("{context}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// What the backend said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The store's file was deleted or replaced while in use: nothing
+    /// written from now on would be seen by a restart.
+    #[error("{0}")]
+    Lost(String),
+    /// The store has been closed.
+    #[error("the task store is closed")]
+    Closed,
+}

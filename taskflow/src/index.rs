@@ -1,9 +1,12 @@
-//! The in-memory record map.
+//! The live index: this instance's tasks in memory, a cache in front of
+//! the task store (never a backend).
 //!
 //! Records are spread over dashmap's lock-striped shards, so enqueueing and
 //! completing tasks on different threads rarely meet on one lock. Counts per
-//! status are atomics kept current by `Core::transition`, so `metrics()` reads
-//! them without scanning.
+//! status (globally and per queue) are striped counters kept current by
+//! `Core::transition`, so `metrics()` reads them without scanning. A view of
+//! a task another instance runs (a "mirror", followed through the store for
+//! a handle here) is not counted.
 //!
 //! Finished records stay for a bounded window: once more than
 //! `max_finished` have finished, the oldest finished ones leave memory (with
@@ -27,7 +30,7 @@ use crate::tally::Tally;
 const DURATION_SUM: usize = 6;
 const DURATION_COUNT: usize = 7;
 
-pub(crate) struct MemoryStore {
+pub(crate) struct LiveIndex {
     records: DashMap<TaskId, SharedCell, IdHash>,
     /// Holders of idempotency keys, for keyed enqueues in this process.
     keys: DashMap<Box<str>, SharedCell>,
@@ -43,9 +46,9 @@ pub(crate) struct MemoryStore {
     sweeping: AtomicBool,
 }
 
-impl MemoryStore {
+impl LiveIndex {
     pub(crate) fn new(max_finished: usize) -> Self {
-        MemoryStore {
+        LiveIndex {
             records: DashMap::with_hasher(IdHash),
             keys: DashMap::new(),
             counts: Tally::default(),
@@ -56,15 +59,37 @@ impl MemoryStore {
         }
     }
 
+    /// Adds a cell (counted unless it is a mirror).
     pub(crate) fn insert(&self, cell: SharedCell) {
-        self.counts.add(cell.status().index(), 1);
+        if !cell.is_mirror() {
+            let status = cell.status();
+            self.counts.add(status.index(), 1);
+            count_queue(&cell, status, 1);
+        }
         self.records.insert(cell.id, cell);
     }
 
-    /// Forgets a cell that was never dispatched (its key was taken).
-    pub(crate) fn remove_unstarted(&self, cell: &TaskCell) {
-        if self.records.remove(&cell.id).is_some() {
-            self.counts.add(cell.status().index(), -1);
+    /// Makes a cell a view of a task another instance runs: it stops
+    /// counting here and is followed through the store.
+    pub(crate) fn follow(&self, cell: &TaskCell) {
+        if !cell.is_mirror() {
+            cell.set_mirror(true);
+            let status = cell.status();
+            self.counts.add(status.index(), -1);
+            count_queue(cell, status, -1);
+            if status == TaskStatus::Pending {
+                cell.queue.unreserve_pending();
+            }
+        }
+    }
+
+    /// Makes a followed cell this instance's own again (it claimed it).
+    pub(crate) fn recount(&self, cell: &TaskCell) {
+        let status = cell.status();
+        self.counts.add(status.index(), 1);
+        count_queue(cell, status, 1);
+        if status == TaskStatus::Pending {
+            cell.queue.reserve_pending_unchecked();
         }
     }
 
@@ -104,16 +129,24 @@ impl MemoryStore {
         }
     }
 
-    /// Moves one count from `from` to `to`, adding `duration` to the mean when
-    /// the task ran to a result.
+    /// Moves one count from `from` to `to` (globally and in the cell's
+    /// queue), adding `duration` to the mean when the task ran to a result.
     pub(crate) fn count_transition(
         &self,
+        cell: &TaskCell,
         from: TaskStatus,
         to: TaskStatus,
         duration: Option<Duration>,
     ) {
         self.counts.add(from.index(), -1);
         self.counts.add(to.index(), 1);
+        count_queue(cell, from, -1);
+        count_queue(cell, to, 1);
+        if from == TaskStatus::Pending {
+            cell.queue.unreserve_pending();
+        } else if to == TaskStatus::Pending {
+            cell.queue.reserve_pending_unchecked();
+        }
         if let Some(duration) = duration {
             let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
             self.counts.add(DURATION_SUM, micros);
@@ -188,14 +221,30 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Snapshots matching `filter`, newest first.
+    /// Snapshots matching `filter`, newest first (without their logs: a
+    /// listing is for overviews).
     pub(crate) fn list(&self, filter: &TaskFilter) -> Vec<TaskRecord> {
+        self.list_where(filter, |_| true)
+    }
+
+    /// As [`list`](Self::list), among cells whose rows are not written yet.
+    pub(crate) fn list_unstored(&self, filter: &TaskFilter) -> Vec<TaskRecord> {
+        self.list_where(filter, |cell| !cell.is_stored() && !cell.is_mirror())
+    }
+
+    fn list_where(&self, filter: &TaskFilter, keep: impl Fn(&TaskCell) -> bool) -> Vec<TaskRecord> {
         let mut matching: Vec<TaskRecord> = self
             .records
             .iter()
+            .filter(|entry| keep(entry.value()))
             .filter_map(|entry| {
                 let cell = entry.value();
-                filter.matches(cell, cell.status()).then(|| cell.snapshot())
+                if !quick_match(filter, cell) {
+                    return None;
+                }
+                let mut record = cell.snapshot();
+                record.logs = Vec::new();
+                filter.matches(&record).then_some(record)
             })
             .collect();
         sort_newest_first(&mut matching);
@@ -203,6 +252,25 @@ impl MemoryStore {
             matching.truncate(limit);
         }
         matching
+    }
+
+    /// Cells a handle here awaits while the task runs (or may run) in
+    /// another instance: views of such tasks, and this instance's stored
+    /// PENDING tasks, which any instance may claim. At most `limit`.
+    pub(crate) fn followed(&self, limit: usize) -> Vec<SharedCell> {
+        self.records
+            .iter()
+            .filter(|entry| {
+                let cell = entry.value();
+                let state = cell.lock();
+                !state.status.is_finished()
+                    && !state.waiters.is_empty()
+                    && (cell.is_mirror()
+                        || (state.status == TaskStatus::Pending && cell.is_stored()))
+            })
+            .take(limit)
+            .map(|entry| entry.value().clone())
+            .collect()
     }
 
     pub(crate) fn metrics(&self) -> Metrics {
@@ -223,6 +291,29 @@ impl MemoryStore {
             mean_duration,
         }
     }
+}
+
+/// Counts `delta` of `status` in the cell's queue (PENDING and RUNNING are
+/// the queue's counts).
+fn count_queue(cell: &TaskCell, status: TaskStatus, delta: i64) {
+    match status {
+        TaskStatus::Pending => cell.queue.count_pending(delta),
+        TaskStatus::Running => cell.queue.count_running(delta),
+        _ => {}
+    }
+}
+
+/// The filter's conditions that need no snapshot, checked first.
+fn quick_match(filter: &TaskFilter, cell: &TaskCell) -> bool {
+    filter
+        .name
+        .as_deref()
+        .is_none_or(|n| n == cell.entry.name())
+        && filter
+            .queue
+            .as_deref()
+            .is_none_or(|q| q == &**cell.queue.name())
+        && filter.before.is_none_or(|id| cell.id < id)
 }
 
 /// Keys are scoped to their task: `order-42` for one task and for another

@@ -1,0 +1,1124 @@
+//! What drives a task store, whatever the backend: the writer of changes,
+//! the claimer of ready work, and the keeper of leases.
+//!
+//! - **The writer** batches what changed: new tasks, status changes and log
+//!   lines reach it as they happen and are written in groups, so many
+//!   transitions cost one store call. Each change is a compare-and-set
+//!   fenced on what this instance last wrote: a task it RUNS is fenced on
+//!   (owner, attempt), so an instance that resumes after its lease was taken
+//!   cannot overwrite what its rescuer decided, and learns that it lost the
+//!   task. A store that cannot be written never stops running tasks: what
+//!   waits is kept, the failure is reported once, and writing resumes with
+//!   backoff.
+//! - **The claimer** asks the store for as many ready tasks as there are free
+//!   slots per queue and executor, whenever slots free up, new rows are
+//!   written, the next delayed task is due, or the poll interval passes (the
+//!   only query an idle instance makes). A claim marks each task RUNNING,
+//!   owned by this instance, durably **before** its body starts.
+//! - **The keeper** renews this instance's lease (its only proof of life:
+//!   never a pid or a host name), picks up cancellations other processes
+//!   asked for, rescues the RUNNING tasks of instances whose lease expired
+//!   (through `lifecycle::next`, one event each) and prunes by retention.
+//!   The claimer also follows, once per poll interval, the tasks that
+//!   handles here await while another instance runs them.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use taskflow_worker::registry::Registry;
+use taskflow_worker::{ErrorKind, Executor, LogRecord, TaskError, TaskId};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::core::Core;
+use crate::error::Error;
+use crate::events::EventKind;
+use crate::lifecycle::{self, TaskStatus, Transition};
+use crate::queue::executor_index;
+use crate::record::{SharedCell, Written};
+use crate::store::{
+    Change, Demand, Expect, Inserted, InstanceInfo, LogLine, NewTask, Row, Store, StoreError,
+    StoredTask, TaskState,
+};
+
+/// Most changes written in one batch.
+const MAX_BATCH: usize = 4096;
+/// Most tasks followed through the store per keeper round.
+const MAX_FOLLOWED: usize = 1000;
+
+/// How a manager uses its task store.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// PENDING tasks this instance enqueued stay queued at shutdown.
+    pub(crate) requeue_pending: bool,
+    /// How long a lease lasts without renewal.
+    pub(crate) lease: Duration,
+    /// How often the lease is renewed (and the keeper's other duties done).
+    pub(crate) heartbeat: Duration,
+    /// How often an idle claimer looks for work another process queued.
+    pub(crate) poll: Duration,
+    /// Finished tasks older than this are pruned.
+    pub(crate) retention: Option<Duration>,
+    /// Log lines kept per task.
+    pub(crate) max_logs: u32,
+}
+
+/// What the writer is sent.
+enum Write {
+    /// This task changed (or is new).
+    Cell(SharedCell),
+    /// This task logged.
+    Log(LogLine),
+    /// Answer once everything sent before is written.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// The task store and its drivers.
+pub(crate) struct Durable {
+    pub(crate) store: Arc<dyn Store>,
+    instance: InstanceInfo,
+    settings: Settings,
+    writes: mpsc::UnboundedSender<Write>,
+    /// Taken by `start`.
+    inbox: Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
+    /// Task names per executor this binary runs: what it may claim.
+    names: [Arc<[String]>; 3],
+    /// A run of store failures is being reported (once).
+    failing: AtomicBool,
+    /// Wakes the keeper early (shutdown).
+    keeper: Arc<Notify>,
+    closed: AtomicBool,
+    /// The store's file was deleted or replaced: nothing more is durable,
+    /// and the instance goes on with its queue in memory.
+    lost: AtomicBool,
+    /// Task names met in the store that this binary does not register,
+    /// reported once each.
+    unknown: Mutex<HashSet<String>>,
+}
+
+impl Durable {
+    pub(crate) fn new(store: Arc<dyn Store>, settings: Settings, registry: &Registry) -> Self {
+        let mut names: [Vec<String>; 3] = Default::default();
+        for entry in registry.entries() {
+            if entry.executor() == Executor::Process && cfg!(not(unix)) {
+                continue;
+            }
+            names[executor_index(entry.executor())].push(entry.name().to_owned());
+        }
+        let (writes, inbox) = mpsc::unbounded_channel();
+        Durable {
+            store,
+            instance: InstanceInfo {
+                id: TaskId::new().to_string(),
+                pid: std::process::id(),
+                host: host_name(),
+            },
+            settings,
+            writes,
+            inbox: Mutex::new(Some(inbox)),
+            names: names.map(Into::into),
+            failing: AtomicBool::new(false),
+            keeper: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            unknown: Mutex::default(),
+        }
+    }
+
+    /// This instance's token: the owner of the tasks it claims.
+    pub(crate) fn instance_id(&self) -> &str {
+        &self.instance.id
+    }
+
+    pub(crate) fn requeue_pending(&self) -> bool {
+        self.settings.requeue_pending
+    }
+
+    /// Registers this instance and rescues what dead instances left, then
+    /// starts the writer, the claimer and the keeper.
+    pub(crate) async fn start(core: &Arc<Core>) -> Result<(), Error> {
+        let Some(durable) = &core.durable else {
+            return Ok(());
+        };
+        durable
+            .store
+            .heartbeat(&durable.instance, durable.settings.lease)
+            .await
+            .map_err(Error::from_store)?;
+        rescue(core).await;
+        let registry = Registry::global()?;
+        for name in durable
+            .store
+            .unfinished_names()
+            .await
+            .map_err(Error::from_store)?
+        {
+            if registry.get(&name).is_none() {
+                durable.unknown_task(&name);
+            }
+        }
+        let inbox = durable
+            .inbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(inbox) = inbox {
+            drop(core.runtime.spawn(writer(Arc::downgrade(core), inbox)));
+        }
+        drop(core.runtime.spawn(claimer(Arc::downgrade(core))));
+        drop(core.runtime.spawn(keeper(Arc::downgrade(core))));
+        Ok(())
+    }
+
+    /// Queues a write of the cell's current state.
+    pub(crate) fn write(&self, cell: SharedCell) {
+        // Only fails once the writer has stopped, after shutdown.
+        let _ = self.writes.send(Write::Cell(cell));
+    }
+
+    /// Queues a log line.
+    pub(crate) fn log(&self, task: TaskId, record: LogRecord) {
+        let _ = self.writes.send(Write::Log(LogLine { task, record }));
+    }
+
+    /// Inserts a keyed task now, waiting on this thread for the store's
+    /// answer: `None` when it is in, or the row that holds its key.
+    pub(crate) fn insert_keyed(&self, cell: &SharedCell) -> Result<Option<Row>, Error> {
+        let (task, target) = new_task(cell);
+        let inserted = block_on(self.store.insert(vec![task])).map_err(Error::from_store)?;
+        match inserted.into_iter().next() {
+            Some(Inserted::Existing(row)) => Ok(Some(*row)),
+            _ => {
+                cell.lock().written = Some(target);
+                cell.mark_stored();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Applies one change now; on success the cell knows its row is so.
+    pub(crate) async fn apply_now(&self, cell: &SharedCell, change: Change) -> Result<bool, Error> {
+        let written = Written {
+            status: change.state.status,
+            attempts: change.state.attempts,
+        };
+        let applied = self
+            .store
+            .apply(vec![change])
+            .await
+            .map_err(Error::from_store)?;
+        let applied = applied.first() == Some(&true);
+        if applied {
+            cell.lock().written = Some(written);
+        }
+        Ok(applied)
+    }
+
+    /// Waits until everything queued so far is written.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Write::Flush(reply))
+            .map_err(|_| Error::ShutDown)?;
+        answer
+            .await
+            .map_err(|_| Error::ShutDown)?
+            .map_err(Error::Store)
+    }
+
+    /// Stops claiming.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.keeper.notify_one();
+    }
+
+    /// Writes what is left and gives up this instance's lease.
+    pub(crate) async fn stop(&self, core: &Arc<Core>) -> Result<(), Error> {
+        let flushed = self.flush().await;
+        let retired = self
+            .store
+            .retire(&self.instance.id)
+            .await
+            .map_err(Error::from_store);
+        core.scheduler.claimer().notify_one();
+        flushed.and(retired)
+    }
+
+    /// Whether the store was lost (and the queue moved to memory).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// The store's file is gone: from now on this instance keeps its queue
+    /// in memory, so what it holds still runs, though nothing is durable
+    /// any more (every `persisted()` and `flush()` says so).
+    fn lose(&self, core: &Arc<Core>) {
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        core.scheduler.go_in_memory();
+        for cell in core.index.unfinished() {
+            if !cell.is_mirror() && cell.status() == TaskStatus::Pending && !cell.lock().admitted {
+                core.scheduler.submit(core, cell);
+            }
+        }
+    }
+
+    /// Reports the first failure of a run of them.
+    fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            let message = crate::error::chain(error);
+            tracing::error!(
+                "{message}; tasks keep running and their changes are kept until it can be written"
+            );
+            core.report_store_failure(first.map(|cell| &**cell), &message);
+        }
+    }
+
+    /// The store answered again.
+    fn recovered(&self) {
+        if self.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!("the task store is writable again; pending changes are written");
+        }
+    }
+
+    /// Warns once about a task name the store holds and this binary lacks.
+    fn unknown_task(&self, name: &str) {
+        let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        if unknown.insert(name.to_owned()) {
+            tracing::warn!(
+                task = %name,
+                "the task store holds unfinished tasks named `{name}`, which this binary does not register; they are left untouched"
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("store", &self.store)
+            .field("instance", &self.instance.id)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The row state a cell's current state is written as: a task interrupted
+/// but released to run again is PENDING and unowned in the store.
+fn target(cell: &SharedCell, state: &crate::record::CellState, me: &str) -> TaskState {
+    let released = state.status == TaskStatus::Interrupted && cell.is_released();
+    let status = match released {
+        true => TaskStatus::Pending,
+        false => state.status,
+    };
+    TaskState {
+        status,
+        attempts: state.attempts,
+        run_at: state.run_at,
+        started_at: if released { None } else { state.started_at },
+        finished_at: if released { None } else { state.finished_at },
+        last_error: state.last_error.as_deref().cloned(),
+        owner: (status == TaskStatus::Running).then(|| me.to_owned()),
+        output: state.output_bytes().map(|bytes| bytes.to_vec()),
+    }
+}
+
+/// A cell as first written, and what its row then is.
+fn new_task(cell: &SharedCell) -> (NewTask, Written) {
+    let state = cell.lock();
+    let mut row = target(cell, &state, "");
+    // A new row is never owned: only a claim makes it RUNNING.
+    row.owner = None;
+    let written = Written {
+        status: row.status,
+        attempts: row.attempts,
+    };
+    let task = NewTask {
+        id: cell.id,
+        name: cell.entry.name().to_owned(),
+        executor: cell.entry.executor(),
+        queue: cell.queue.name().to_string(),
+        priority: cell.priority,
+        args: cell.args.to_vec(),
+        tags: cell.tags.clone(),
+        idempotency_key: cell.key.as_deref().map(str::to_owned),
+        created_at: cell.created_at,
+        state: row,
+    };
+    (task, written)
+}
+
+/// One cell's part of a batch.
+enum Planned {
+    Insert(SharedCell, NewTask, Written),
+    Change(SharedCell, Change, Written, Option<Written>),
+    /// Nothing to write: the row already says it.
+    Nothing(SharedCell),
+}
+
+fn plan(cell: SharedCell, me: &str) -> Planned {
+    if !cell.is_stored() {
+        let (task, written) = new_task(&cell);
+        return Planned::Insert(cell, task, written);
+    }
+    let state = cell.lock();
+    let row = target(&cell, &state, me);
+    let new = Written {
+        status: row.status,
+        attempts: row.attempts,
+    };
+    let before = state.written;
+    let expect = match before {
+        Some(before) if before == new && row.status != TaskStatus::Pending => None,
+        Some(before) if before == new && row.run_at <= SystemTime::now() => None,
+        Some(Written {
+            status: TaskStatus::Running,
+            attempts,
+        }) => Some(Expect::Owned {
+            owner: me.to_owned(),
+            attempts,
+        }),
+        Some(Written { status, attempts }) => Some(Expect::Status {
+            status,
+            attempts,
+            owner: None,
+        }),
+        // Stored by a keyed insert whose answer is on its way, or a view
+        // of another instance's task: nothing this instance may write.
+        None => None,
+    };
+    drop(state);
+    match expect {
+        None => Planned::Nothing(cell),
+        Some(expect) => {
+            let change = Change {
+                id: cell.id,
+                expect,
+                state: row,
+            };
+            Planned::Change(cell, change, new, before)
+        }
+    }
+}
+
+/// The writer's task: batches what changed and writes it.
+async fn writer(core: Weak<Core>, mut inbox: mpsc::UnboundedReceiver<Write>) {
+    let mut cells: Vec<SharedCell> = Vec::new();
+    let mut logs: Vec<LogLine> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+    let mut backoff: Option<Duration> = None;
+    let mut lost: Option<String> = None;
+    loop {
+        let first = match backoff {
+            None => match inbox.recv().await {
+                Some(write) => Some(write),
+                None => return,
+            },
+            Some(wait) => match tokio::time::timeout(wait, inbox.recv()).await {
+                Ok(Some(write)) => Some(write),
+                Ok(None) => return,
+                // Time to try again with what waits.
+                Err(_) => None,
+            },
+        };
+        let mut next = first;
+        loop {
+            match next.take() {
+                Some(Write::Cell(cell)) => cells.push(cell),
+                Some(Write::Log(line)) => logs.push(line),
+                Some(Write::Flush(reply)) => flushes.push(reply),
+                None => {}
+            }
+            if cells.len() + logs.len() >= MAX_BATCH {
+                break;
+            }
+            match inbox.try_recv() {
+                Ok(write) => next = Some(write),
+                Err(_) => break,
+            }
+        }
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        let Some(durable) = &core.durable else {
+            return;
+        };
+        if let Some(reason) = &lost {
+            // Nothing reaches the file any more: say so to all waiting.
+            for cell in cells.drain(..) {
+                cell.mark_unwritten();
+                cell.key_released();
+            }
+            logs.clear();
+            flushes
+                .drain(..)
+                .for_each(|reply| drop(reply.send(Err(reason.clone()))));
+            continue;
+        }
+        let written = match backoff {
+            None => write_batch(&core, durable, &mut cells, &mut logs).await,
+            // After a failure, one task at a time, so a nearly full disk
+            // takes what it can and one change it refuses holds back no
+            // other; log lines wait until whole batches go through again.
+            Some(_) => write_singly(&core, durable, &mut cells).await,
+        };
+        match written {
+            Ok(()) => {
+                durable.recovered();
+                backoff = None;
+                flushes.drain(..).for_each(|reply| drop(reply.send(Ok(()))));
+            }
+            Err(StoreError::Lost(reason)) => {
+                durable.failed(&core, cells.first(), &StoreError::Lost(reason.clone()));
+                durable.lose(&core);
+                for cell in cells.drain(..) {
+                    cell.mark_unwritten();
+                    cell.key_released();
+                }
+                logs.clear();
+                flushes
+                    .drain(..)
+                    .for_each(|reply| drop(reply.send(Err(reason.clone()))));
+                backoff = None;
+                lost = Some(reason);
+            }
+            Err(error) => {
+                durable.failed(&core, cells.first(), &error);
+                // A waiting flush learns of it now rather than hang.
+                let message = crate::error::chain(&error);
+                flushes
+                    .drain(..)
+                    .for_each(|reply| drop(reply.send(Err(message.clone()))));
+                backoff = Some(backoff.map_or(Duration::from_millis(100), |wait| {
+                    (wait * 2).min(Duration::from_secs(5))
+                }));
+            }
+        }
+    }
+}
+
+/// Writes `cells` one per store call until one fails; those written leave
+/// `cells`.
+async fn write_singly(
+    core: &Arc<Core>,
+    durable: &Durable,
+    cells: &mut Vec<SharedCell>,
+) -> Result<(), StoreError> {
+    let mut seen = HashSet::with_capacity(cells.len());
+    cells.retain(|cell| seen.insert(cell.id));
+    while let Some(cell) = cells.first().cloned() {
+        let mut one = vec![cell];
+        write_batch(core, durable, &mut one, &mut Vec::new()).await?;
+        cells.remove(0);
+    }
+    Ok(())
+}
+
+/// Writes one batch; on success `cells` and `logs` are emptied.
+async fn write_batch(
+    core: &Arc<Core>,
+    durable: &Durable,
+    cells: &mut Vec<SharedCell>,
+    logs: &mut Vec<LogLine>,
+) -> Result<(), StoreError> {
+    let me = durable.instance.id.clone();
+    // Newest state wins: each cell once.
+    let mut seen = HashSet::with_capacity(cells.len());
+    let mut inserts = Vec::new();
+    let mut changes = Vec::new();
+    let mut nothing = Vec::new();
+    for cell in cells.iter().rev() {
+        if !seen.insert(cell.id) {
+            continue;
+        }
+        match plan(cell.clone(), &me) {
+            Planned::Insert(cell, task, written) => inserts.push((cell, task, written)),
+            Planned::Change(cell, change, new, before) => {
+                changes.push((cell, change, new, before));
+            }
+            Planned::Nothing(cell) => nothing.push(cell),
+        }
+    }
+    let new_tasks: Vec<NewTask> = inserts.iter().map(|(_, task, _)| task.clone()).collect();
+    let change_list: Vec<Change> = changes
+        .iter()
+        .map(|(_, change, ..)| change.clone())
+        .collect();
+    let log_lines = std::mem::take(logs);
+    let (inserted, applied, logged) = tokio::join!(
+        async {
+            match new_tasks.is_empty() {
+                true => Ok(Vec::new()),
+                false => durable.store.insert(new_tasks).await,
+            }
+        },
+        async {
+            match change_list.is_empty() {
+                true => Ok(Vec::new()),
+                false => durable.store.apply(change_list).await,
+            }
+        },
+        async {
+            match log_lines.is_empty() {
+                true => Ok(()),
+                false => {
+                    durable
+                        .store
+                        .append_logs(log_lines.clone(), durable.settings.max_logs)
+                        .await
+                }
+            }
+        },
+    );
+    // What went through is done, whatever else failed.
+    let mut progressed = false;
+    let mut failure = None;
+    match inserted {
+        Ok(answers) => {
+            for ((cell, _, written), _answer) in inserts.iter().zip(answers) {
+                cell.lock().written = Some(*written);
+                cell.mark_stored();
+                finished_writing(core, cell);
+                progressed = true;
+            }
+            inserts.clear();
+        }
+        Err(error) => failure = Some(error),
+    }
+    match applied {
+        Ok(answers) => {
+            for ((cell, _, new, before), applied) in changes.iter().zip(answers) {
+                if applied {
+                    let mut state = cell.lock();
+                    if state.written == *before {
+                        state.written = Some(*new);
+                    }
+                    drop(state);
+                    progressed = true;
+                } else {
+                    refused(core, cell, *before);
+                }
+                finished_writing(core, cell);
+            }
+            changes.clear();
+        }
+        Err(error) => failure = failure.or(Some(error)),
+    }
+    match logged {
+        Ok(()) => {}
+        Err(error) => {
+            // Lines are kept for the next try.
+            logs.extend(log_lines);
+            failure = failure.or(Some(error));
+        }
+    }
+    for cell in nothing {
+        finished_writing(core, &cell);
+    }
+    if progressed {
+        core.scheduler.claimer().notify_one();
+    }
+    cells.clear();
+    // What failed is sent again on the next try.
+    cells.extend(inserts.into_iter().map(|(cell, ..)| cell));
+    cells.extend(changes.into_iter().map(|(cell, ..)| cell));
+    match failure {
+        None => Ok(()),
+        Some(error) => Err(error),
+    }
+}
+
+/// After a cell's state is written (or found to need no write): handles
+/// held for a key's release may proceed, and a finished record may leave
+/// memory.
+fn finished_writing(core: &Arc<Core>, cell: &SharedCell) {
+    let finished_here = {
+        let state = cell.lock();
+        state.status.is_finished()
+            && state
+                .written
+                .is_some_and(|w| w.status.is_finished() || cell.is_released())
+    };
+    if cell.is_releasing_key() && (finished_here || cell.is_mirror()) {
+        cell.key_released();
+    }
+    if finished_here {
+        core.index.evict_when_full(cell);
+    }
+}
+
+/// A change the store refused: the row is not what this instance last
+/// wrote. If it ran the task, another instance took it (its lease had
+/// expired); either way the store is the authority from now on.
+fn refused(core: &Arc<Core>, cell: &SharedCell, before: Option<Written>) {
+    {
+        let state = cell.lock();
+        if state.written != before {
+            // The claimer (or a cancel) wrote since: this change was stale,
+            // and a newer one follows.
+            return;
+        }
+    }
+    if before.is_some_and(|w| w.status == TaskStatus::Running) {
+        tracing::warn!(
+            task = %cell.id,
+            "this instance no longer owns task {}: its lease was taken and the task rescued by another instance; this attempt's result is not recorded",
+            cell.id
+        );
+        core.bus.publish(|| crate::events::TaskEvent {
+            id: cell.id,
+            name: cell.entry.name(),
+            kind: EventKind::Lost,
+            status: cell.status(),
+            attempt: cell.lock().attempts.saturating_sub(1),
+            at: SystemTime::now(),
+        });
+    }
+    cell.lock().written = None;
+    core.index.follow(cell);
+}
+
+/// The claimer's task.
+async fn claimer(core: Weak<Core>) {
+    let mut next_due: Option<SystemTime> = None;
+    let mut backoff = Duration::ZERO;
+    let mut next_follow = tokio::time::Instant::now();
+    loop {
+        let Some(strong) = core.upgrade() else {
+            return;
+        };
+        let wake = strong.scheduler.claimer().clone();
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(durable) = &strong.durable else {
+            return;
+        };
+        if durable.closed.load(Ordering::SeqCst) || strong.is_closed() || durable.is_lost() {
+            return;
+        }
+        let poll = durable.settings.poll;
+        let (again, due) = claim_once(&strong, durable).await;
+        if tokio::time::Instant::now() >= next_follow {
+            next_follow = tokio::time::Instant::now() + poll;
+            follow(&strong, durable).await;
+        }
+        match due {
+            Ok(due) => {
+                backoff = Duration::ZERO;
+                next_due = due;
+            }
+            Err(()) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            }
+        }
+        drop(strong);
+        if again && backoff.is_zero() {
+            continue;
+        }
+        let until_due = next_due
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(poll);
+        let wait = until_due.min(poll).max(backoff);
+        let _ = tokio::time::timeout(wait, notified).await;
+    }
+}
+
+/// One claim: reserves free slots, asks the store, runs what it got.
+/// Whether to claim again at once (every reserved slot was filled), and
+/// when the next delayed task is due (or `Err` after a store failure).
+async fn claim_once(core: &Arc<Core>, durable: &Durable) -> (bool, Result<Option<SystemTime>, ()>) {
+    let reservation = core.scheduler.reserve(&durable.names);
+    if reservation.demand.is_empty() {
+        return (false, Ok(None));
+    }
+    let demand: Vec<Demand> = reservation
+        .demand
+        .iter()
+        .map(|(_, demand)| demand.clone())
+        .collect();
+    let claimed = durable
+        .store
+        .claim_ready(&durable.instance.id, &demand, SystemTime::now())
+        .await;
+    let mut used = vec![0usize; demand.len()];
+    let result = match claimed {
+        Ok(claimed) => {
+            durable.recovered();
+            core.report_corrupt(&claimed.corrupt);
+            for task in claimed.tasks {
+                let slot = demand.iter().position(|want| {
+                    want.queue == task.record.queue && want.executor == task.record.executor
+                });
+                match slot {
+                    Some(slot) if used[slot] < demand[slot].slots => {
+                        used[slot] += 1;
+                        dispatch(core, durable, task);
+                    }
+                    // A store that returned more than asked: put it back.
+                    _ => give_back(core, durable, task).await,
+                }
+            }
+            Ok(claimed.next_run_at)
+        }
+        Err(error) => {
+            durable.failed(core, None, &error);
+            Err(())
+        }
+    };
+    let mut full = false;
+    for ((queue, want), used) in reservation.demand.iter().zip(&used) {
+        core.scheduler
+            .unreserve(queue, want.executor, want.slots - used);
+        full |= *used == want.slots;
+    }
+    (full && result.is_ok(), result)
+}
+
+/// Runs a claimed task (its slots are reserved), or writes what this
+/// instance already decided for it.
+fn dispatch(core: &Arc<Core>, durable: &Durable, task: StoredTask) {
+    let Some(cell) = core.claimed_cell(&task) else {
+        durable.unknown_task(&task.record.name);
+        return;
+    };
+    {
+        let mut state = cell.lock();
+        state.written = Some(Written {
+            status: TaskStatus::Running,
+            attempts: task.record.attempts,
+        });
+        state.admitted = true;
+        if state.status == TaskStatus::Pending {
+            // The attempt count the claim fenced on is the store's.
+            state.attempts = task.record.attempts.saturating_sub(1);
+        }
+    }
+    if task.cancel_requested {
+        core.transition(&cell, Transition::Cancel);
+        return;
+    }
+    if cell.status().is_finished() {
+        // Cancelled (or interrupted) here while its row was being claimed:
+        // write that, fenced on this claim, and give the slots back.
+        core.transition(&cell, Transition::Start);
+        durable.write(cell);
+        return;
+    }
+    core.run(cell);
+}
+
+/// Returns a task claimed beyond what was asked to the queue.
+async fn give_back(core: &Arc<Core>, durable: &Durable, task: StoredTask) {
+    let record = &task.record;
+    let mut state = TaskState::pending(record.run_at);
+    state.attempts = record.attempts.saturating_sub(1);
+    let change = Change {
+        id: record.id,
+        expect: Expect::Owned {
+            owner: durable.instance.id.clone(),
+            attempts: record.attempts,
+        },
+        state,
+    };
+    if let Err(error) = durable.store.apply(vec![change]).await {
+        durable.failed(core, None, &error);
+    }
+}
+
+/// The keeper's task.
+async fn keeper(core: Weak<Core>) {
+    let mut next_prune = SystemTime::now();
+    loop {
+        let Some(strong) = core.upgrade() else {
+            return;
+        };
+        let Some(durable) = &strong.durable else {
+            return;
+        };
+        if durable.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let heartbeat = durable.settings.heartbeat;
+        let wake = durable.keeper.clone();
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match durable
+            .store
+            .heartbeat(&durable.instance, durable.settings.lease)
+            .await
+        {
+            Ok(beat) => {
+                durable.recovered();
+                if !beat.held {
+                    lost_lease(&strong, durable).await;
+                }
+                for id in beat.cancel {
+                    if let Some(cell) = strong.index.get(&id) {
+                        strong.transition(&cell, Transition::Cancel);
+                    }
+                }
+            }
+            Err(error) => durable.failed(&strong, None, &error),
+        }
+        rescue(&strong).await;
+        if let Some(retention) = durable.settings.retention
+            && SystemTime::now() >= next_prune
+        {
+            next_prune = SystemTime::now()
+                + (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+            if let Err(error) = durable.store.prune(SystemTime::now() - retention).await {
+                tracing::warn!("cannot prune old tasks from the task store: {error}");
+            }
+        }
+        drop(strong);
+        let _ = tokio::time::timeout(heartbeat, notified).await;
+    }
+}
+
+/// This instance's lease was taken while it could not renew it (frozen,
+/// partitioned): the tasks another instance rescued are no longer its own.
+/// Each is stopped here, reported, and followed through the store.
+async fn lost_lease(core: &Arc<Core>, durable: &Durable) {
+    let running: Vec<SharedCell> = core
+        .index
+        .unfinished()
+        .into_iter()
+        .filter(|cell| !cell.is_mirror() && cell.status() == TaskStatus::Running)
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    let ids: Vec<TaskId> = running.iter().map(|cell| cell.id).collect();
+    let rows = match durable.store.get_many(&ids).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            durable.failed(core, None, &error);
+            return;
+        }
+    };
+    let me = durable.instance.id.as_str();
+    for cell in running {
+        let written = cell.lock().written;
+        let row = rows
+            .iter()
+            .filter_map(|row| row.as_ref().ok())
+            .find(|task| task.record.id == cell.id);
+        let still_ours = row.is_some_and(|task| {
+            task.record.status == TaskStatus::Running
+                && task.owner.as_deref() == Some(me)
+                && Some(task.record.attempts) == written.map(|w| w.attempts)
+        });
+        if still_ours {
+            continue;
+        }
+        tracing::warn!(
+            task = %cell.id,
+            "this instance's lease expired and task {} was rescued by another instance; its attempt here is stopped and its result will not be recorded",
+            cell.id
+        );
+        core.bus.publish(|| crate::events::TaskEvent {
+            id: cell.id,
+            name: cell.entry.name(),
+            kind: EventKind::Lost,
+            status: TaskStatus::Running,
+            attempt: cell.lock().attempts.saturating_sub(1),
+            at: SystemTime::now(),
+        });
+        let abort = {
+            let mut state = cell.lock();
+            state.written = None;
+            state.abort.take()
+        };
+        if let Some(abort) = abort {
+            abort.abort();
+        }
+        core.index.follow(&cell);
+        match row {
+            Some(task) => {
+                core.transition(&cell, Transition::Observe(Box::new(task.clone())));
+            }
+            None => {
+                core.transition(&cell, Transition::Interrupt);
+            }
+        }
+    }
+}
+
+/// Rescues the RUNNING tasks of instances whose lease expired: each is
+/// requeued or interrupted as its task says (`lifecycle::next`), with one
+/// event on this manager's bus; an instance with nothing left is retired.
+pub(crate) async fn rescue(core: &Arc<Core>) {
+    let Some(durable) = &core.durable else {
+        return;
+    };
+    let expired = match durable.store.expired_instances().await {
+        Ok(expired) => expired,
+        Err(error) => {
+            durable.failed(core, None, &error);
+            return;
+        }
+    };
+    let Ok(registry) = Registry::global() else {
+        return;
+    };
+    let mut requeued = false;
+    for instance in expired {
+        if instance == durable.instance.id {
+            continue;
+        }
+        let orphans = match durable.store.orphans(&instance).await {
+            Ok(orphans) => orphans,
+            Err(error) => {
+                durable.failed(core, None, &error);
+                return;
+            }
+        };
+        let mut left = 0;
+        for row in orphans {
+            let task = match row {
+                Ok(task) => task,
+                Err(corrupt) => {
+                    core.report_corrupt(std::slice::from_ref(&corrupt));
+                    left += 1;
+                    continue;
+                }
+            };
+            let Some(entry) = registry.get(&task.record.name) else {
+                durable.unknown_task(&task.record.name);
+                left += 1;
+                continue;
+            };
+            let record = &task.record;
+            let policy = entry.defaults();
+            let Some(to) = lifecycle::next(
+                TaskStatus::Running,
+                &Transition::Orphaned,
+                record.attempts,
+                policy,
+            ) else {
+                continue;
+            };
+            let now = SystemTime::now();
+            let mut state = TaskState::pending(now);
+            state.attempts = record.attempts;
+            if to == TaskStatus::Interrupted {
+                state.status = TaskStatus::Interrupted;
+                state.started_at = record.started_at;
+                state.finished_at = Some(now);
+                state.last_error = Some(TaskError::new(
+                    ErrorKind::Interrupted,
+                    "the instance running it is gone",
+                ));
+            }
+            let change = Change {
+                id: record.id,
+                expect: Expect::Status {
+                    status: TaskStatus::Running,
+                    attempts: record.attempts,
+                    owner: Some(instance.clone()),
+                },
+                state,
+            };
+            match durable.store.apply(vec![change]).await {
+                Ok(applied) if applied.first() == Some(&true) => {
+                    let kind = match to {
+                        TaskStatus::Pending => EventKind::Requeued,
+                        _ => EventKind::Interrupted,
+                    };
+                    requeued |= to == TaskStatus::Pending;
+                    core.publish_stored(&task, kind, to);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    durable.failed(core, None, &error);
+                    left += 1;
+                }
+            }
+        }
+        if left == 0
+            && let Err(error) = durable.store.retire(&instance).await
+        {
+            durable.failed(core, None, &error);
+        }
+    }
+    if requeued {
+        core.scheduler.claimer().notify_one();
+    }
+}
+
+/// Brings views of tasks that run elsewhere up to date, for the handles
+/// here that await them.
+async fn follow(core: &Arc<Core>, durable: &Durable) {
+    let followed = core.index.followed(MAX_FOLLOWED);
+    if followed.is_empty() {
+        return;
+    }
+    let ids: Vec<TaskId> = followed.iter().map(|cell| cell.id).collect();
+    let rows = match durable.store.get_many(&ids).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            durable.failed(core, None, &error);
+            return;
+        }
+    };
+    for cell in followed {
+        let row = rows.iter().find_map(|row| match row {
+            Ok(task) if task.record.id == cell.id => Some(task),
+            _ => None,
+        });
+        match row {
+            // Still waiting for any instance: nothing to follow yet.
+            Some(task) if task.record.status == TaskStatus::Pending && !cell.is_mirror() => {}
+            // Claimed by this instance a moment ago: the claimer runs it.
+            Some(task) if task.owner.as_deref() == Some(durable.instance_id()) => {}
+            Some(task) => {
+                if !cell.is_mirror() {
+                    core.index.follow(&cell);
+                }
+                core.transition(&cell, Transition::Observe(Box::new(task.clone())));
+                if cell.status().is_finished() {
+                    cell.key_released();
+                }
+            }
+            None => {
+                core.index.follow(&cell);
+                core.transition(&cell, Transition::Interrupt);
+            }
+        }
+    }
+}
+
+/// This host's name, for people reading the store.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Runs `future` to completion on this thread. For a store call from a
+/// synchronous enqueue: the SQLite store's futures complete from its own
+/// writer thread, so parking here cannot starve them.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}

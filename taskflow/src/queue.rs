@@ -1,0 +1,702 @@
+//! The one queue: named queues × priority × `run_at`, in front of every
+//! executor.
+//!
+//! Admission needs two kinds of slot: one of the task's **queue** (its
+//! `concurrency`, across all executors of this instance) and one of its
+//! **executor** (`max_concurrent_tasks` for async tasks, the sync pool's
+//! threads, the process pool's workers). A task holds both from admission
+//! until it leaves RUNNING (a retry's wait holds none), recorded by the
+//! `admitted` mark on its cell, which `Core::transition` clears and
+//! releases.
+//!
+//! Without a task store this module is the queue itself: ready tasks wait in
+//! per-queue, per-executor lists by priority (higher first, first in first
+//! out within one), and delayed ones (`run_at` in the future: a `delay`, a
+//! retry's backoff) wait in one timer heap served by one tokio task, however
+//! many there are. With a task store the store's table is the queue; this
+//! module only counts free slots, so the claimer asks the store for exactly
+//! as many tasks as can start ([`Scheduler::reserve`]).
+//!
+//! A queue with no concurrency cap on an executor with no cap admits a ready
+//! task on the spot, without a lock: the common uncapped case costs nothing.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use taskflow_worker::Executor;
+use tokio::sync::Notify;
+
+use crate::core::Core;
+use crate::record::SharedCell;
+use crate::store::Demand;
+use crate::tally::Tally;
+
+/// The queue of tasks that name none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Most tasks asked of the store per queue and executor in one claim when
+/// nothing caps them.
+const CLAIM_BATCH: usize = 512;
+
+/// A queue's settings, for [`TaskManagerBuilder::queue`](crate::TaskManagerBuilder::queue).
+///
+/// ```
+/// use taskflow::QueueConfig;
+/// let emails = QueueConfig::new().concurrency(4).max_size(10_000);
+/// # let _ = emails;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueConfig {
+    /// At most this many of the queue's tasks run at once in this instance,
+    /// across all executors. `None`: no cap beyond the executors'.
+    pub concurrency: Option<usize>,
+    /// At most this many of the queue's tasks PENDING at once; an enqueue
+    /// beyond it is [`Error::QueueFull`](crate::Error::QueueFull).
+    pub max_size: Option<usize>,
+}
+
+impl QueueConfig {
+    /// No caps.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most `n` of the queue's tasks run at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// At most `n` of the queue's tasks wait PENDING at once.
+    pub fn max_size(mut self, n: usize) -> Self {
+        self.max_size = Some(n);
+        self
+    }
+}
+
+/// One queue's numbers, from [`TaskManager::queue_stats`](crate::TaskManager::queue_stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue's name.
+    pub name: String,
+    /// Tasks waiting (including delayed ones and retry waits).
+    pub pending: u64,
+    /// Tasks running.
+    pub running: u64,
+    /// Whether admission is paused.
+    pub paused: bool,
+    /// Its concurrency cap in this instance.
+    pub concurrency: Option<usize>,
+    /// Its cap on PENDING tasks.
+    pub max_size: Option<usize>,
+}
+
+/// Slots: a capacity and how many are taken. Unlimited slots are never
+/// counted, so the uncapped path touches no shared counter.
+struct Slots {
+    capacity: Option<usize>,
+    taken: AtomicUsize,
+}
+
+impl Slots {
+    fn new(capacity: Option<usize>) -> Self {
+        Slots {
+            capacity,
+            taken: AtomicUsize::new(0),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let Some(capacity) = self.capacity else {
+            return true;
+        };
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < capacity).then_some(taken + 1)
+            })
+            .is_ok()
+    }
+
+    /// Takes up to `n`; how many it got.
+    fn take_up_to(&self, n: usize) -> usize {
+        let Some(capacity) = self.capacity else {
+            return n;
+        };
+        let mut got = 0;
+        let _ = self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                got = capacity.saturating_sub(taken).min(n);
+                Some(taken + got)
+            });
+        got
+    }
+
+    fn give(&self, n: usize) {
+        if self.capacity.is_some() {
+            self.taken.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    fn free(&self) -> usize {
+        match self.capacity {
+            None => usize::MAX,
+            Some(capacity) => capacity.saturating_sub(self.taken.load(Ordering::Acquire)),
+        }
+    }
+}
+
+/// Ready tasks of one queue and executor: by priority, then arrival.
+#[derive(Default)]
+struct Ready {
+    by_priority: BTreeMap<Reverse<i16>, VecDeque<SharedCell>>,
+}
+
+impl Ready {
+    fn push(&mut self, cell: SharedCell) {
+        self.by_priority
+            .entry(Reverse(cell.priority))
+            .or_default()
+            .push_back(cell);
+    }
+
+    /// The best task that has not finished meanwhile (cancelled while it
+    /// waited: dropped here).
+    fn pop(&mut self) -> Option<SharedCell> {
+        while let Some(mut entry) = self.by_priority.first_entry() {
+            let cell = entry.get_mut().pop_front();
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+            match cell {
+                Some(cell) if !cell.status().is_finished() => return Some(cell),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_priority.is_empty()
+    }
+}
+
+/// One named queue.
+pub(crate) struct Queue {
+    name: Arc<str>,
+    config: QueueConfig,
+    slots: Slots,
+    paused: AtomicBool,
+    /// Ready tasks per executor (memory mode only).
+    ready: Mutex<[Ready; 3]>,
+    /// Tasks of this queue that wait in `ready`, so a release looks only
+    /// where someone waits.
+    waiting: AtomicUsize,
+    /// PENDING and RUNNING counts of this instance's tasks in the queue.
+    counts: Tally<2>,
+    /// Exact PENDING count, kept only for a queue with a `max_size`.
+    queued: AtomicUsize,
+}
+
+const PENDING: usize = 0;
+const RUNNING: usize = 1;
+
+impl Queue {
+    fn new(name: Arc<str>, config: QueueConfig) -> Self {
+        Queue {
+            name,
+            config,
+            slots: Slots::new(config.concurrency),
+            paused: AtomicBool::new(false),
+            ready: Mutex::new(Default::default()),
+            waiting: AtomicUsize::new(0),
+            counts: Tally::default(),
+            queued: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a new PENDING task against `max_size`; `false` when full.
+    pub(crate) fn reserve_pending(&self) -> bool {
+        let Some(max) = self.config.max_size else {
+            return true;
+        };
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued < max).then_some(queued + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts a task entering PENDING whatever the cap (a retry, a task
+    /// claimed from the store).
+    pub(crate) fn reserve_pending_unchecked(&self) {
+        if self.config.max_size.is_some() {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts a task leaving PENDING.
+    pub(crate) fn unreserve_pending(&self) {
+        if self.config.max_size.is_some() {
+            let _ = self
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                    Some(queued.saturating_sub(1))
+                });
+        }
+    }
+
+    /// The queue's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn config(&self) -> QueueConfig {
+        self.config
+    }
+
+    fn ready(&self) -> MutexGuard<'_, [Ready; 3]> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Counts a task entering PENDING (`+1`) or leaving it (`-1`).
+    pub(crate) fn count_pending(&self, delta: i64) {
+        self.counts.add(PENDING, delta);
+    }
+
+    /// Counts a task entering RUNNING (`+1`) or leaving it (`-1`).
+    pub(crate) fn count_running(&self, delta: i64) {
+        self.counts.add(RUNNING, delta);
+    }
+
+    /// This instance's PENDING tasks in the queue.
+    pub(crate) fn pending(&self) -> u64 {
+        u64::try_from(self.counts.get(PENDING)).unwrap_or(0)
+    }
+
+    fn running(&self) -> u64 {
+        u64::try_from(self.counts.get(RUNNING)).unwrap_or(0)
+    }
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("paused", &self.is_paused())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The admission structure of one manager.
+pub(crate) struct Scheduler {
+    queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    /// Settings of queues named on the builder; others get defaults.
+    configs: HashMap<Arc<str>, QueueConfig>,
+    executors: [Slots; 3],
+    /// Delayed tasks (memory mode).
+    timer: Timer,
+    /// With a store: the claimer to wake when slots free up.
+    claimer: Arc<Notify>,
+    /// The store's table is the queue (until the store is lost).
+    durable: AtomicBool,
+}
+
+/// The index of an executor in per-executor arrays.
+pub(crate) fn executor_index(executor: Executor) -> usize {
+    match executor {
+        Executor::Async => 0,
+        Executor::Thread => 1,
+        _ => 2,
+    }
+}
+
+const EXECUTORS: [Executor; 3] = [Executor::Async, Executor::Thread, Executor::Process];
+
+impl Scheduler {
+    /// `capacities`: slots per executor (async, thread, process), `None`
+    /// for no cap.
+    pub(crate) fn new(
+        configs: HashMap<Arc<str>, QueueConfig>,
+        capacities: [Option<usize>; 3],
+        durable: bool,
+    ) -> Self {
+        let scheduler = Scheduler {
+            queues: RwLock::new(HashMap::new()),
+            configs,
+            executors: capacities.map(Slots::new),
+            timer: Timer::default(),
+            claimer: Arc::new(Notify::new()),
+            durable: AtomicBool::new(durable),
+        };
+        scheduler.queue(DEFAULT_QUEUE);
+        for name in scheduler.configs.keys() {
+            scheduler.queue(name);
+        }
+        scheduler
+    }
+
+    /// The queue named `name`, created with its settings on first use.
+    pub(crate) fn queue(&self, name: &str) -> Arc<Queue> {
+        if let Some(queue) = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return queue.clone();
+        }
+        let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        queues
+            .entry(name.into())
+            .or_insert_with_key(|name| {
+                let config = self.configs.get(name).copied().unwrap_or_default();
+                Arc::new(Queue::new(name.clone(), config))
+            })
+            .clone()
+    }
+
+    /// Every queue this instance knows, by name.
+    pub(crate) fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut queues: Vec<Arc<Queue>> = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        queues
+    }
+
+    /// The claimer's wake-up (store mode).
+    pub(crate) fn claimer(&self) -> &Arc<Notify> {
+        &self.claimer
+    }
+
+    /// Hands a PENDING task to the queue (memory mode): admitted now if it
+    /// is ready and slots are free, else kept in order until it is.
+    pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
+        let run_at = cell.lock().run_at;
+        if run_at > SystemTime::now() {
+            self.timer.add(core, cell, run_at);
+            return;
+        }
+        self.submit_ready(core, cell);
+    }
+
+    fn submit_ready(&self, core: &Arc<Core>, cell: SharedCell) {
+        let queue = cell.queue.clone();
+        let executor = executor_index(cell.entry.executor());
+        let slots = &self.executors[executor];
+        let unlimited = queue.slots.capacity.is_none() && slots.capacity.is_none();
+        if unlimited && !queue.is_paused() {
+            self.start(core, cell);
+            return;
+        }
+        queue.ready()[executor].push(cell);
+        queue.waiting.fetch_add(1, Ordering::AcqRel);
+        self.pump(core, &queue, executor);
+    }
+
+    /// Admits waiting tasks of `queue` on `executor` while both have slots.
+    fn pump(&self, core: &Arc<Core>, queue: &Queue, executor: usize) {
+        let slots = &self.executors[executor];
+        loop {
+            if queue.is_paused() || queue.waiting.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if !slots.take() {
+                return;
+            }
+            if !queue.slots.take() {
+                slots.give(1);
+                return;
+            }
+            let next = {
+                let mut ready = queue.ready();
+                let next = ready[executor].pop();
+                if next.is_some() {
+                    queue.waiting.fetch_sub(1, Ordering::AcqRel);
+                }
+                next
+            };
+            match next {
+                Some(cell) => self.start(core, cell),
+                None => {
+                    slots.give(1);
+                    queue.slots.give(1);
+                    // Only cancelled tasks were left, or another thread took
+                    // the last one; a task pushed meanwhile saw our slots
+                    // taken and is looked at on the next turn.
+                    if queue.ready()[executor].is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a task whose slots are taken (or need none).
+    fn start(&self, core: &Arc<Core>, cell: SharedCell) {
+        cell.admit();
+        core.run(cell);
+    }
+
+    /// Gives back the slots of a task that left RUNNING (or finished before
+    /// it started), then admits what waited for them.
+    pub(crate) fn release(&self, core: &Arc<Core>, queue: &Arc<Queue>, executor: Executor) {
+        let index = executor_index(executor);
+        self.executors[index].give(1);
+        queue.slots.give(1);
+        if self.durable.load(Ordering::Acquire) {
+            self.claimer.notify_one();
+            return;
+        }
+        // The freed queue slot may serve another executor's task; the freed
+        // executor slot another queue's.
+        for other in 0..3 {
+            self.pump(core, queue, other);
+        }
+        if self.executors[index].capacity.is_some() {
+            for other in self.queues() {
+                if !Arc::ptr_eq(&other, queue) {
+                    self.pump(core, &other, index);
+                }
+            }
+        }
+    }
+
+    /// Pauses or resumes admission from `queue` in this instance.
+    pub(crate) fn set_paused(&self, core: &Arc<Core>, queue: &str, paused: bool) {
+        let queue = self.queue(queue);
+        let was = queue.paused.swap(paused, Ordering::AcqRel);
+        if was && !paused {
+            if self.durable.load(Ordering::Acquire) {
+                self.claimer.notify_one();
+            } else {
+                for executor in 0..3 {
+                    self.pump(core, &queue, executor);
+                }
+            }
+        }
+    }
+
+    /// With a store: takes every slot free now, per queue and executor, and
+    /// says how many tasks to claim for each. `names` lists the tasks of
+    /// each executor this binary can run.
+    pub(crate) fn reserve(&self, names: &[Arc<[String]>; 3]) -> Reservation {
+        let mut demand = Vec::new();
+        for queue in self.queues() {
+            if queue.is_paused() {
+                continue;
+            }
+            for (index, executor) in EXECUTORS.into_iter().enumerate() {
+                if names[index].is_empty() || !cfg!(unix) && executor == Executor::Process {
+                    continue;
+                }
+                let want = self.executors[index].free().min(CLAIM_BATCH);
+                let from_executor = self.executors[index].take_up_to(want);
+                let got = queue.slots.take_up_to(from_executor);
+                self.executors[index].give(from_executor - got);
+                if got > 0 {
+                    demand.push((
+                        queue.clone(),
+                        Demand::new(&*queue.name, executor, got, names[index].clone()),
+                    ));
+                }
+            }
+        }
+        Reservation { demand }
+    }
+
+    /// The store was lost: from now on the queue is this one, in memory.
+    pub(crate) fn go_in_memory(&self) {
+        self.durable.store(false, Ordering::Release);
+    }
+
+    /// Gives back the unused part of a reservation.
+    pub(crate) fn unreserve(&self, queue: &Queue, executor: Executor, n: usize) {
+        if n > 0 {
+            self.executors[executor_index(executor)].give(n);
+            queue.slots.give(n);
+        }
+    }
+
+    /// Stops the timer task; delayed tasks wait no more (shutdown).
+    pub(crate) fn stop(&self) {
+        self.timer.stop();
+    }
+
+    /// Per-queue numbers of this instance.
+    pub(crate) fn stats(&self) -> Vec<QueueStats> {
+        self.queues()
+            .into_iter()
+            .map(|queue| QueueStats {
+                name: queue.name.to_string(),
+                pending: queue.pending(),
+                running: queue.running(),
+                paused: queue.is_paused(),
+                concurrency: queue.config.concurrency,
+                max_size: queue.config.max_size,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("queues", &self.queues())
+            .field("durable", &self.durable.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Slots taken for a claim, per queue and executor.
+pub(crate) struct Reservation {
+    pub(crate) demand: Vec<(Arc<Queue>, Demand)>,
+}
+
+/// Delayed tasks, ordered by when they become ready, served by one tokio
+/// task that sleeps until the earliest.
+#[derive(Default)]
+struct Timer {
+    state: Mutex<TimerState>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct TimerState {
+    heap: BinaryHeap<Reverse<Delayed>>,
+    /// The serving task exists.
+    started: bool,
+    stopped: bool,
+    seq: u64,
+}
+
+struct Delayed {
+    at: SystemTime,
+    seq: u64,
+    cell: SharedCell,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+impl Timer {
+    fn state(&self) -> MutexGuard<'_, TimerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, core: &Arc<Core>, cell: SharedCell, at: SystemTime) {
+        let (earliest, start) = {
+            let mut state = self.state();
+            if state.stopped {
+                return;
+            }
+            state.seq += 1;
+            let seq = state.seq;
+            let earliest = state.heap.peek().is_none_or(|Reverse(first)| at < first.at);
+            state.heap.push(Reverse(Delayed { at, seq, cell }));
+            let start = !std::mem::replace(&mut state.started, true);
+            (earliest, start)
+        };
+        if start {
+            let core = Arc::downgrade(core);
+            drop(core_runtime(&core).map(|runtime| runtime.spawn(serve_timer(core))));
+        } else if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        let mut state = self.state();
+        state.stopped = true;
+        state.heap.clear();
+        drop(state);
+        self.wake.notify_one();
+    }
+}
+
+fn core_runtime(core: &Weak<Core>) -> Option<tokio::runtime::Handle> {
+    core.upgrade().map(|core| core.runtime.clone())
+}
+
+/// The timer's task: sleeps until the earliest delayed task is due, then
+/// hands every due one to its queue.
+async fn serve_timer(core: Weak<Core>) {
+    loop {
+        let Some(strong) = core.upgrade() else {
+            return;
+        };
+        let timer = &strong.scheduler.timer;
+        let wake = timer.wake.clone();
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (due, next) = {
+            let mut state = timer.state();
+            if state.stopped {
+                return;
+            }
+            let now = SystemTime::now();
+            let mut due = Vec::new();
+            while let Some(Reverse(first)) = state.heap.peek() {
+                if first.at > now {
+                    break;
+                }
+                if let Some(Reverse(delayed)) = state.heap.pop() {
+                    due.push(delayed.cell);
+                }
+            }
+            let next = state
+                .heap
+                .peek()
+                .map(|Reverse(first)| first.at.duration_since(now).unwrap_or_default());
+            (due, next)
+        };
+        for cell in due {
+            if !cell.status().is_finished() {
+                strong.scheduler.submit_ready(&strong, cell);
+            }
+        }
+        drop(strong);
+        match next {
+            // A wall-clock wait: a clock set back makes it longer, which is
+            // how `run_at` (a wall-clock time) is meant.
+            Some(wait) => {
+                let _ = tokio::time::timeout(wait.max(Duration::from_micros(100)), notified).await;
+            }
+            None => notified.await,
+        }
+    }
+}
