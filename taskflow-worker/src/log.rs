@@ -93,6 +93,53 @@ impl LogRecord {
     }
 }
 
+impl LogRecord {
+    /// The record of a `tracing` event: its level, target, message, and
+    /// its other fields in order (values as `Debug` prints them).
+    pub fn from_event(event: &tracing::Event<'_>) -> Self {
+        let mut text = EventText::default();
+        event.record(&mut text);
+        let metadata = event.metadata();
+        let level = match *metadata.level() {
+            tracing::Level::ERROR => LogLevel::Error,
+            tracing::Level::WARN => LogLevel::Warn,
+            tracing::Level::INFO => LogLevel::Info,
+            tracing::Level::DEBUG => LogLevel::Debug,
+            _ => LogLevel::Trace,
+        };
+        let mut record = LogRecord::new(level, metadata.target(), text.message);
+        record.fields = text.fields;
+        record
+    }
+}
+
+/// An event's message and its other fields, in order.
+#[derive(Default)]
+struct EventText {
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
+impl tracing::field::Visit for EventText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        use fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.fields
+                .push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            self.fields.push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+}
+
 /// Where a running task's log records go.
 pub trait LogSink: Send + Sync {
     /// Delivers `record`, emitted by task `id`.

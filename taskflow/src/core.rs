@@ -64,6 +64,8 @@ pub(crate) struct Core {
     reported_corrupt: Mutex<HashSet<i64>>,
     /// Log lines kept per task.
     pub(crate) max_logs: usize,
+    /// The dispatcher in-process attempts run under (see `crate::trace`).
+    pub(crate) tee: tracing::Dispatch,
 }
 
 /// What a transition did.
@@ -101,6 +103,7 @@ pub(crate) struct Parts {
     pub(crate) scheduler: Scheduler,
     pub(crate) durable: Option<Durable>,
     pub(crate) max_logs: usize,
+    pub(crate) tee: tracing::Dispatch,
 }
 
 impl Core {
@@ -121,6 +124,7 @@ impl Core {
             idle: Notify::new(),
             reported_corrupt: Mutex::default(),
             max_logs: parts.max_logs,
+            tee: parts.tee,
         }
     }
 

@@ -264,6 +264,7 @@ mod queue;
 mod record;
 pub mod store;
 mod tally;
+mod trace;
 
 #[doc(hidden)]
 pub mod __private;

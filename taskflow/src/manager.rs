@@ -378,7 +378,7 @@ pub struct TaskManagerBuilder {
     max_tasks_per_worker: Option<u32>,
     process_nice: Option<i32>,
     worker_program: Option<std::path::PathBuf>,
-    worker_log_level: Option<String>,
+    task_log_level: tracing::level_filters::LevelFilter,
     resources: Resources,
     shutdown_timeout: Duration,
     process_shutdown_timeout: Duration,
@@ -410,7 +410,7 @@ impl Default for TaskManagerBuilder {
             max_tasks_per_worker: None,
             process_nice: None,
             worker_program: None,
-            worker_log_level: None,
+            task_log_level: tracing::level_filters::LevelFilter::INFO,
             resources: Resources::new(),
             shutdown_timeout: Duration::from_secs(30),
             process_shutdown_timeout: Duration::from_secs(30),
@@ -509,11 +509,20 @@ impl TaskManagerBuilder {
         self
     }
 
-    /// The most verbose `tracing` level forwarded from tasks in worker
-    /// processes to their records: `"error"`, `"warn"`, `"info"` (default),
-    /// `"debug"`, `"trace"` or `"off"`.
-    pub fn worker_log_level(mut self, level: impl Into<String>) -> Self {
-        self.worker_log_level = Some(level.into());
+    /// The most verbose `tracing` event, emitted inside a task, that is
+    /// recorded on the task's log (as [`log`](crate::log()) lines are): in
+    /// async and thread tasks (the events still reach the application's
+    /// subscriber) and in worker processes. Default `INFO`; `OFF` records
+    /// none.
+    ///
+    /// ```
+    /// use taskflow::TaskManager;
+    /// use tracing::level_filters::LevelFilter;
+    /// let builder = TaskManager::builder().task_log_level(LevelFilter::DEBUG);
+    /// # let _ = builder;
+    /// ```
+    pub fn task_log_level(mut self, level: tracing::level_filters::LevelFilter) -> Self {
+        self.task_log_level = level;
         self
     }
 
@@ -743,7 +752,7 @@ impl TaskManagerBuilder {
                 max_tasks_per_worker: self.max_tasks_per_worker,
                 nice: self.process_nice,
                 program: self.worker_program,
-                log_level: self.worker_log_level,
+                log_level: Some(self.task_log_level.to_string()),
                 handshake_timeout: self.worker_start_timeout,
             }),
         };
@@ -801,6 +810,7 @@ impl TaskManagerBuilder {
             scheduler,
             durable,
             max_logs: self.max_logs_per_task,
+            tee: crate::trace::Tee::dispatch(self.task_log_level),
         }));
         SyncExecutor::start(&core)?;
         Durable::start(&core).await?;

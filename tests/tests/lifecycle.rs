@@ -476,3 +476,62 @@ async fn finished_records_beyond_the_window_leave_memory_oldest_first() {
     assert_eq!(manager.metrics().success, 200, "counts cover every task");
     manager.shutdown().await;
 }
+
+#[task(retries = 1)]
+async fn traced_async(fail_first: bool) -> Result<(), String> {
+    let attempt = taskflow::context().map_or(0, |ctx| ctx.attempt);
+    tracing::info!(user = "ada", attempt, "async step");
+    tracing::debug!("below the level: not recorded");
+    if fail_first && attempt == 0 {
+        return Err("first attempt fails".into());
+    }
+    Ok(())
+}
+
+#[task]
+fn traced_sync() {
+    tracing::warn!(rows = 3, "sync step");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_events_inside_tasks_are_their_log_lines() {
+    let manager = TaskManager::builder()
+        .max_sync_threads(1)
+        .build()
+        .await
+        .unwrap();
+    let handle = traced_async::call(true).enqueue_on(&manager).unwrap();
+    let id = handle.id();
+    within("the traced async task", handle).await.unwrap();
+    let record = manager.get(id).await.unwrap().unwrap();
+    let lines: Vec<_> = record
+        .logs
+        .iter()
+        .map(|line| (line.attempt, line.message.as_str(), line.fields.clone()))
+        .collect();
+    let fields = |attempt: &str| {
+        vec![
+            ("user".to_owned(), "ada".to_owned()),
+            ("attempt".to_owned(), attempt.to_owned()),
+        ]
+    };
+    assert_eq!(
+        lines,
+        [(0, "async step", fields("0")), (1, "async step", fields("1"))]
+    );
+
+    let handle = traced_sync::call().enqueue_on(&manager).unwrap();
+    let id = handle.id();
+    within("the traced sync task", handle).await.unwrap();
+    let record = manager.get(id).await.unwrap().unwrap();
+    assert_eq!(record.logs.len(), 1, "{:?}", record.logs);
+    assert_eq!(record.logs[0].level, taskflow::LogLevel::Warn);
+    assert_eq!(record.logs[0].message, "sync step");
+    assert_eq!(
+        record.logs[0].fields,
+        [("rows".to_owned(), "3".to_owned())]
+    );
+    // Outside a task, an event is the application's alone.
+    tracing::info!("not a task's");
+    manager.shutdown().await;
+}

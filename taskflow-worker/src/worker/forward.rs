@@ -4,15 +4,12 @@
 //! Spans are not tracked (a worker has no use for them); an event's message
 //! and its fields become the record's message and fields.
 
-use std::fmt::{self, Write as _};
-
-use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::{Event, Metadata, Subscriber};
 
-use crate::log::{LogLevel, LogRecord};
+use crate::log::LogRecord;
 
 /// Makes the forwarder the worker's global subscriber. Nothing else runs in
 /// a worker before this, so no subscriber is displaced.
@@ -58,55 +55,12 @@ impl Subscriber for Forwarder {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let Some(context) = crate::context::context() else {
-            return;
-        };
-        let mut text = Text::default();
-        event.record(&mut text);
-        let metadata = event.metadata();
-        let mut record = LogRecord::new(level(metadata.level()), metadata.target(), text.message);
-        record.fields = text.fields;
-        context.emit(record);
+        if let Some(context) = crate::context::context() {
+            context.emit(LogRecord::from_event(event));
+        }
     }
 
     fn enter(&self, _: &Id) {}
 
     fn exit(&self, _: &Id) {}
-}
-
-fn level(level: &Level) -> LogLevel {
-    match *level {
-        Level::ERROR => LogLevel::Error,
-        Level::WARN => LogLevel::Warn,
-        Level::INFO => LogLevel::Info,
-        Level::DEBUG => LogLevel::Debug,
-        _ => LogLevel::Trace,
-    }
-}
-
-/// An event's message and its other fields, in order.
-#[derive(Default)]
-struct Text {
-    message: String,
-    fields: Vec<(String, String)>,
-}
-
-impl Visit for Text {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-        } else {
-            self.fields
-                .push((field.name().to_owned(), format!("{value:?}")));
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message.push_str(value);
-        } else {
-            self.fields
-                .push((field.name().to_owned(), value.to_owned()));
-        }
-    }
 }

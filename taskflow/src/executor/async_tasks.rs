@@ -110,8 +110,12 @@ async fn attempt(core: Arc<Core>, cell: SharedCell) {
         Body::Async(body) => match catch_panic(|| body(&cell.args, &core.resources)) {
             Err(error) => Err(error),
             Ok(future) => {
-                let future =
-                    context::scope(context_of(&core, &cell, attempt), CatchUnwind::new(future));
+                // The body's `tracing` events reach the application's
+                // subscriber and, through the tee, the task's log.
+                let future = tracing::instrument::WithSubscriber::with_subscriber(
+                    context::scope(context_of(&core, &cell, attempt), CatchUnwind::new(future)),
+                    core.tee.clone(),
+                );
                 match cell.entry.defaults().timeout {
                     None => future.await,
                     // Boxed: a timer is large, and only some tasks have one;
