@@ -14,12 +14,17 @@ pub mod context;
 pub mod failure;
 pub mod id;
 pub mod log;
+// Not public API: the parent side of the process boundary lives in
+// `taskflow`, which needs these; applications never do.
+#[doc(hidden)]
 pub mod protocol;
 pub mod registry;
 pub mod resource;
 #[cfg(unix)]
+#[doc(hidden)]
 pub mod sys;
 #[cfg(unix)]
+#[doc(hidden)]
 pub mod worker;
 
 pub use codec::CodecError;

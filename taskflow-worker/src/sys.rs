@@ -168,7 +168,15 @@ unsafe fn adopt(fd: RawFd) -> OwnedFd {
 /// starts inherits the environment too. It does not inherit the pipes, which
 /// are close-on-exec in a running worker, so a worker is a process with the
 /// marker *and* pipes on [`REQUESTS_FD`] and [`REPLIES_FD`].
+///
+/// Only the first call decides (a worker never returns from serving): a
+/// later call, in the application, is [`Startup::Application`] without
+/// touching a descriptor, so the pipes can never be adopted twice.
 pub fn startup() -> Startup {
+    static DECIDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DECIDED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Startup::Application;
+    }
     let Some(parent) = std::env::var(WORKER_ENV)
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
@@ -457,5 +465,19 @@ impl fmt::Debug for PollSet {
         f.debug_list()
             .entries(self.fds.iter().map(|entry| (entry.fd, entry.revents)))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_startup_decides() {
+        // This test process is no worker; whatever the first call found,
+        // a second one never looks at the descriptors again.
+        let _ = startup();
+        assert!(matches!(startup(), Startup::Application));
+        assert!(matches!(startup(), Startup::Application));
     }
 }
