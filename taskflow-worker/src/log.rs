@@ -135,7 +135,8 @@ impl tracing::field::Visit for EventText {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            self.fields.push((field.name().to_owned(), value.to_owned()));
+            self.fields
+                .push((field.name().to_owned(), value.to_owned()));
         }
     }
 }

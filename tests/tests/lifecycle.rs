@@ -517,7 +517,10 @@ async fn tracing_events_inside_tasks_are_their_log_lines() {
     };
     assert_eq!(
         lines,
-        [(0, "async step", fields("0")), (1, "async step", fields("1"))]
+        [
+            (0, "async step", fields("0")),
+            (1, "async step", fields("1"))
+        ]
     );
 
     let handle = traced_sync::call().enqueue_on(&manager).unwrap();
@@ -527,10 +530,7 @@ async fn tracing_events_inside_tasks_are_their_log_lines() {
     assert_eq!(record.logs.len(), 1, "{:?}", record.logs);
     assert_eq!(record.logs[0].level, taskflow::LogLevel::Warn);
     assert_eq!(record.logs[0].message, "sync step");
-    assert_eq!(
-        record.logs[0].fields,
-        [("rows".to_owned(), "3".to_owned())]
-    );
+    assert_eq!(record.logs[0].fields, [("rows".to_owned(), "3".to_owned())]);
     // Outside a task, an event is the application's alone.
     tracing::info!("not a task's");
     manager.shutdown().await;
