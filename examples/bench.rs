@@ -1,5 +1,5 @@
 //! Every executor against the raw primitive beneath it, in the same run
-//! (issue 5's workloads B1–B6, B8 and B9; B7 is the `burst_latency` example).
+//! (workloads B1–B6 and B8–B11; B7 is the `burst_latency` example).
 //!
 //! ```text
 //! cargo run --release --example bench                  # the full table, a few minutes
@@ -48,6 +48,29 @@ async fn noop() {}
 #[task]
 async fn hold() {
     std::future::pending::<()>().await;
+}
+
+/// B11: how late a delayed task starts, against the time it was due
+/// (microseconds since the epoch).
+#[task]
+async fn due(at_micros: u64) {
+    LATENESS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(lateness(at_micros));
+}
+
+/// B11: every delayed task's lateness, in microseconds.
+static LATENESS: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn lateness(at_micros: u64) -> u64 {
+    now_micros().saturating_sub(at_micros)
 }
 
 /// B2: the cheapest sync task.
@@ -161,6 +184,8 @@ struct Scale {
     persisted_tasks: usize,
     memory_tasks: usize,
     memory_runs: usize,
+    priority_tasks: usize,
+    delayed_tasks: usize,
 }
 
 impl Scale {
@@ -178,6 +203,8 @@ impl Scale {
                 persisted_tasks: 5_000,
                 memory_tasks: 50_000,
                 memory_runs: 1,
+                priority_tasks: 10_000,
+                delayed_tasks: 10_000,
             }
         } else {
             Scale {
@@ -192,6 +219,8 @@ impl Scale {
                 persisted_tasks: 100_000,
                 memory_tasks: 1_000_000,
                 memory_runs: 3,
+                priority_tasks: 100_000,
+                delayed_tasks: 100_000,
             }
         };
         if let Some(runs) = options.runs {
@@ -344,6 +373,139 @@ async fn b1(scale: &Scale) -> Result<Vec<Row>, BoxError> {
             Target::RatioAtLeast(0.30),
         ),
     ])
+}
+
+// ---------------------------------------------------------------- B10, B11
+
+/// B10: the same capped burst with tasks in 8 priorities, against no
+/// priority: the price of ordering by priority.
+async fn b10(scale: &Scale) -> Result<Vec<Row>, BoxError> {
+    let n = scale.priority_tasks;
+    let (mut plain, mut prioritised) = (Vec::new(), Vec::new());
+    for _ in 0..scale.runs {
+        let capped = || TaskManager::builder().max_concurrent_tasks(10);
+        plain.push(timed_burst(capped(), n, |m| noop::call().enqueue_on(m)).await?);
+        let next = std::sync::atomic::AtomicI16::new(0);
+        prioritised.push(
+            timed_burst(capped(), n, move |m| {
+                let priority = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
+                noop::call().priority(priority).enqueue_on(m)
+            })
+            .await?,
+        );
+    }
+    let mut row = rate_row(
+        "B10",
+        format!("{} no-op async tasks in 8 priorities, one queue, cap 10", count(n)),
+        n,
+        &prioritised,
+        &plain,
+        "the same tasks, one priority",
+        Target::RatioAtLeast(0.8),
+    );
+    row.ratio_meaning = "with priorities / without";
+    Ok(vec![row])
+}
+
+/// B11: `n` tasks delayed evenly over one second, all waiting on one timer;
+/// against `n` tokio tasks each sleeping until the same deadlines. Reports
+/// the enqueue cost per delayed task and how late tasks start.
+async fn b11(scale: &Scale) -> Result<Vec<Row>, BoxError> {
+    let n = scale.delayed_tasks;
+    let spread = Duration::from_secs(1);
+    let (mut ours, mut theirs, mut costs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..scale.runs {
+        // taskflow: one timer for every waiting task.
+        LATENESS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let manager = TaskManager::builder().build().await?;
+        let driver = manager.clone();
+        let cost = on_worker(async move {
+            let base = now_micros() + 50_000;
+            let began = Instant::now();
+            let handles = (0..n)
+                .map(|i| {
+                    let offset = spread.as_micros() as u64 * i as u64 / n as u64;
+                    let at = base + offset;
+                    due::call(at)
+                        .run_at(std::time::UNIX_EPOCH + Duration::from_micros(at))
+                        .enqueue_on(&driver)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let enqueued = began.elapsed();
+            for handle in handles {
+                handle.await?;
+            }
+            Ok::<_, BoxError>(enqueued)
+        })
+        .await?;
+        manager.shutdown().await;
+        costs.push(cost.as_secs_f64() * 1e6 / n as f64);
+        ours.push(percentiles(&LATENESS.lock().unwrap_or_else(|p| p.into_inner())));
+
+        // raw: a sleeping tokio task per deadline.
+        let late = on_worker(async move {
+            let base = now_micros() + 50_000;
+            let origin = Instant::now();
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let offset = spread.as_micros() as u64 * i as u64 / n as u64;
+                    let at = base + offset;
+                    let deadline = origin + Duration::from_micros(at - base + 50_000);
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(deadline.into()).await;
+                        lateness(at)
+                    })
+                })
+                .collect();
+            let mut late = Vec::with_capacity(n);
+            for handle in handles {
+                late.push(handle.await?);
+            }
+            Ok::<_, BoxError>(late)
+        })
+        .await?;
+        theirs.push(percentiles(&late));
+    }
+    let pick = |runs: &[(f64, f64, f64)], which: fn(&(f64, f64, f64)) -> f64| {
+        median(&runs.iter().map(which).collect::<Vec<_>>())
+    };
+    let mut p99 = Row::new(
+        "B11",
+        format!("{} tasks delayed 0–1 s: start lateness p99", count(n)),
+        Target::AtMost(Measure::Time(Duration::from_millis(5))),
+    );
+    let micros = |us: f64| Measure::Time(Duration::from_secs_f64(us / 1e6));
+    p99.taskflow = Some(micros(pick(&ours, |r| r.1)));
+    p99.raw = Some(micros(pick(&theirs, |r| r.1)));
+    p99.raw_name = "a sleeping tokio task per deadline".to_owned();
+    p99.note = format!(
+        "lateness p50 {:.0} µs, max {:.0} µs (raw p50 {:.0} µs, max {:.0} µs); one timer task serves every delayed task",
+        pick(&ours, |r| r.0),
+        pick(&ours, |r| r.2),
+        pick(&theirs, |r| r.0),
+        pick(&theirs, |r| r.2),
+    );
+    let mut cost = Row::new(
+        "B11",
+        format!("{} tasks delayed 0–1 s: enqueue cost per delayed task", count(n)),
+        Target::Report,
+    );
+    cost.taskflow = Some(micros(median(&costs)));
+    cost.note = "wall time to enqueue them all, divided by their number".to_owned();
+    Ok(vec![p99, cost])
+}
+
+/// p50, p99 and max of microsecond samples.
+fn percentiles(samples: &[u64]) -> (f64, f64, f64) {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    (at(0.5), at(0.99), sorted.last().copied().unwrap_or(0) as f64)
 }
 
 // ---------------------------------------------------------------- B2, B3
@@ -858,7 +1020,9 @@ async fn main() -> Result<(), BoxError> {
     let mut failures = 0;
     // B6 first, while this process is small: a worker is started with
     // fork(), whose cost grows with the parent's mapped memory.
-    let order = ["B6", "B1", "B2", "B3", "B4", "B5", "B8", "B9"];
+    let order = [
+        "B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B9",
+    ];
     for id in order {
         if !options.wants(id) {
             continue;
@@ -872,6 +1036,8 @@ async fn main() -> Result<(), BoxError> {
             "B5" => b5(&scale).await,
             "B6" => b6(&scale).await,
             "B8" => b8(&scale).await,
+            "B10" => b10(&scale).await,
+            "B11" => b11(&scale).await,
             _ => b9(&scale).await,
         };
         match result {

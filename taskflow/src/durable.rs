@@ -549,28 +549,34 @@ async fn write_batch(
         .map(|(_, change, ..)| change.clone())
         .collect();
     let log_lines = std::mem::take(logs);
+    let store = &durable.store;
+    // The calls start now, together (a backend may group them in one
+    // commit); the claimer is woken as they go, since new rows and freed
+    // slots are what it waits for, and its claim may join the same commit.
+    let inserting = (!new_tasks.is_empty()).then(|| store.insert(new_tasks));
+    let applying = (!change_list.is_empty()).then(|| store.apply(change_list));
+    let logging = (!log_lines.is_empty())
+        .then(|| store.append_logs(log_lines.clone(), durable.settings.max_logs));
+    if inserting.is_some() || applying.is_some() {
+        core.scheduler.claimer().notify_one();
+    }
     let (inserted, applied, logged) = tokio::join!(
         async {
-            match new_tasks.is_empty() {
-                true => Ok(Vec::new()),
-                false => durable.store.insert(new_tasks).await,
+            match inserting {
+                None => Ok(Vec::new()),
+                Some(inserting) => inserting.await,
             }
         },
         async {
-            match change_list.is_empty() {
-                true => Ok(Vec::new()),
-                false => durable.store.apply(change_list).await,
+            match applying {
+                None => Ok(Vec::new()),
+                Some(applying) => applying.await,
             }
         },
         async {
-            match log_lines.is_empty() {
-                true => Ok(()),
-                false => {
-                    durable
-                        .store
-                        .append_logs(log_lines.clone(), durable.settings.max_logs)
-                        .await
-                }
+            match logging {
+                None => Ok(()),
+                Some(logging) => logging.await,
             }
         },
     );
@@ -580,7 +586,9 @@ async fn write_batch(
     match inserted {
         Ok(answers) => {
             for ((cell, _, written), _answer) in inserts.iter().zip(answers) {
-                cell.lock().written = Some(*written);
+                // The claimer may have taken the row already (its claim can
+                // share the insert's commit) and recorded that: newer.
+                cell.lock().written.get_or_insert(*written);
                 cell.mark_stored();
                 finished_writing(core, cell);
                 progressed = true;

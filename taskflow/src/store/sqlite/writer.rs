@@ -67,8 +67,14 @@ impl<T: Send, F: FnMut(&Connection) -> rusqlite::Result<T> + Send> Job for Work<
 pub(super) struct Jobs(Sender<Box<dyn Job>>);
 
 impl Jobs {
-    /// Runs `work` in the writer and waits for its committed result.
-    pub(super) async fn run<T, F>(&self, what: &'static str, work: F) -> Result<T, StoreError>
+    /// Sends `work` to the writer now, and returns the wait for its
+    /// committed result. Sending at once (not at the first poll) lets a
+    /// caller queue two jobs back to back, so they share a commit.
+    pub(super) fn run<T, F>(
+        &self,
+        what: &'static str,
+        work: F,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -80,8 +86,11 @@ impl Jobs {
             reply,
             what,
         });
-        self.0.send(job).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let sent = self.0.send(job).map_err(|_| StoreError::Closed);
+        async move {
+            sent?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
     }
 }
 
