@@ -562,19 +562,24 @@ impl TaskManagerBuilder {
     /// Keeps every task in a SQLite file at `path` (created if missing), so
     /// history survives restarts and acknowledged tasks survive crashes.
     ///
-    /// One thread writes it, committing changes in groups; the async runtime
-    /// never waits on the disk. [`TaskHandle::persisted`](crate::TaskHandle::persisted)
-    /// resolves once a task's row is committed. Several managers (processes)
-    /// may share one file.
+    /// The file is then the queue: an enqueue writes a row, and the manager
+    /// claims ready rows for its free slots, marking each RUNNING (owned by
+    /// this instance) before its body starts. One thread writes the file,
+    /// committing in groups; the async runtime never waits on the disk.
+    /// [`TaskHandle::persisted`](crate::TaskHandle::persisted) resolves once
+    /// a task's row is committed. Several managers (processes) may share one
+    /// file: see the README's "What runs once" for the guarantees.
     pub fn snapshot_db(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.snapshot_db = Some(path.into());
         self
     }
 
-    /// With a task store: at start, run again the tasks a previous instance
-    /// left PENDING (crashed, or shut down before they ran), under their own
-    /// ids. `#[task(persist = true)]` asks the same for one task. Default
-    /// off.
+    /// With a task store: at shutdown, leave the PENDING tasks this instance
+    /// enqueued queued in the store, to run at the next start (or on another
+    /// instance sharing it), under their own ids; without it they end
+    /// INTERRUPTED. `#[task(persist = true)]` asks the same for one task.
+    /// (A crash leaves them queued either way: nothing acknowledged is lost.)
+    /// Default off.
     pub fn requeue_pending(mut self, requeue: bool) -> Self {
         self.requeue_pending = requeue;
         self
