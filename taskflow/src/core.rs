@@ -775,7 +775,8 @@ impl Core {
                 match (status, written) {
                     // Running here, or not yet written: ours to change.
                     (TaskStatus::Running, _) | (TaskStatus::Pending, None) => {
-                        return self.cancel_here(cell);
+                        self.cancel_here(cell)?;
+                        return self.key_released(cell).await;
                     }
                     (TaskStatus::Pending, Some(written)) => {
                         // Another instance may claim the row any moment:
@@ -839,6 +840,16 @@ impl Core {
                 id: cell.id,
                 status: cell.status(),
             }),
+        }
+    }
+
+    /// After a cancel here: a keyed task's key is free in the store by the
+    /// time `cancel` returns, so the caller's next enqueue of that key (in
+    /// any process) gets a new task.
+    async fn key_released(&self, cell: &SharedCell) -> Result<(), Error> {
+        match &self.durable {
+            Some(durable) if cell.key.is_some() => durable.flush().await,
+            _ => Ok(()),
         }
     }
 

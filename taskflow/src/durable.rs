@@ -94,6 +94,9 @@ pub(crate) struct Durable {
     /// The store's file was deleted or replaced: nothing more is durable,
     /// and the instance goes on with its queue in memory.
     lost: AtomicBool,
+    /// Other live instances share the store (from the last heartbeat): only
+    /// then may a task enqueued here run elsewhere and need following.
+    shared: AtomicBool,
     /// Task names met in the store that this binary does not register,
     /// reported once each.
     unknown: Mutex<HashSet<String>>,
@@ -124,6 +127,7 @@ impl Durable {
             keeper: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            shared: AtomicBool::new(false),
             unknown: Mutex::default(),
         }
     }
@@ -143,11 +147,12 @@ impl Durable {
         let Some(durable) = &core.durable else {
             return Ok(());
         };
-        durable
+        let beat = durable
             .store
             .heartbeat(&durable.instance, durable.settings.lease)
             .await
             .map_err(Error::from_store)?;
+        durable.shared.store(beat.others > 0, Ordering::Release);
         rescue(core).await;
         let registry = Registry::global()?;
         for name in durable
@@ -863,6 +868,7 @@ async fn keeper(core: Weak<Core>) {
         {
             Ok(beat) => {
                 durable.recovered();
+                durable.shared.store(beat.others > 0, Ordering::Release);
                 if !beat.held {
                     lost_lease(&strong, durable).await;
                 }
@@ -1063,6 +1069,11 @@ pub(crate) async fn rescue(core: &Arc<Core>) {
 /// Brings views of tasks that run elsewhere up to date, for the handles
 /// here that await them.
 async fn follow(core: &Arc<Core>, durable: &Durable) {
+    // Alone on the store, every task enqueued here runs here: nothing to
+    // follow, and no need to look through the index for it.
+    if !durable.shared.load(Ordering::Acquire) && core.index.mirrors() == 0 {
+        return;
+    }
     let followed = core.index.followed(MAX_FOLLOWED);
     if followed.is_empty() {
         return;

@@ -44,6 +44,8 @@ pub(crate) struct LiveIndex {
     next_sweep: AtomicU64,
     /// A sweep is running.
     sweeping: AtomicBool,
+    /// Views of tasks other instances run, in the index now.
+    mirrors: AtomicU64,
 }
 
 impl LiveIndex {
@@ -56,12 +58,15 @@ impl LiveIndex {
             finished_seq: AtomicU64::new(0),
             next_sweep: AtomicU64::new(0),
             sweeping: AtomicBool::new(false),
+            mirrors: AtomicU64::new(0),
         }
     }
 
     /// Adds a cell (counted unless it is a mirror).
     pub(crate) fn insert(&self, cell: SharedCell) {
-        if !cell.is_mirror() {
+        if cell.is_mirror() {
+            self.mirrors.fetch_add(1, Ordering::AcqRel);
+        } else {
             let status = cell.status();
             self.counts.add(status.index(), 1);
             count_queue(&cell, status, 1);
@@ -69,11 +74,18 @@ impl LiveIndex {
         self.records.insert(cell.id, cell);
     }
 
+    /// How many views of other instances' tasks have been added (an upper
+    /// bound: a view that finishes is not subtracted until it leaves).
+    pub(crate) fn mirrors(&self) -> u64 {
+        self.mirrors.load(Ordering::Acquire)
+    }
+
     /// Makes a cell a view of a task another instance runs: it stops
     /// counting here and is followed through the store.
     pub(crate) fn follow(&self, cell: &TaskCell) {
         if !cell.is_mirror() {
             cell.set_mirror(true);
+            self.mirrors.fetch_add(1, Ordering::AcqRel);
             let status = cell.status();
             self.counts.add(status.index(), -1);
             count_queue(cell, status, -1);

@@ -113,6 +113,48 @@
 //! # }
 //! ```
 //!
+//! ## Queues, priorities and delays
+//!
+//! Every task waits in a named queue (`"default"` unless it names one) in
+//! front of its executor: a queue's concurrency caps its tasks across
+//! executors, its `max_size` caps its PENDING ones, and it can be paused.
+//! Within a queue a higher priority runs first, in arrival order within one;
+//! a delayed task waits until its `run_at`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskflow::{QueueConfig, TaskManager, task};
+//!
+//! #[task(queue = "emails")]
+//! async fn send(to: String) -> String {
+//!     to
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tasks = TaskManager::builder()
+//!     .queue("emails", QueueConfig::new().concurrency(2).max_size(1_000))
+//!     .build()
+//!     .await?;
+//! let urgent = send::call("ops@example.com".into()).priority(10).enqueue_on(&tasks)?;
+//! let later = send::call("ada@example.com".into())
+//!     .delay(Duration::from_millis(20))
+//!     .enqueue_on(&tasks)?;
+//! assert_eq!(later.record().queue, "emails");
+//! assert!(later.record().run_at > later.record().created_at);
+//! urgent.await?;
+//! later.await?;
+//!
+//! tasks.pause("emails").await?; // admits nothing from the queue until resumed
+//! let waiting = send::call("bob@example.com".into()).enqueue_on(&tasks)?;
+//! tokio::time::sleep(Duration::from_millis(20)).await;
+//! assert_eq!(waiting.status(), taskflow::TaskStatus::Pending);
+//! tasks.resume("emails").await?;
+//! waiting.await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Resources
 //!
 //! Values that are not data (a connection pool, an HTTP client) are

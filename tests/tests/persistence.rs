@@ -180,9 +180,12 @@ fn files() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, db, side)
 }
 
+/// A manager on `db`. Its lease is short, so that when a scenario process
+/// holding one is killed, the next manager rescues its tasks promptly.
 async fn with_store(db: &Path) -> TaskManager {
     TaskManager::builder()
         .snapshot_db(db)
+        .lease(Duration::from_millis(500))
         .build()
         .await
         .unwrap()
@@ -276,7 +279,8 @@ fn every_stored_field_round_trips_through_a_restart() -> Result<(), Failed> {
         let failed_id = failed.id();
         assert!(failed.await.is_err());
         // Left PENDING behind a blocker, to run again after the restart.
-        let _blocker = blocker::call(60_000).enqueue_on(&first).unwrap();
+        let blocker = blocker::call(60_000).enqueue_on(&first).unwrap();
+        wait_for_status(&first, blocker.id(), TaskStatus::Running).await;
         let waiting = echo_order::call(sample_order(), (9, "nine".into()))
             .tag("tenant", "acme")
             .enqueue_on(&first)

@@ -393,6 +393,9 @@ pub struct Heartbeat {
     pub held: bool,
     /// RUNNING tasks it owns that someone asked to cancel.
     pub cancel: Vec<TaskId>,
+    /// Other instances whose lease has not expired: whether anyone else
+    /// may be claiming from the same queues.
+    pub others: usize,
 }
 
 /// A queue as the store sees it.

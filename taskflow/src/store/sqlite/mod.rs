@@ -303,7 +303,16 @@ impl Store for SqliteStore {
                     cancel.push(TaskId::from_bytes(bytes));
                 }
             }
-            Ok(Heartbeat { held, cancel })
+            let others: i64 = db.query_row(
+                "SELECT count(*) FROM instances WHERE id != ?1 AND lease_until >= ?2",
+                params![instance.id, now],
+                |row| row.get(0),
+            )?;
+            Ok(Heartbeat {
+                held,
+                cancel,
+                others: usize::try_from(others).unwrap_or(0),
+            })
         }))
     }
 
