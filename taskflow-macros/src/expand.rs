@@ -117,6 +117,14 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
             let flag = requeue.value;
             defaults.extend(quote!(.requeue_on_interrupt(#flag)));
         }
+        if let Some(queue) = &args.queue {
+            let name = &queue.value;
+            defaults.extend(quote!(.queue(#name)));
+        }
+        if let Some(priority) = &args.priority {
+            let n = priority.value;
+            defaults.extend(quote!(.priority(#n)));
+        }
         defaults
     };
 
@@ -280,6 +288,24 @@ mod tests {
         assert!(out.contains("struct ping"), "{out}");
         assert!(out.contains("impl ping"), "{out}");
         assert!(out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn queue_and_priority_become_defaults() {
+        let out = super::task(
+            quote!(queue = "emails", priority = -5),
+            quote!(
+                async fn ping() {}
+            ),
+        )
+        .to_string();
+        assert!(out.contains(". queue (\"emails\")"), "{out}");
+        // Outside a compiler a negative literal prints as two tokens.
+        assert!(
+            out.replace("- ", "-").contains(". priority (-5i16)"),
+            "{out}"
+        );
+        assert!(!out.contains("compile_error"), "{out}");
     }
 
     #[test]
