@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
-use syn::parse::Parser;
+use quote::ToTokens as _;
+use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned as _;
-use syn::{Expr, ExprLit, Lit, LitStr, Meta, MetaNameValue, Token};
+use syn::{Expr, ExprLit, Lit, LitStr, Path, Token};
 
 pub(crate) const OPTIONS: &[&str] = &[
     "name",
@@ -20,7 +21,12 @@ pub(crate) const OPTIONS: &[&str] = &[
     "timeout",
     "persist",
     "requeue_on_interrupt",
+    "queue",
+    "priority",
 ];
+
+/// The longest queue name `queue = "…"` accepts, in bytes.
+pub(crate) const MAX_QUEUE_NAME: usize = 128;
 
 /// Where a task runs, as written in `executor = "…"`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -49,6 +55,8 @@ pub(crate) struct TaskArgs {
     pub(crate) timeout: Option<Setting<Duration>>,
     pub(crate) persist: Option<Setting<bool>>,
     pub(crate) requeue_on_interrupt: Option<Setting<bool>>,
+    pub(crate) queue: Option<Setting<String>>,
+    pub(crate) priority: Option<Setting<i16>>,
 }
 
 /// Collects errors so independent ones are reported together.
@@ -127,22 +135,47 @@ fn setting<T>(key: &syn::Ident, value: Option<T>, value_span: Span) -> Option<Se
     })
 }
 
+/// One entry of the attribute: `key = value`, or a `key` or `key(…)` with
+/// no value, which is refused with how to write it. Not `syn::Meta`: that
+/// reads `-5` as one literal spanned on the `-` alone (spans cannot be
+/// joined on stable), so an error on a negative value would underline only
+/// its sign. Here a value is an expression, `-5` a negation of `5`.
+struct Entry {
+    path: Path,
+    value: Option<Expr>,
+}
+
+impl Parse for Entry {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let path = input.call(Path::parse_mod_style)?;
+        let value = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Some(input.parse()?)
+        } else {
+            if !input.is_empty() && !input.peek(Token![,]) {
+                input.parse::<proc_macro2::TokenTree>()?;
+            }
+            None
+        };
+        Ok(Entry { path, value })
+    }
+}
+
 /// Parses the attribute's tokens. Options that fail are left unset and the
 /// failures returned beside, so expansion can go on with defaults.
 pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
     let mut args = TaskArgs::default();
-    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens) {
-        Ok(metas) => metas,
+    let entries = match Punctuated::<Entry, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(entries) => entries,
         Err(error) => {
             errors.push(error);
             return args;
         }
     };
     let mut seen = Vec::new();
-    for meta in metas {
-        let Meta::NameValue(MetaNameValue { path, value, .. }) = meta else {
-            let key = meta
-                .path()
+    for Entry { path, value } in entries {
+        let Some(value) = value else {
+            let key = path
                 .get_ident()
                 .map(ToString::to_string)
                 .unwrap_or_default();
@@ -154,7 +187,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
             } else {
                 unknown_option_message(&key)
             };
-            errors.add(meta.path().span(), hint);
+            errors.add(path.span(), hint);
             continue;
         };
         let Some(key) = path.get_ident() else {
@@ -269,6 +302,38 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
                 };
                 *slot = setting(key, flag, span);
             }
+            "queue" => {
+                let queue =
+                    string(&value, "queue", errors).and_then(|name| queue_name(name, span, errors));
+                args.queue = setting(key, queue, span);
+            }
+            "priority" => {
+                let priority = match integer(&value) {
+                    Some(n) => match n.and_then(|n| i16::try_from(n).ok()) {
+                        Some(priority) => Some(priority),
+                        None => {
+                            errors.add_spanned(
+                                &value,
+                                format_args!(
+                                    "`priority` must fit an `i16`, from {} to {}, got {}; higher runs first, and 0 is the default",
+                                    i16::MIN,
+                                    i16::MAX,
+                                    value.to_token_stream().to_string().replace(' ', ""),
+                                ),
+                            );
+                            None
+                        }
+                    },
+                    None => {
+                        errors.add(
+                            span,
+                            "`priority` must be a whole number, as in `priority = 5` or `priority = -5`",
+                        );
+                        None
+                    }
+                };
+                args.priority = setting(key, priority, span);
+            }
             _ => unreachable!("every name in OPTIONS has an arm"),
         }
     }
@@ -285,6 +350,8 @@ fn example(key: &str) -> &'static str {
         "backoff" => "2.0",
         "timeout" => "\"30s\"",
         "persist" | "requeue_on_interrupt" => "true",
+        "queue" => "\"emails\"",
+        "priority" => "5",
         _ => "…",
     }
 }
@@ -303,6 +370,8 @@ fn unknown_option_message(key: &str) -> String {
 
 /// The option the user most likely meant: one a typo or two away, or one
 /// contained in what they wrote (`max_retries`) or containing it (`retry`).
+/// Among several related ones, the one that begins what they wrote wins
+/// (`queue_name` means `queue`, not `name`).
 fn similar_option(key: &str) -> Option<&'static str> {
     let key = key.to_ascii_lowercase();
     if key.is_empty() {
@@ -311,7 +380,8 @@ fn similar_option(key: &str) -> Option<&'static str> {
     OPTIONS
         .iter()
         .map(|&option| {
-            let stem = option.trim_end_matches("ies");
+            // `retries` and `priority` as their plurals and singulars begin.
+            let stem = option.trim_end_matches("ies").trim_end_matches('y');
             let related =
                 key.contains(option) || option.contains(key.as_str()) || key.starts_with(stem);
             let distance = if related {
@@ -319,11 +389,11 @@ fn similar_option(key: &str) -> Option<&'static str> {
             } else {
                 edit_distance(&key, option)
             };
-            (distance, option)
+            (distance, !key.starts_with(option), option)
         })
-        .filter(|&(distance, option)| distance <= 2.min(option.len() / 3))
-        .min_by_key(|&(distance, _)| distance)
-        .map(|(_, option)| option)
+        .filter(|&(distance, _, option)| distance <= 2.min(option.len() / 3))
+        .min_by_key(|&(distance, elsewhere, _)| (distance, elsewhere))
+        .map(|(_, _, option)| option)
 }
 
 /// Levenshtein distance, for suggestions.
@@ -340,6 +410,55 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// An integer literal, negative ones included, for `priority`: `None` when
+/// `expr` is not one, `Some(None)` when it is one too large for an `i128`.
+fn integer(expr: &Expr) -> Option<Option<i128>> {
+    match expr {
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            expr,
+            ..
+        }) => integer(expr).map(|n| n.and_then(i128::checked_neg)),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => Some(int.base10_parse().ok()),
+        _ => None,
+    }
+}
+
+/// A queue name as `queue = "…"` accepts it: what the runtime stores and
+/// shows, so it must be readable and of bounded size.
+fn queue_name(name: String, span: Span, errors: &mut Errors) -> Option<String> {
+    if name.trim().is_empty() {
+        errors.add(
+            span,
+            format_args!("`queue` cannot be empty; name a queue, as in `queue = \"emails\"`, or leave it out for the `default` queue"),
+        );
+        return None;
+    }
+    if name.len() > MAX_QUEUE_NAME {
+        errors.add(
+            span,
+            format_args!(
+                "`queue` is {} bytes long, more than the {MAX_QUEUE_NAME} allowed; use a shorter name",
+                name.len()
+            ),
+        );
+        return None;
+    }
+    if let Some(control) = name.chars().find(|c| c.is_control()) {
+        errors.add(
+            span,
+            format_args!(
+                "`queue` cannot contain control characters such as `{}`; use printable characters only, as in `queue = \"emails\"`",
+                control.escape_default()
+            ),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 fn literal(expr: &Expr) -> Option<&Lit> {
@@ -507,6 +626,13 @@ mod tests {
             parse_err(quote!(retries)),
             ["option `retries` needs a value, as in `retries = 3`"]
         );
+        assert_eq!(
+            parse_err(quote!(retries(3), timeout)),
+            [
+                "option `retries` needs a value, as in `retries = 3`",
+                "option `timeout` needs a value, as in `timeout = \"30s\"`"
+            ]
+        );
     }
 
     #[test]
@@ -516,11 +642,112 @@ mod tests {
         assert_eq!(similar_option("timout"), Some("timeout"));
         assert_eq!(similar_option("exector"), Some("executor"));
         assert_eq!(similar_option("Delay"), Some("delay"));
-        assert_eq!(similar_option("priority"), None);
+        assert_eq!(similar_option("queues"), Some("queue"));
+        assert_eq!(similar_option("queue_name"), Some("queue"));
+        assert_eq!(similar_option("requeue"), Some("requeue_on_interrupt"));
+        assert_eq!(similar_option("prio"), Some("priority"));
+        assert_eq!(similar_option("priorities"), Some("priority"));
+        assert_eq!(similar_option("tags"), None);
         assert_eq!(
-            parse_err(quote!(priority = 1)),
+            parse_err(quote!(tags = 1)),
             [
-                "unknown option `priority`; expected one of `name`, `executor`, `retries`, `delay`, `backoff`, `timeout`, `persist`, `requeue_on_interrupt`"
+                "unknown option `tags`; expected one of `name`, `executor`, `retries`, `delay`, `backoff`, `timeout`, `persist`, `requeue_on_interrupt`, `queue`, `priority`"
+            ]
+        );
+    }
+
+    #[test]
+    fn queue_and_priority_are_read() {
+        let args = parse_ok(quote!(queue = "emails", priority = -5));
+        assert_eq!(args.queue.map(|s| s.value).as_deref(), Some("emails"));
+        assert_eq!(args.priority.map(|s| s.value), Some(-5));
+        let args = parse_ok(quote!(priority = -32768, queue = "a::b c-d"));
+        assert_eq!(args.priority.map(|s| s.value), Some(i16::MIN));
+        assert_eq!(args.queue.map(|s| s.value).as_deref(), Some("a::b c-d"));
+        let longest = "q".repeat(MAX_QUEUE_NAME);
+        let args = parse_ok(quote!(priority = 32767, queue = #longest));
+        assert_eq!(args.priority.map(|s| s.value), Some(i16::MAX));
+        assert_eq!(args.queue.map(|s| s.value.len()), Some(MAX_QUEUE_NAME));
+    }
+
+    #[test]
+    fn bad_queue_names_are_refused_with_the_reason() {
+        let empty = parse_err(quote!(queue = ""));
+        assert_eq!(empty.len(), 1);
+        assert!(
+            empty[0].starts_with("`queue` cannot be empty;"),
+            "{empty:?}"
+        );
+        assert!(parse_err(quote!(queue = "  "))[0].starts_with("`queue` cannot be empty;"));
+        let long = "q".repeat(MAX_QUEUE_NAME + 1);
+        assert_eq!(
+            parse_err(quote!(queue = #long)),
+            ["`queue` is 129 bytes long, more than the 128 allowed; use a shorter name"]
+        );
+        // Bytes, not characters: 43 three-byte characters are 129 bytes.
+        let wide = "€".repeat(43);
+        assert!(parse_err(quote!(queue = #wide))[0].starts_with("`queue` is 129 bytes long"));
+        let control = parse_err(quote!(queue = "mail\tout"));
+        assert_eq!(control.len(), 1);
+        assert!(
+            control[0].starts_with("`queue` cannot contain control characters such as `\\t`"),
+            "{control:?}"
+        );
+        assert_eq!(
+            parse_err(quote!(queue = emails)),
+            ["`queue` must be a string literal, as in `queue = \"emails\"`"]
+        );
+    }
+
+    #[test]
+    fn priorities_outside_i16_are_refused_with_the_range() {
+        for out_of_range in [quote!(priority = 32768), quote!(priority = -32769)] {
+            let messages = parse_err(out_of_range);
+            assert_eq!(messages.len(), 1);
+            assert!(
+                messages[0].starts_with("`priority` must fit an `i16`, from -32768 to 32767, got "),
+                "{messages:?}"
+            );
+        }
+        let huge = parse_err(quote!(
+            priority = -1000000000000000000000000000000000000000000
+        ));
+        assert!(
+            huge[0].contains("from -32768 to 32767, got -1000000000"),
+            "{huge:?}"
+        );
+        assert_eq!(
+            parse_err(quote!(priority = 1.5)),
+            ["`priority` must be a whole number, as in `priority = 5` or `priority = -5`"]
+        );
+        assert_eq!(
+            parse_err(quote!(priority = "high")),
+            ["`priority` must be a whole number, as in `priority = 5` or `priority = -5`"]
+        );
+    }
+
+    #[test]
+    fn queue_and_priority_are_set_once_and_errors_are_collected() {
+        let messages = parse_err(quote!(queue = "", priority = 1, priority = 2, queue = "b"));
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert!(messages[0].starts_with("`queue` cannot be empty"));
+        assert_eq!(
+            messages[1],
+            "duplicate option `priority`; remove one of the two"
+        );
+        assert_eq!(
+            messages[2],
+            "duplicate option `queue`; remove one of the two"
+        );
+    }
+
+    #[test]
+    fn queue_and_priority_without_a_value_say_how_to_write_them() {
+        assert_eq!(
+            parse_err(quote!(queue, priority)),
+            [
+                "option `queue` needs a value, as in `queue = \"emails\"`",
+                "option `priority` needs a value, as in `priority = 5`"
             ]
         );
     }

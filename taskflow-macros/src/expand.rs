@@ -19,19 +19,18 @@ use crate::item::{self, TaskFn};
 pub(crate) fn task(attr: TokenStream, tokens: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = args::parse(attr, &mut errors);
-    let task = match item::parse(tokens, &mut errors) {
-        Ok(task) => task,
-        Err(item) => {
-            let errors = errors.into_tokens();
-            return quote! { #item #errors };
-        }
+    // The user's item goes out as written in every case, as tokio's macros
+    // do: even when it is not a function or cannot be a task, the rest of
+    // the crate (and an IDE) still sees it, so no error cascades from it.
+    let Some(task) = item::parse(tokens.clone(), &mut errors) else {
+        let errors = errors.into_tokens();
+        return quote! { #tokens #errors };
     };
     let executor = resolve_executor(&args, &task, &mut errors);
     let companion = companion(&args, &task, executor);
-    let item = &task.item;
     let errors = errors.into_tokens();
     quote! {
-        #item
+        #tokens
         #companion
         #errors
     }
@@ -117,6 +116,14 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
         if let Some(requeue) = &args.requeue_on_interrupt {
             let flag = requeue.value;
             defaults.extend(quote!(.requeue_on_interrupt(#flag)));
+        }
+        if let Some(queue) = &args.queue {
+            let name = &queue.value;
+            defaults.extend(quote!(.queue(#name)));
+        }
+        if let Some(priority) = &args.priority {
+            let n = priority.value;
+            defaults.extend(quote!(.priority(#n)));
         }
         defaults
     };
@@ -281,6 +288,79 @@ mod tests {
         assert!(out.contains("struct ping"), "{out}");
         assert!(out.contains("impl ping"), "{out}");
         assert!(out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn queue_and_priority_become_defaults() {
+        let out = super::task(
+            quote!(queue = "emails", priority = -5),
+            quote!(
+                async fn ping() {}
+            ),
+        )
+        .to_string();
+        assert!(out.contains(". queue (\"emails\")"), "{out}");
+        // Outside a compiler a negative literal prints as two tokens.
+        assert!(
+            out.replace("- ", "-").contains(". priority (-5i16)"),
+            "{out}"
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn an_item_that_is_not_a_function_goes_out_as_written_beside_one_error() {
+        let item = quote!(
+            #[derive(Debug)]
+            pub struct Point {
+                x: u32,
+            }
+        );
+        let out = super::task(quote!(), item.clone()).to_string();
+        assert!(out.starts_with(&item.to_string()), "{out}");
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(
+            out.contains("#[task] goes on a `fn` or `async fn`, not a struct"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_body_is_not_parsed_so_its_syntax_errors_are_left_to_the_compiler() {
+        let out = super::task(
+            quote!(),
+            quote!(
+                fn broken(x: u32) -> u32 {
+                    let y = ;
+                    x
+                }
+            ),
+        )
+        .to_string();
+        assert!(out.contains("let y = ;"), "{out}");
+        assert!(out.contains("impl broken"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn arguments_are_bound_under_generated_names() {
+        let out = super::task(
+            quote!(),
+            quote!(
+                fn f(_unused: u32, _: String, mut n: u8) {}
+            ),
+        )
+        .to_string();
+        for generated in ["__arg0 : u32", "__arg1 : String", "__arg2 : u8"] {
+            assert!(out.contains(generated), "{generated} in {out}");
+        }
+        // The user's names appear in the function as written and as the
+        // names decoding errors cite, never as the companion's bindings.
+        assert_eq!(out.matches("_unused").count(), 2, "{out}");
+        assert!(
+            out.contains("\"_unused\" , \"argument 2\" , \"n\""),
+            "{out}"
+        );
     }
 
     #[test]

@@ -4,11 +4,22 @@
 //! resources (`Resource<T>`, injected when it runs). Everything that cannot
 //! cross a process boundary or be stored is refused here, each with a span on
 //! the offending token and the fix in the message.
+//!
+//! Only the signature is parsed: the body stays tokens, so a body that does
+//! not parse (a syntax error the compiler reports itself, or syntax newer
+//! than `syn`) still yields a task and no second error. An item that is not
+//! a function at all is one error on its keyword; the caller re-emits the
+//! item as written beside it, so the rest of the crate still sees it.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::ToTokens;
+use syn::ext::IdentExt as _;
+use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, Item, Pat, PathArguments, ReturnType, Signature,
+    Type, Visibility,
+};
 
 use crate::args::Errors;
 
@@ -48,9 +59,97 @@ pub(crate) struct Returns {
     pub(crate) output: Type,
 }
 
+/// A function as written, its body left unparsed.
+pub(crate) struct UserFn {
+    pub(crate) attrs: Vec<Attribute>,
+    pub(crate) vis: Visibility,
+    pub(crate) sig: Signature,
+    /// The body, braces included.
+    pub(crate) body: Group,
+}
+
+impl Parse for UserFn {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis = input.parse()?;
+        let sig = input.parse()?;
+        if input.cursor().group(Delimiter::Brace).is_none() {
+            return Err(input.error("expected the function's body, `{ … }`"));
+        }
+        let body = input.parse()?;
+        Ok(UserFn {
+            attrs,
+            vis,
+            sig,
+            body,
+        })
+    }
+}
+
+impl UserFn {
+    /// Parses the item under `attribute`, which `goes_on` a kind of
+    /// function. `Err` is the one error to report: what the item is instead,
+    /// on its keyword, or where it stops parsing.
+    pub(crate) fn parse_under(
+        tokens: TokenStream,
+        attribute: &str,
+        goes_on: &str,
+    ) -> syn::Result<UserFn> {
+        let unreadable = match syn::parse2::<UserFn>(tokens.clone()) {
+            Ok(function) => return Ok(function),
+            Err(error) => error,
+        };
+        if let Some((what, blame)) = syn::parse2::<Item>(tokens)
+            .ok()
+            .as_ref()
+            .and_then(item_kind)
+        {
+            return Err(syn::Error::new_spanned(
+                blame,
+                format_args!("{attribute} goes on {goes_on}, not {what}"),
+            ));
+        }
+        // A function whose signature `syn` cannot read: one error where it
+        // stops, saying whose it is.
+        Err(syn::Error::new(
+            unreadable.span(),
+            format_args!("{attribute} cannot read this function: {unreadable}"),
+        ))
+    }
+}
+
+/// What an item other than a function is, and the tokens that say so.
+fn item_kind(item: &Item) -> Option<(&'static str, TokenStream)> {
+    fn blame(keyword: impl ToTokens, ident: impl ToTokens) -> TokenStream {
+        let mut tokens = keyword.into_token_stream();
+        ident.to_tokens(&mut tokens);
+        tokens
+    }
+    Some(match item {
+        Item::Const(c) => ("a `const`", blame(c.const_token, &c.ident)),
+        Item::Enum(e) => ("an enum", blame(e.enum_token, &e.ident)),
+        Item::ExternCrate(e) => ("an `extern crate`", blame(e.extern_token, e.crate_token)),
+        Item::ForeignMod(f) => ("an `extern` block", blame(&f.abi, TokenStream::new())),
+        Item::Impl(i) => ("an `impl` block", blame(i.impl_token, &i.self_ty)),
+        Item::Macro(m) => ("a macro invocation", blame(&m.mac.path, m.mac.bang_token)),
+        Item::Mod(m) => ("a module", blame(m.mod_token, &m.ident)),
+        Item::Static(s) => ("a `static`", blame(s.static_token, &s.ident)),
+        Item::Struct(s) => ("a struct", blame(s.struct_token, &s.ident)),
+        Item::Trait(t) => ("a trait", blame(t.trait_token, &t.ident)),
+        Item::TraitAlias(t) => ("a trait alias", blame(t.trait_token, &t.ident)),
+        Item::Type(t) => ("a type alias", blame(t.type_token, &t.ident)),
+        Item::Union(u) => ("a union", blame(u.union_token, &u.ident)),
+        Item::Use(u) => (
+            "a `use` declaration",
+            blame(u.use_token, TokenStream::new()),
+        ),
+        _ => return None,
+    })
+}
+
 /// The task function, validated.
 pub(crate) struct TaskFn {
-    pub(crate) item: ItemFn,
+    pub(crate) item: UserFn,
     pub(crate) is_async: bool,
     pub(crate) async_span: Span,
     pub(crate) params: Vec<Param>,
@@ -73,20 +172,15 @@ impl TaskFn {
     }
 }
 
-/// Parses the function. `Err` carries the function as written (so it can still
-/// be emitted) when its signature cannot be a task.
-pub(crate) fn parse(
-    tokens: TokenStream,
-    errors: &mut Errors,
-) -> Result<TaskFn, Option<Box<ItemFn>>> {
-    let item: ItemFn = match syn::parse2(tokens) {
+/// Parses the function; `None`, with the reasons in `errors`, when it is not
+/// one or its signature cannot be a task. The caller emits the item as
+/// written either way.
+pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Option<TaskFn> {
+    let item = match UserFn::parse_under(tokens, "#[task]", "a `fn` or `async fn`") {
         Ok(item) => item,
-        Err(_) => {
-            errors.add(
-                Span::call_site(),
-                "#[task] applies to a function: `fn` or `async fn`",
-            );
-            return Err(None);
+        Err(error) => {
+            errors.push(error);
+            return None;
         }
     };
     // Signature problems are kept apart: they mean no companion is emitted.
@@ -128,11 +222,17 @@ pub(crate) fn parse(
             ),
             FnArg::Typed(typed) => {
                 check_type(&typed.ty, Position::Argument, errors);
-                let (binding, name) = match &*typed.pat {
+                // The generated code binds each argument under a name of its
+                // own, with mixed-site hygiene: it neither sees nor shadows
+                // the user's names, and lints (`non_snake_case`, clippy's
+                // `used_underscore_binding` for `_unused`) treat it as the
+                // macro's code, not the user's.
+                let binding = Ident::new(&format!("__arg{index}"), Span::mixed_site());
+                let name = match &*typed.pat {
                     Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
-                        (Ident::new(&format!("__arg_{}", pat.ident), pat.ident.span()), pat.ident.to_string())
+                        pat.ident.unraw().to_string()
                     }
-                    other => (Ident::new(&format!("__arg{index}"), other.span()), format!("argument {}", index + 1)),
+                    _ => format!("argument {}", index + 1),
                 };
                 let ty = (*typed.ty).clone();
                 params.push(match resource_inner(&ty) {
@@ -179,7 +279,7 @@ pub(crate) fn parse(
     if errors.is_empty() {
         let is_async = sig.asyncness.is_some();
         let async_span = sig.asyncness.map_or(sig.fn_token.span, |t| t.span);
-        Ok(TaskFn {
+        Some(TaskFn {
             is_async,
             async_span,
             params,
@@ -188,7 +288,7 @@ pub(crate) fn parse(
         })
     } else {
         errors_out.extend(std::mem::take(errors));
-        Err(Some(Box::new(item)))
+        None
     }
 }
 
@@ -304,7 +404,7 @@ mod tests {
     fn errors_of(tokens: TokenStream) -> Vec<String> {
         let mut errors = Errors::default();
         let parsed = parse(tokens, &mut errors);
-        assert_eq!(parsed.is_err(), !errors.is_empty());
+        assert_eq!(parsed.is_none(), !errors.is_empty());
         errors.messages()
     }
 
@@ -324,7 +424,7 @@ mod tests {
     #[test]
     fn resources_are_not_arguments() {
         let mut errors = Errors::default();
-        let Ok(task) = parse(
+        let Some(task) = parse(
             quote!(
                 async fn f(db: taskflow::Resource<Db>, id: u64) -> io::Result<u64> {
                     Ok(id)

@@ -14,7 +14,31 @@ mod expand;
 mod item;
 mod main_fn;
 
-/// Declares a task. See the `taskflow` crate's documentation.
+/// Declares a task: the function stays as written, and a companion of the
+/// same name offers `NAME`, `enqueue(args…)` and `call(args…)`. The
+/// `taskflow` crate's documentation is a runnable tour.
+///
+/// # Options
+///
+/// Each is `key = literal`, at most once; `#[task]` alone takes every
+/// default.
+///
+/// | option | value | default |
+/// | --- | --- | --- |
+/// | `name` | the name it is registered under, `"billing::send_invoice"` | `module_path!()::fn_name` |
+/// | `executor` | `"async"`, `"thread"` or `"process"` | `"async"` for an `async fn`, `"thread"` for a plain `fn` |
+/// | `retries` | attempts after the first, `3` | `0` |
+/// | `delay` | the wait before the first retry, `"500ms"`, `"1m 30s"` | none |
+/// | `backoff` | the factor on the wait before each further retry, at least `1.0` | `1.0` |
+/// | `timeout` | the limit on one attempt, `"30s"`; not on a thread task | none |
+/// | `persist` | `true`: with a task store, its PENDING tasks are requeued at start | `false` |
+/// | `requeue_on_interrupt` | `true`: with a task store, it runs again when an instance died while running it (idempotent work only) | `false` |
+/// | `queue` | the queue its calls wait in, `"emails"`: not empty, at most 128 bytes, no control characters; a call's `.queue(..)` overrides it | `"default"` |
+/// | `priority` | its calls' priority in their queue, an `i16` such as `5` or `-5`, higher first; a call's `.priority(..)` overrides it | `0` |
+///
+/// Mistakes are compile errors on the token at fault, all reported at once;
+/// the function and its companion are still emitted with defaults, so call
+/// sites keep compiling while the attribute is fixed.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::task(attr.into(), item.into()).into()

@@ -9,21 +9,22 @@ use quote::quote;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, ItemFn, Lit, Meta, Token};
+use syn::{Expr, ExprLit, Lit, Meta, Token};
 
 use crate::args::Errors;
+use crate::item::UserFn;
 
-pub(crate) fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn main(attr: TokenStream, tokens: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let item: ItemFn = match syn::parse2(item.clone()) {
+    // As for `#[task]`: an item that is not a function goes out as written,
+    // beside the one error, and a body is never parsed, so its own syntax
+    // errors are the compiler's alone.
+    let item = match UserFn::parse_under(tokens.clone(), "#[taskflow::main]", "`async fn main`") {
         Ok(item) => item,
-        Err(_) => {
-            errors.add(
-                proc_macro2::Span::call_site(),
-                "#[taskflow::main] applies to `async fn main`",
-            );
+        Err(error) => {
+            errors.push(error);
             let errors = errors.into_tokens();
-            return quote! { #item #errors };
+            return quote! { #tokens #errors };
         }
     };
     let mut resources = None;
@@ -59,9 +60,9 @@ pub(crate) fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
                             format_args!("unknown flavor `{other}`; expected `multi_thread` or `current_thread`"),
                         ),
                     },
-                    ("worker_threads", Expr::Lit(ExprLit { lit: Lit::Int(n), .. })) => match n.base10_parse::<usize>() {
-                        Ok(n) if n > 0 => worker_threads = Some(n),
-                        _ => errors.add(n.span(), "`worker_threads` must be at least 1"),
+                    ("worker_threads", Expr::Lit(ExprLit { lit: Lit::Int(literal), .. })) => match literal.base10_parse::<usize>() {
+                        Ok(n) if n > 0 => worker_threads = Some((n, literal.span())),
+                        _ => errors.add(literal.span(), "`worker_threads` must be at least 1"),
                     },
                     _ => errors.add(
                         pair.path.span(),
@@ -80,10 +81,10 @@ pub(crate) fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !item.sig.inputs.is_empty() {
         errors.add(item.sig.inputs.span(), "`main` takes no arguments");
     }
-    if current_thread && worker_threads.is_some() {
+    if let (true, Some((_, span))) = (current_thread, worker_threads) {
         errors.add(
-            proc_macro2::Span::call_site(),
-            "`worker_threads` needs the `multi_thread` flavor",
+            span,
+            "`worker_threads` needs the `multi_thread` flavor; remove it or `flavor = \"current_thread\"`",
         );
     }
 
@@ -97,14 +98,14 @@ pub(crate) fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
     } else {
         quote!(#private::tokio::runtime::Builder::new_multi_thread())
     };
-    if let Some(n) = worker_threads {
+    if let Some((n, _)) = worker_threads {
         builder.extend(quote!(.worker_threads(#n)));
     }
-    let ItemFn {
+    let UserFn {
         attrs,
         vis,
         mut sig,
-        block,
+        body: block,
     } = item;
     sig.asyncness = None;
     let errors = errors.into_tokens();
@@ -121,5 +122,40 @@ pub(crate) fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
                 .block_on(body)
         }
         #errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    #[test]
+    fn an_item_that_is_not_a_function_goes_out_as_written_beside_one_error() {
+        let item = quote!(
+            struct App;
+        );
+        let out = super::main(quote!(), item.clone()).to_string();
+        assert!(out.starts_with(&item.to_string()), "{out}");
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(
+            out.contains("#[taskflow::main] goes on `async fn main`, not a struct"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_body_is_not_parsed_so_its_syntax_errors_are_left_to_the_compiler() {
+        let out = super::main(
+            quote!(),
+            quote!(
+                async fn main() {
+                    let y = ;
+                }
+            ),
+        )
+        .to_string();
+        assert!(out.contains("async move { let y = ; }"), "{out}");
+        assert!(out.contains("enter_worker_mode"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
     }
 }

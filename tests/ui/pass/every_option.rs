@@ -7,7 +7,11 @@ use taskflow::task;
     retries = 3,
     delay = "500ms",
     backoff = 2.0,
-    timeout = "2m"
+    timeout = "2m",
+    persist = true,
+    requeue_on_interrupt = true,
+    queue = "reports",
+    priority = 10
 )]
 pub async fn render(id: u64) -> Vec<u8> {
     id.to_le_bytes().to_vec()
@@ -18,7 +22,9 @@ pub async fn render(id: u64) -> Vec<u8> {
     executor = "thread",
     retries = 2,
     delay = "1s 500ms",
-    backoff = 1
+    backoff = 1,
+    queue = "batch jobs: nightly",
+    priority = -32768
 )]
 fn crunch(n: u64) -> u64 {
     n * 2
@@ -29,7 +35,9 @@ fn crunch(n: u64) -> u64 {
     retries = 1,
     delay = "10ms",
     backoff = 1.5,
-    timeout = "30s"
+    timeout = "30s",
+    queue = "cpu",
+    priority = 32767
 )]
 fn heavy(n: u64) -> u64 {
     n * n
