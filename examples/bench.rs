@@ -396,7 +396,10 @@ async fn b10(scale: &Scale) -> Result<Vec<Row>, BoxError> {
     }
     let mut row = rate_row(
         "B10",
-        format!("{} no-op async tasks in 8 priorities, one queue, cap 10", count(n)),
+        format!(
+            "{} no-op async tasks in 8 priorities, one queue, cap 10",
+            count(n)
+        ),
         n,
         &prioritised,
         &plain,
@@ -440,7 +443,9 @@ async fn b11(scale: &Scale) -> Result<Vec<Row>, BoxError> {
         .await?;
         manager.shutdown().await;
         costs.push(cost.as_secs_f64() * 1e6 / n as f64);
-        ours.push(percentiles(&LATENESS.lock().unwrap_or_else(|p| p.into_inner())));
+        ours.push(percentiles(
+            &LATENESS.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
 
         // raw: a sleeping tokio task per deadline.
         let late = on_worker(async move {
@@ -487,7 +492,10 @@ async fn b11(scale: &Scale) -> Result<Vec<Row>, BoxError> {
     );
     let mut cost = Row::new(
         "B11",
-        format!("{} tasks delayed 0–1 s: enqueue cost per delayed task", count(n)),
+        format!(
+            "{} tasks delayed 0–1 s: enqueue cost per delayed task",
+            count(n)
+        ),
         Target::Report,
     );
     cost.taskflow = Some(micros(median(&costs)));
@@ -505,7 +513,11 @@ fn percentiles(samples: &[u64]) -> (f64, f64, f64) {
             .copied()
             .unwrap_or(0) as f64
     };
-    (at(0.5), at(0.99), sorted.last().copied().unwrap_or(0) as f64)
+    (
+        at(0.5),
+        at(0.99),
+        sorted.last().copied().unwrap_or(0) as f64,
+    )
 }
 
 // ---------------------------------------------------------------- B2, B3
@@ -1020,9 +1032,7 @@ async fn main() -> Result<(), BoxError> {
     let mut failures = 0;
     // B6 first, while this process is small: a worker is started with
     // fork(), whose cost grows with the parent's mapped memory.
-    let order = [
-        "B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B9",
-    ];
+    let order = ["B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B9"];
     for id in order {
         if !options.wants(id) {
             continue;

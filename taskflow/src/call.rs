@@ -139,8 +139,9 @@ impl<T: 'static> TaskCall<T> {
     /// [`Error::ShutDown`] after shutdown, [`Error::MissingResource`] when the
     /// manager lacks a resource the task takes, [`Error::Argument`] when an
     /// argument could not be encoded, and [`Error::QueueFull`] when its queue
-    /// holds its `max_size` of PENDING tasks. Nothing is recorded in any of
-    /// these cases.
+    /// holds its `max_size` of PENDING tasks, and [`Error::InvalidQueue`] for
+    /// a blank queue name, one over 128 bytes or one with control
+    /// characters. Nothing is recorded in any of these cases.
     pub fn enqueue_on(self, manager: &TaskManager) -> Result<TaskHandle<T>, Error> {
         self.enqueue_into(manager.core())
     }

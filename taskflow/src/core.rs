@@ -166,6 +166,12 @@ impl Core {
             .as_deref()
             .or(defaults.queue)
             .unwrap_or(DEFAULT_QUEUE);
+        if let Some(reason) = crate::queue::invalid_queue_name(queue_name) {
+            return Err(Error::InvalidQueue {
+                queue: queue_name.to_owned(),
+                reason,
+            });
+        }
         let queue = self.scheduler.queue(queue_name);
         let priority = placement.priority.unwrap_or(defaults.priority);
         if !queue.reserve_pending() {

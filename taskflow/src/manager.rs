@@ -727,6 +727,12 @@ impl TaskManagerBuilder {
             }
         }
         for (name, config) in &self.queues {
+            if let Some(reason) = crate::queue::invalid_queue_name(name) {
+                return Err(Error::InvalidQueue {
+                    queue: name.to_string(),
+                    reason,
+                });
+            }
             if config.concurrency == Some(0) {
                 return Err(Error::InvalidQueue {
                     queue: name.to_string(),

@@ -42,6 +42,20 @@ pub const DEFAULT_QUEUE: &str = "default";
 /// nothing caps them.
 const CLAIM_BATCH: usize = 512;
 
+/// Why `name` cannot name a queue, if it cannot: the rule `#[task(queue =
+/// …)]` checks at compile time, applied to names given at run time.
+pub(crate) fn invalid_queue_name(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        Some("a queue name must not be blank")
+    } else if name.len() > 128 {
+        Some("a queue name must be at most 128 bytes")
+    } else if name.chars().any(char::is_control) {
+        Some("a queue name must not contain control characters")
+    } else {
+        None
+    }
+}
+
 /// A queue's settings, for [`TaskManagerBuilder::queue`](crate::TaskManagerBuilder::queue).
 ///
 /// ```

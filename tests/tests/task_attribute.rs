@@ -136,3 +136,42 @@ async fn underscore_parameters_take_their_arguments() {
     })
     .await;
 }
+
+/// A queue named at run time follows the rule `#[task(queue = …)]` checks
+/// at compile time: a bad name is a clear error and records nothing.
+#[tokio::test]
+async fn a_bad_queue_name_at_run_time_is_refused() {
+    within("bad queue names", async {
+        let tasks = TaskManager::builder().build().await.expect("a manager");
+        for (name, why) in [
+            ("", "blank"),
+            ("   ", "blank"),
+            ("tab\there", "control characters"),
+            (&"q".repeat(129) as &str, "128 bytes"),
+        ] {
+            let error = placed::call()
+                .queue(name)
+                .enqueue_on(&tasks)
+                .expect_err("a bad queue name is refused");
+            assert!(
+                matches!(error, taskflow::Error::InvalidQueue { .. }),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains(why), "{error}");
+        }
+        assert!(
+            tasks
+                .list(&taskflow::TaskFilter::new())
+                .await
+                .expect("a list")
+                .is_empty()
+        );
+        let built = TaskManager::builder()
+            .queue(" ", taskflow::QueueConfig::new())
+            .build()
+            .await;
+        assert!(matches!(built, Err(taskflow::Error::InvalidQueue { .. })));
+        tasks.shutdown().await;
+    })
+    .await;
+}
