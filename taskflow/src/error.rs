@@ -114,15 +114,6 @@ pub enum Error {
         /// The newest this code knows.
         supported: i64,
     },
-    /// Reading the task store failed.
-    #[error("cannot read the task store at {path}")]
-    ReadStore {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What SQLite said.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     /// The task's row in the task store cannot be read as a task (reported
     /// once as [`EventKind::CorruptRow`](crate::EventKind::CorruptRow), and
     /// left in place).
@@ -161,7 +152,8 @@ pub enum Error {
         /// Its cap.
         max_size: usize,
     },
-    /// The task store could not do what was asked.
+    /// The task store could not do what was asked (read or write): the
+    /// source says what the backend reported.
     #[error("the task store failed")]
     StoreFailed(#[source] crate::store::StoreError),
     /// No task with this id is known.
