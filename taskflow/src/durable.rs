@@ -353,6 +353,7 @@ fn new_task(cell: &SharedCell) -> (NewTask, Written) {
         idempotency_key: cell.key.as_deref().map(str::to_owned),
         created_at: cell.created_at,
         state: row,
+        claim: None,
     };
     (task, written)
 }
@@ -531,12 +532,13 @@ async fn write_batch(
     logs: &mut Vec<LogLine>,
 ) -> Result<(), StoreError> {
     let me = durable.instance.id.clone();
-    // Newest state wins: each cell once.
+    // Each cell once, as it is now, in the order they changed: new rows go
+    // in in arrival order, which the claim order's last tie-break is.
     let mut seen = HashSet::with_capacity(cells.len());
     let mut inserts = Vec::new();
     let mut changes = Vec::new();
     let mut nothing = Vec::new();
-    for cell in cells.iter().rev() {
+    for cell in cells.iter() {
         if !seen.insert(cell.id) {
             continue;
         }
@@ -548,6 +550,7 @@ async fn write_batch(
             Planned::Nothing(cell) => nothing.push(cell),
         }
     }
+    claim_on_insert(core, &me, &mut inserts);
     let new_tasks: Vec<NewTask> = inserts.iter().map(|(_, task, _)| task.clone()).collect();
     let change_list: Vec<Change> = changes
         .iter()
@@ -590,17 +593,39 @@ async fn write_batch(
     let mut failure = None;
     match inserted {
         Ok(answers) => {
-            for ((cell, _, written), _answer) in inserts.iter().zip(answers) {
-                // The claimer may have taken the row already (its claim can
-                // share the insert's commit) and recorded that: newer.
-                cell.lock().written.get_or_insert(*written);
-                cell.mark_stored();
+            for ((cell, task, written), answer) in inserts.iter().zip(answers) {
+                let claimed = matches!(answer, Inserted::Claimed);
+                if task.claim.is_some() && !claimed {
+                    // Something better waits in the store: the claimer
+                    // takes it, and this one in its turn.
+                    core.scheduler
+                        .unreserve(&cell.queue, cell.entry.executor(), 1);
+                }
+                if claimed {
+                    cell.mark_stored();
+                    run_claimed(core, durable, cell.clone(), task.state.attempts + 1, false);
+                } else {
+                    // The claimer may have taken the row already (its claim
+                    // can share the insert's commit) and recorded that:
+                    // newer.
+                    cell.lock().written.get_or_insert(*written);
+                    cell.mark_stored();
+                }
                 finished_writing(core, cell);
                 progressed = true;
             }
             inserts.clear();
         }
-        Err(error) => failure = Some(error),
+        Err(error) => {
+            // Their slots are given back; they are marked afresh next time.
+            for (cell, task, _) in &mut inserts {
+                if task.claim.take().is_some() {
+                    core.scheduler
+                        .unreserve(&cell.queue, cell.entry.executor(), 1);
+                }
+            }
+            failure = Some(error);
+        }
     }
     match applied {
         Ok(answers) => {
@@ -642,6 +667,40 @@ async fn write_batch(
     match failure {
         None => Ok(()),
         Some(error) => Err(error),
+    }
+}
+
+/// Marks the new tasks that can start now to be inserted claimed, as many
+/// per queue and executor as there are free slots, best first (priority,
+/// then arrival); their slots are taken.
+fn claim_on_insert(core: &Arc<Core>, me: &str, inserts: &mut [(SharedCell, NewTask, Written)]) {
+    let now = SystemTime::now();
+    let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    for (at, (cell, task, _)) in inserts.iter().enumerate() {
+        if task.state.status != TaskStatus::Pending
+            || task.state.run_at > now
+            || cell.queue.is_paused()
+        {
+            continue;
+        }
+        let key = (
+            Arc::as_ptr(&cell.queue) as usize,
+            executor_index(cell.entry.executor()),
+        );
+        match groups.iter_mut().find(|(q, e, _)| (*q, *e) == key) {
+            Some((_, _, members)) => members.push(at),
+            None => groups.push((key.0, key.1, vec![at])),
+        }
+    }
+    for (_, _, mut members) in groups {
+        members.sort_by_key(|&at| std::cmp::Reverse(inserts[at].1.priority));
+        let first = &inserts[members[0]].0;
+        let slots = core
+            .scheduler
+            .reserve_for(&first.queue, first.entry.executor(), members.len());
+        for &at in &members[..slots] {
+            inserts[at].1.claim = Some(me.to_owned());
+        }
     }
 }
 
@@ -799,19 +858,38 @@ fn dispatch(core: &Arc<Core>, durable: &Durable, task: StoredTask) {
         durable.unknown_task(&task.record.name);
         return;
     };
+    run_claimed(
+        core,
+        durable,
+        cell,
+        task.record.attempts,
+        task.cancel_requested,
+    );
+}
+
+/// Runs a task this instance claimed, at the store's attempt count
+/// `attempts` (its slots are taken), or writes what was decided for it
+/// meanwhile.
+fn run_claimed(
+    core: &Arc<Core>,
+    durable: &Durable,
+    cell: SharedCell,
+    attempts: u32,
+    cancel_requested: bool,
+) {
     {
         let mut state = cell.lock();
         state.written = Some(Written {
             status: TaskStatus::Running,
-            attempts: task.record.attempts,
+            attempts,
         });
         state.admitted = true;
         if state.status == TaskStatus::Pending {
             // The attempt count the claim fenced on is the store's.
-            state.attempts = task.record.attempts.saturating_sub(1);
+            state.attempts = attempts.saturating_sub(1);
         }
     }
-    if task.cancel_requested {
+    if cancel_requested {
         core.transition(&cell, Transition::Cancel);
         return;
     }

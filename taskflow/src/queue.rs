@@ -540,6 +540,19 @@ impl Scheduler {
         self.durable.store(false, Ordering::Release);
     }
 
+    /// Takes up to `n` slots of both `queue` and `executor` at once (for
+    /// tasks claimed as they are inserted); how many it got.
+    pub(crate) fn reserve_for(&self, queue: &Queue, executor: Executor, n: usize) -> usize {
+        if queue.is_paused() {
+            return 0;
+        }
+        let slots = &self.executors[executor_index(executor)];
+        let from_executor = slots.take_up_to(n.min(CLAIM_BATCH));
+        let got = queue.slots.take_up_to(from_executor);
+        slots.give(from_executor - got);
+        got
+    }
+
     /// Gives back the unused part of a reservation.
     pub(crate) fn unreserve(&self, queue: &Queue, executor: Executor, n: usize) {
         if n > 0 {

@@ -58,6 +58,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// same name holds that key (PENDING, RUNNING or SUCCESS); otherwise the
     /// holder is returned and nothing is written for it. A task whose id is
     /// already stored is left as it is ([`Inserted::Duplicate`]).
+    ///
+    /// A PENDING task with a [`claim`](NewTask::claim) is a claim made as it
+    /// is inserted, saving the claim's write: it goes in RUNNING, owned by
+    /// the claimer, with one more attempt, started now
+    /// ([`Inserted::Claimed`]) — exactly as if it had been inserted PENDING
+    /// and claimed at once — provided no ready PENDING task of the same
+    /// queue and executor with an equal or higher priority is already
+    /// stored, and the queue is not paused. The check is made, per queue and
+    /// executor, against the lowest priority among the claimed tasks and
+    /// before any task of the call is written; when it fails, those tasks
+    /// go in PENDING ([`Inserted::New`]) for the claimer.
     fn insert(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Inserted>, StoreError>>;
 
     /// Applies changes to stored tasks: each is written only if its row
@@ -169,6 +180,10 @@ pub struct NewTask {
     /// Its state now: PENDING for a new task, or already final for one
     /// cancelled before it was first written.
     pub state: TaskState,
+    /// The instance inserting it has a free slot for it: insert it claimed
+    /// by this owner (RUNNING, one more attempt, started now), unless that
+    /// would jump its queue. See [`Store::insert`].
+    pub claim: Option<String>,
 }
 
 /// The mutable part of a stored task.
@@ -213,8 +228,10 @@ impl TaskState {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Inserted {
-    /// Written.
+    /// Written (PENDING, or the state it came with).
     New,
+    /// Written RUNNING, claimed by its [`claim`](NewTask::claim) owner.
+    Claimed,
     /// Not written: its key is held by this task.
     Existing(Box<Row>),
     /// Not written: a task with this id is stored already.

@@ -28,8 +28,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::types::Value;
 use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use taskflow_worker::TaskId;
 use taskflow_worker::codec::{self, CODEC_VERSION};
+use taskflow_worker::{Executor, TaskId};
 
 use self::rows::{COLUMNS, LOG_COLUMNS, encode_tags, micros, status_text, time};
 use self::writer::{FileIdentity, Jobs, Writer, backend};
@@ -445,9 +445,23 @@ fn insert_tasks(db: &Connection, tasks: &[NewTask]) -> rusqlite::Result<Vec<Inse
     let mut tag = db.prepare_cached(
         "INSERT INTO task_tags (task_id, key, value) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
     )?;
+    let granted = claims_granted(db, tasks)?;
+    let now = SystemTime::now();
     let mut answers = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let state = &task.state;
+        let claimed = task.state.status == TaskStatus::Pending
+            && task
+                .claim
+                .as_ref()
+                .is_some_and(|_| granted.contains(&(task.queue.as_str(), task.executor)));
+        let mut state = std::borrow::Cow::Borrowed(&task.state);
+        if claimed {
+            let state = state.to_mut();
+            state.status = TaskStatus::Running;
+            state.attempts += 1;
+            state.started_at.get_or_insert(now);
+            state.owner.clone_from(&task.claim);
+        }
         let error = state.last_error.as_ref();
         let inserted = insert.execute(params![
             task.id.to_bytes(),
@@ -474,7 +488,10 @@ fn insert_tasks(db: &Connection, tasks: &[NewTask]) -> rusqlite::Result<Vec<Inse
             for (key, value) in task.tags.iter() {
                 tag.execute(params![task.id.to_bytes(), key, value])?;
             }
-            answers.push(Inserted::New);
+            answers.push(match claimed {
+                true => Inserted::Claimed,
+                false => Inserted::New,
+            });
             continue;
         }
         let exists: bool = db
@@ -515,6 +532,46 @@ fn insert_tasks(db: &Connection, tasks: &[NewTask]) -> rusqlite::Result<Vec<Inse
         });
     }
     Ok(answers)
+}
+
+/// The queues and executors whose claimed inserts may go in claimed: those
+/// where no ready PENDING task as good as the lowest-priority claimed one
+/// waits already, in a queue that is not paused. Checked before anything of
+/// the call is written, so its own PENDING tasks do not count.
+fn claims_granted<'t>(
+    db: &Connection,
+    tasks: &'t [NewTask],
+) -> rusqlite::Result<HashSet<(&'t str, Executor)>> {
+    let mut lowest: HashMap<(&str, Executor), i16> = HashMap::new();
+    for task in tasks {
+        if task.claim.is_some() && task.state.status == TaskStatus::Pending {
+            let entry = lowest
+                .entry((task.queue.as_str(), task.executor))
+                .or_insert(task.priority);
+            *entry = (*entry).min(task.priority);
+        }
+    }
+    let mut granted = HashSet::with_capacity(lowest.len());
+    if lowest.is_empty() {
+        return Ok(granted);
+    }
+    let mut waiting = db.prepare_cached(
+        "SELECT 1 FROM tasks INDEXED BY tasks_ready \
+         WHERE status = 'PENDING' AND queue = ?1 AND executor = ?2 AND priority >= ?3 \
+         AND run_at <= ?4 \
+         UNION ALL SELECT 1 FROM queues WHERE name = ?1 AND paused = 1 LIMIT 1",
+    )?;
+    let now = micros(SystemTime::now());
+    for ((queue, executor), priority) in lowest {
+        let blocked = waiting
+            .query_row(params![queue, executor.as_str(), priority, now], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !blocked {
+            granted.insert((queue, executor));
+        }
+    }
+    Ok(granted)
 }
 
 fn apply_changes(db: &Connection, changes: &[Change]) -> rusqlite::Result<Vec<bool>> {
@@ -627,7 +684,11 @@ fn claim_ready(
     let now_micros = micros(now);
     let skip = array(skip.iter().map(|&rowid| Value::Integer(rowid)));
     let mut candidates = db.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM tasks \
+        // The ready index yields rows already in claim order, so a claim
+        // reads as many rows as it takes (plus delayed ones ahead of them),
+        // never the whole queue: the planner, left alone, prefers the
+        // `run_at` index and sorts every ready row.
+        "SELECT {COLUMNS} FROM tasks INDEXED BY tasks_ready \
          WHERE status = 'PENDING' AND queue = ?1 AND executor = ?2 AND run_at <= ?3 \
          AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) \
          AND rowid NOT IN rarray(?5) AND name IN rarray(?6) \
@@ -638,7 +699,8 @@ fn claim_ready(
          started_at = coalesce(started_at, ?3) WHERE rowid = ?1 AND status = 'PENDING'",
     )?;
     let mut next = db.prepare_cached(
-        "SELECT min(run_at) FROM tasks WHERE status = 'PENDING' AND queue = ?1 AND run_at > ?2 \
+        "SELECT min(run_at) FROM tasks \
+         WHERE status = 'PENDING' AND run_at > created_at AND queue = ?1 AND run_at > ?2 \
          AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1)",
     )?;
     let mut claimed = Claimed::default();
