@@ -908,6 +908,7 @@ async fn give_back(core: &Arc<Core>, durable: &Durable, task: StoredTask) {
     let record = &task.record;
     let mut state = TaskState::pending(record.run_at);
     state.attempts = record.attempts.saturating_sub(1);
+    state.started_at = record.started_at;
     let change = Change {
         id: record.id,
         expect: Expect::Owned {
@@ -1099,9 +1100,10 @@ pub(crate) async fn rescue(core: &Arc<Core>) {
             let now = SystemTime::now();
             let mut state = TaskState::pending(now);
             state.attempts = record.attempts;
+            // Its first attempt's start stands, whatever happens next.
+            state.started_at = record.started_at;
             if to == TaskStatus::Interrupted {
                 state.status = TaskStatus::Interrupted;
-                state.started_at = record.started_at;
                 state.finished_at = Some(now);
                 state.last_error = Some(TaskError::new(
                     ErrorKind::Interrupted,

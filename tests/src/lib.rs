@@ -4,6 +4,7 @@
 //! message saying what it was waiting for. Nothing asserts a timing; timeouts
 //! are generous ceilings for a shared, noisy machine.
 
+pub mod conformance;
 pub mod harness;
 
 use std::future::Future;

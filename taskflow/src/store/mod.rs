@@ -45,22 +45,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// Times are wall-clock [`SystemTime`]s computed by the caller, except for
 /// instance leases, which a backend measures with its own clock (SQLite: the
-/// host's; PostgreSQL: the server's) so hosts with skewed clocks agree.
+/// host's; PostgreSQL: the server's) so hosts with skewed clocks agree. A
+/// stored time is kept to the microsecond: finer parts may be lost.
 ///
 /// Every method is one atomic unit: it applies entirely or not at all, and a
 /// failure leaves the store as it was. Errors are transient from the
 /// caller's point of view (a busy or full disk, a lost connection); the
 /// caller keeps what it wanted to write and tries again.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Inserts new tasks, each with the state it has now (usually PENDING).
+    /// Inserts new tasks, each with the state it has now (usually PENDING),
+    /// in order; the answer has one [`Inserted`] per task, in the same order.
     ///
     /// A task with an idempotency key is inserted only while no task of the
     /// same name holds that key (PENDING, RUNNING or SUCCESS); otherwise the
-    /// holder is returned and nothing is written for it. A task whose id is
-    /// already stored is left as it is ([`Inserted::Duplicate`]).
+    /// holder is returned and nothing is written for it. A task of this very
+    /// batch can be the holder. A task inserted already FAILED, CANCELLED or
+    /// INTERRUPTED holds no key. A task whose id is already stored is left
+    /// as it is ([`Inserted::Duplicate`]).
     ///
-    /// A PENDING task with a [`claim`](NewTask::claim) is a claim made as it
-    /// is inserted, saving the claim's write: it goes in RUNNING, owned by
+    /// A PENDING task that is ready (`run_at` not after now) and has a
+    /// [`claim`](NewTask::claim) is a claim made as it is inserted, saving
+    /// the claim's write: it goes in RUNNING, owned by
     /// the claimer, with one more attempt, started now
     /// ([`Inserted::Claimed`]) — exactly as if it had been inserted PENDING
     /// and claimed at once — provided no ready PENDING task of the same
@@ -71,13 +76,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// go in PENDING ([`Inserted::New`]) for the claimer.
     fn insert(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Inserted>, StoreError>>;
 
-    /// Applies changes to stored tasks: each is written only if its row
-    /// still matches its [`Expect`]; the answer says, per change, whether it
-    /// was.
+    /// Applies changes to stored tasks, in order: each is written only if
+    /// its row still matches its [`Expect`] (as the changes before it in the
+    /// batch left it); the answer says, per change, whether it was. A change
+    /// to an unknown task is not written.
+    ///
+    /// A written change sets every field of [`TaskState`], except that a
+    /// state without `output` keeps the stored output. A final status other
+    /// than SUCCESS releases the task's idempotency key. A cancel
+    /// request ([`request_cancel`](Self::request_cancel)) stays on the row
+    /// while the new status is PENDING or RUNNING and is cleared by a final
+    /// one.
     fn apply(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
 
-    /// Appends log lines to their tasks, keeping at most `per_task` lines per
-    /// task: lines past the cap are not stored but counted on the task.
+    /// Appends log lines to their tasks, in order, keeping the latest
+    /// `per_task` lines of each task: older lines past the cap (stored or in
+    /// this batch) are deleted, and counted in the task's
+    /// [`logs_dropped`](TaskRecord::logs_dropped).
     fn append_logs(
         &self,
         lines: Vec<LogLine>,
@@ -85,12 +100,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Claims ready tasks for `owner`: for each [`Demand`], up to `slots`
-    /// PENDING tasks of that queue and executor whose `run_at` has passed, in
-    /// a queue that is not paused, highest priority first and first ready
-    /// first within a priority. Each claimed row becomes RUNNING, owned by
-    /// `owner`, with its attempt count raised by one, atomically: two
-    /// claimers never get the same task. Also tells when the next task of
-    /// these queues becomes ready, so the caller can sleep until then.
+    /// PENDING tasks of that queue and executor with one of its `names`
+    /// whose `run_at` is at or before `now`, in a queue that is not paused:
+    /// highest priority first; within a priority, earliest `run_at` first,
+    /// then in the order they were inserted. Each claimed row becomes
+    /// RUNNING, owned by `owner`, with its attempt count raised by one and
+    /// `started_at` set to `now` unless it was set already, atomically: two
+    /// claimers never get the same task. The claimed tasks come back as
+    /// their rows now are, with their cancel request if one is pending.
+    ///
+    /// Also tells when the next task of these queues becomes ready (the
+    /// earliest `run_at` after `now` of a PENDING task of a demanded queue
+    /// that is not paused, whatever its executor or name), so the caller can
+    /// sleep until then.
     fn claim_ready<'a>(
         &'a self,
         owner: &'a str,
@@ -114,17 +136,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn request_cancel(&self, id: TaskId) -> BoxFuture<'_, Result<bool, StoreError>>;
 
     /// Registers `instance` or renews its lease for `lease` from now (the
-    /// store's clock). Answers whether the instance still held its lease
-    /// (`false` once another instance declared it dead and took its tasks:
-    /// it is registered afresh, but what it ran is no longer its own), and
-    /// the tasks it owns that someone asked to cancel.
+    /// store's clock). Answers whether the instance still held its lease,
+    /// and the RUNNING tasks it owns that someone asked to cancel.
+    ///
+    /// `held` is `false` for an instance not registered (its first
+    /// heartbeat) or [retired](Self::retire) since its last one: once
+    /// another instance declared it dead and took its tasks, it is
+    /// registered afresh, but what it ran is no longer its own. A lease that
+    /// lapsed but was not retired is renewed and still held.
     fn heartbeat<'a>(
         &'a self,
         instance: &'a InstanceInfo,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Heartbeat, StoreError>>;
 
-    /// Instances whose lease has expired (by the store's clock).
+    /// Registered instances whose lease has expired (by the store's clock).
     fn expired_instances(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 
     /// The RUNNING tasks `instance` owns.
@@ -134,8 +160,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// rescued). Its later heartbeat finds its lease gone.
     fn retire<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Deletes finished tasks (and their logs) that finished before
-    /// `before`; PENDING and RUNNING tasks are never deleted. How many went.
+    /// Deletes finished tasks (and their logs and tags) whose `finished_at`
+    /// is before `before`; PENDING and RUNNING tasks are never deleted. How
+    /// many tasks went.
     fn prune(&self, before: SystemTime) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// The names of the PENDING and RUNNING tasks, each once (an instance
@@ -143,8 +170,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// one that does).
     fn unfinished_names(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 
-    /// Every queue the store knows of (with a setting or a task), with its
-    /// paused flag and its PENDING and RUNNING counts.
+    /// Every queue the store knows of (with a setting, or with a PENDING or
+    /// RUNNING task), in no particular order, with its paused flag and its
+    /// PENDING and RUNNING counts.
     fn queues(&self) -> BoxFuture<'_, Result<Vec<QueueRow>, StoreError>>;
 
     /// Pauses or resumes `queue` for every instance sharing the store.
@@ -184,6 +212,44 @@ pub struct NewTask {
     /// by this owner (RUNNING, one more attempt, started now), unless that
     /// would jump its queue. See [`Store::insert`].
     pub claim: Option<String>,
+}
+
+impl NewTask {
+    /// Task `id` of the task registered as `name`, enqueued at
+    /// `created_at` and ready then: PENDING in the default queue at
+    /// priority 0, with no arguments, tags or idempotency key. Set the
+    /// other fields as needed.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use taskflow::store::NewTask;
+    /// use taskflow::{Executor, TaskId, TaskStatus};
+    /// let now = SystemTime::now();
+    /// let mut task = NewTask::new(TaskId::at(now), "app::send_email", Executor::Async, now);
+    /// task.priority = 5;
+    /// assert_eq!(task.queue, taskflow::DEFAULT_QUEUE);
+    /// assert_eq!(task.state.status, TaskStatus::Pending);
+    /// ```
+    pub fn new(
+        id: TaskId,
+        name: impl Into<String>,
+        executor: Executor,
+        created_at: SystemTime,
+    ) -> Self {
+        NewTask {
+            id,
+            name: name.into(),
+            executor,
+            queue: crate::queue::DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            args: Vec::new(),
+            tags: Tags::default(),
+            idempotency_key: None,
+            created_at,
+            state: TaskState::pending(created_at),
+            claim: None,
+        }
+    }
 }
 
 /// The mutable part of a stored task.
@@ -248,6 +314,26 @@ pub struct Change {
     pub expect: Expect,
     /// Its new state.
     pub state: TaskState,
+}
+
+impl Change {
+    /// Sets task `id` to `state` if its row still matches `expect`.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use taskflow::store::{Change, Expect, TaskState};
+    /// use taskflow::{TaskId, TaskStatus};
+    /// let now = SystemTime::now();
+    /// let mut cancelled = TaskState::pending(now);
+    /// cancelled.status = TaskStatus::Cancelled;
+    /// cancelled.finished_at = Some(now);
+    /// let unless_started = Expect::Status { status: TaskStatus::Pending, attempts: 0, owner: None };
+    /// let change = Change::new(TaskId::at(now), unless_started, cancelled);
+    /// assert_eq!(change.state.status, TaskStatus::Cancelled);
+    /// ```
+    pub fn new(id: TaskId, expect: Expect, state: TaskState) -> Self {
+        Change { id, expect, state }
+    }
 }
 
 /// The condition a [`Change`] is fenced on.
@@ -388,6 +474,20 @@ pub struct LogLine {
     pub record: LogRecord,
 }
 
+impl LogLine {
+    /// `record`, logged by task `task`.
+    ///
+    /// ```
+    /// use taskflow::store::LogLine;
+    /// use taskflow::{LogLevel, LogRecord, TaskId};
+    /// let line = LogLine::new(TaskId::new(), LogRecord::new(LogLevel::Info, "app", "sent"));
+    /// assert_eq!(line.record.message, "sent");
+    /// ```
+    pub fn new(task: TaskId, record: LogRecord) -> Self {
+        LogLine { task, record }
+    }
+}
+
 /// An instance, as it registers.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -399,6 +499,24 @@ pub struct InstanceInfo {
     pub pid: u32,
     /// Its host name, for people reading the store.
     pub host: String,
+}
+
+impl InstanceInfo {
+    /// Instance `id` (the owner of the tasks it claims), in process `pid`
+    /// on `host`.
+    ///
+    /// ```
+    /// use taskflow::store::InstanceInfo;
+    /// let me = InstanceInfo::new("0190b5e2-instance", std::process::id(), "worker-1");
+    /// assert_eq!(me.host, "worker-1");
+    /// ```
+    pub fn new(id: impl Into<String>, pid: u32, host: impl Into<String>) -> Self {
+        InstanceInfo {
+            id: id.into(),
+            pid,
+            host: host.into(),
+        }
+    }
 }
 
 /// What a [`Store::heartbeat`] learned.

@@ -29,7 +29,7 @@ use rusqlite::types::Value;
 use rusqlite::vtab::array::Array;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use taskflow_worker::codec::{self, CODEC_VERSION};
-use taskflow_worker::{Executor, TaskId};
+use taskflow_worker::{Executor, LogRecord, TaskId};
 
 use self::rows::{COLUMNS, LOG_COLUMNS, encode_tags, micros, status_text, time};
 use self::writer::{FileIdentity, Jobs, Writer, backend};
@@ -450,6 +450,7 @@ fn insert_tasks(db: &Connection, tasks: &[NewTask]) -> rusqlite::Result<Vec<Inse
     let mut answers = Vec::with_capacity(tasks.len());
     for task in tasks {
         let claimed = task.state.status == TaskStatus::Pending
+            && task.state.run_at <= now
             && task
                 .claim
                 .as_ref()
@@ -542,9 +543,13 @@ fn claims_granted<'t>(
     db: &Connection,
     tasks: &'t [NewTask],
 ) -> rusqlite::Result<HashSet<(&'t str, Executor)>> {
+    let now = SystemTime::now();
     let mut lowest: HashMap<(&str, Executor), i16> = HashMap::new();
     for task in tasks {
-        if task.claim.is_some() && task.state.status == TaskStatus::Pending {
+        if task.claim.is_some()
+            && task.state.status == TaskStatus::Pending
+            && task.state.run_at <= now
+        {
             let entry = lowest
                 .entry((task.queue.as_str(), task.executor))
                 .or_insert(task.priority);
@@ -561,7 +566,7 @@ fn claims_granted<'t>(
          AND run_at <= ?4 \
          UNION ALL SELECT 1 FROM queues WHERE name = ?1 AND paused = 1 LIMIT 1",
     )?;
-    let now = micros(SystemTime::now());
+    let now = micros(now);
     for ((queue, executor), priority) in lowest {
         let blocked = waiting
             .query_row(params![queue, executor.as_str(), priority, now], |_| Ok(()))
@@ -623,52 +628,55 @@ fn apply_changes(db: &Connection, changes: &[Change]) -> rusqlite::Result<Vec<bo
     Ok(answers)
 }
 
+/// Keeps each task's latest `per_task` lines: a batch's lines past the cap
+/// are never written, and stored lines they push past it are deleted; both
+/// are counted on the task.
 fn append_logs(db: &Connection, lines: &[LogLine], per_task: u32) -> rusqlite::Result<()> {
-    let mut next: HashMap<TaskId, (u32, i64)> = HashMap::new();
-    let mut count = db.prepare_cached(
-        "SELECT count(*), coalesce(max(seq), 0) FROM task_logs WHERE task_id = ?1",
-    )?;
+    let mut by_task: Vec<(TaskId, Vec<&LogRecord>)> = Vec::new();
+    let mut place: HashMap<TaskId, usize> = HashMap::new();
+    for line in lines {
+        let index = *place.entry(line.task).or_insert_with(|| {
+            by_task.push((line.task, Vec::new()));
+            by_task.len() - 1
+        });
+        by_task[index].1.push(&line.record);
+    }
+    let mut last =
+        db.prepare_cached("SELECT coalesce(max(seq), 0) FROM task_logs WHERE task_id = ?1")?;
     let mut insert = db.prepare_cached(
         "INSERT INTO task_logs (task_id, seq, attempt, at, level, target, message, fields) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
+    let mut evict = db.prepare_cached("DELETE FROM task_logs WHERE task_id = ?1 AND seq <= ?2")?;
     let mut dropped =
         db.prepare_cached("UPDATE tasks SET logs_dropped = logs_dropped + ?2 WHERE id = ?1")?;
-    let mut drops: HashMap<TaskId, u32> = HashMap::new();
-    for line in lines {
-        let (kept, seq) = match next.get_mut(&line.task) {
-            Some(slot) => slot,
-            None => {
-                let (kept, seq): (i64, i64) = count
-                    .query_row([line.task.to_bytes()], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                next.entry(line.task)
-                    .or_insert((u32::try_from(kept).unwrap_or(u32::MAX), seq))
-            }
-        };
-        if *kept >= per_task {
-            *drops.entry(line.task).or_default() += 1;
-            continue;
+    let cap = i64::from(per_task);
+    for (task, records) in by_task {
+        let id = task.to_bytes();
+        let mut seq: i64 = last.query_row([id], |row| row.get(0))?;
+        let skip = records.len().saturating_sub(per_task as usize);
+        for record in &records[skip..] {
+            seq += 1;
+            let fields = match record.fields.is_empty() {
+                true => None,
+                false => codec::encode(&record.fields).ok(),
+            };
+            insert.execute(params![
+                id,
+                seq,
+                record.attempt,
+                micros(record.at),
+                record.level.as_str(),
+                record.target,
+                record.message,
+                fields,
+            ])?;
         }
-        *kept += 1;
-        *seq += 1;
-        let record = &line.record;
-        let fields = match record.fields.is_empty() {
-            true => None,
-            false => codec::encode(&record.fields).ok(),
-        };
-        insert.execute(params![
-            line.task.to_bytes(),
-            *seq,
-            record.attempt,
-            micros(record.at),
-            record.level.as_str(),
-            record.target,
-            record.message,
-            fields,
-        ])?;
-    }
-    for (task, count) in drops {
-        dropped.execute(params![task.to_bytes(), count])?;
+        let evicted = evict.execute(params![id, seq - cap])?;
+        let count = skip.saturating_add(evicted);
+        if count > 0 {
+            dropped.execute(params![id, i64::try_from(count).unwrap_or(i64::MAX)])?;
+        }
     }
     Ok(())
 }
@@ -706,6 +714,13 @@ fn claim_ready(
     let mut claimed = Claimed::default();
     let mut seen_queues = HashSet::new();
     for want in demand {
+        if seen_queues.insert(want.queue.clone()) {
+            let at: Option<i64> =
+                next.query_row(params![want.queue, now_micros], |row| row.get(0))?;
+            if let Some(at) = at.map(time) {
+                claimed.next_run_at = Some(claimed.next_run_at.map_or(at, |t| t.min(at)));
+            }
+        }
         if want.slots == 0 {
             continue;
         }
@@ -737,13 +752,6 @@ fn claim_ready(
                     }
                 }
                 Err(corrupt) => claimed.corrupt.push(corrupt),
-            }
-        }
-        if seen_queues.insert(want.queue.clone()) {
-            let at: Option<i64> =
-                next.query_row(params![want.queue, now_micros], |row| row.get(0))?;
-            if let Some(at) = at.map(time) {
-                claimed.next_run_at = Some(claimed.next_run_at.map_or(at, |t| t.min(at)));
             }
         }
     }
