@@ -704,8 +704,10 @@ fn claiming(queue: &str, ms: u64, priority: i16) -> NewTask {
 async fn insert_claims_only_when_nothing_better_waits(storage: Storage) {
     let store = storage.open().await;
     let answer = |answers: Vec<Inserted>, what: &str| {
-        assert_eq!(answers.len(), 1, "{what}: one answer per task");
-        answers.into_iter().next().unwrap()
+        let mut answers = answers.into_iter();
+        let answer = answers.next().expect("one answer per task");
+        assert!(answers.next().is_none(), "{what}: one answer per task");
+        answer
     };
     // Nothing waits: claimed as it goes in.
     let first = claiming("claims", 1, 0);
