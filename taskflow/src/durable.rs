@@ -526,12 +526,14 @@ async fn write_batch(
     logs: &mut Vec<LogLine>,
 ) -> Result<(), StoreError> {
     let me = durable.instance.id.clone();
-    // Newest state wins: each cell once.
+    // Each cell once, with its newest state (`plan` reads it now), in the
+    // order cells first arrived: new rows are inserted in enqueue order,
+    // which is how a claim orders tasks of one priority and `run_at`.
     let mut seen = HashSet::with_capacity(cells.len());
     let mut inserts = Vec::new();
     let mut changes = Vec::new();
     let mut nothing = Vec::new();
-    for cell in cells.iter().rev() {
+    for cell in cells.iter() {
         if !seen.insert(cell.id) {
             continue;
         }
