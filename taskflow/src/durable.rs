@@ -582,7 +582,10 @@ async fn write_batch(
     match inserted {
         Ok(answers) => {
             for ((cell, _, written), _answer) in inserts.iter().zip(answers) {
-                cell.lock().written = Some(*written);
+                // The claimer may have claimed the row between its commit
+                // and now: then it knows better what the row is (RUNNING,
+                // owned here), and the task's next write is fenced on that.
+                cell.lock().written.get_or_insert(*written);
                 cell.mark_stored();
                 finished_writing(core, cell);
                 progressed = true;
