@@ -65,8 +65,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// was.
     fn apply(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
 
-    /// Appends log lines to their tasks, keeping at most `per_task` lines per
-    /// task: lines past the cap are not stored but counted on the task.
+    /// Appends log lines to their tasks, keeping the latest `per_task` lines
+    /// per task: older lines are deleted and counted on the task.
     fn append_logs(
         &self,
         lines: Vec<LogLine>,

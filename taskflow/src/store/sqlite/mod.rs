@@ -558,32 +558,26 @@ fn apply_changes(db: &Connection, changes: &[Change]) -> rusqlite::Result<Vec<bo
 }
 
 fn append_logs(db: &Connection, lines: &[LogLine], per_task: u32) -> rusqlite::Result<()> {
-    let mut next: HashMap<TaskId, (u32, i64)> = HashMap::new();
-    let mut count = db.prepare_cached(
-        "SELECT count(*), coalesce(max(seq), 0) FROM task_logs WHERE task_id = ?1",
-    )?;
+    // Per task touched: the last `seq` used.
+    let mut last: HashMap<TaskId, i64> = HashMap::new();
+    let mut max_seq =
+        db.prepare_cached("SELECT coalesce(max(seq), 0) FROM task_logs WHERE task_id = ?1")?;
     let mut insert = db.prepare_cached(
         "INSERT INTO task_logs (task_id, seq, attempt, at, level, target, message, fields) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
+    // The latest lines are kept: those `per_task` or more behind the last.
+    let mut prune = db.prepare_cached("DELETE FROM task_logs WHERE task_id = ?1 AND seq <= ?2")?;
     let mut dropped =
         db.prepare_cached("UPDATE tasks SET logs_dropped = logs_dropped + ?2 WHERE id = ?1")?;
-    let mut drops: HashMap<TaskId, u32> = HashMap::new();
     for line in lines {
-        let (kept, seq) = match next.get_mut(&line.task) {
-            Some(slot) => slot,
+        let seq = match last.get_mut(&line.task) {
+            Some(seq) => seq,
             None => {
-                let (kept, seq): (i64, i64) = count
-                    .query_row([line.task.to_bytes()], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                next.entry(line.task)
-                    .or_insert((u32::try_from(kept).unwrap_or(u32::MAX), seq))
+                let seq: i64 = max_seq.query_row([line.task.to_bytes()], |row| row.get(0))?;
+                last.entry(line.task).or_insert(seq)
             }
         };
-        if *kept >= per_task {
-            *drops.entry(line.task).or_default() += 1;
-            continue;
-        }
-        *kept += 1;
         *seq += 1;
         let record = &line.record;
         let fields = match record.fields.is_empty() {
@@ -601,8 +595,12 @@ fn append_logs(db: &Connection, lines: &[LogLine], per_task: u32) -> rusqlite::R
             fields,
         ])?;
     }
-    for (task, count) in drops {
-        dropped.execute(params![task.to_bytes(), count])?;
+    for (task, seq) in last {
+        let removed = prune.execute(params![task.to_bytes(), seq - i64::from(per_task)])?;
+        if removed > 0 {
+            let removed = i64::try_from(removed).unwrap_or(i64::MAX);
+            dropped.execute(params![task.to_bytes(), removed])?;
+        }
     }
     Ok(())
 }
