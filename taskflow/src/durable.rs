@@ -1152,6 +1152,12 @@ fn host_name() -> String {
 /// Runs `future` to completion on this thread. For a store call from a
 /// synchronous enqueue: the SQLite store's futures complete from its own
 /// writer thread, so parking here cannot starve them.
+///
+/// The future runs outside tokio's cooperative budget: an enqueue is often
+/// called from inside a tokio task, whose budget the store's answer channel
+/// would otherwise spend; once spent (after some hundred keyed enqueues
+/// without an `.await`), every poll says "not yet" and wakes at once, and
+/// this loop would spin for good, since the task never yields to renew it.
 fn block_on<F: Future>(future: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
@@ -1161,7 +1167,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
+    let mut future = std::pin::pin!(tokio::task::coop::unconstrained(future));
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;
