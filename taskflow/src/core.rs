@@ -388,6 +388,10 @@ impl Core {
         let Some(durable) = &self.durable else {
             return Ok(self.index.list(filter));
         };
+        // Tasks enqueued here whose rows are not written yet, taken before
+        // the store is read: a row committed during the read is then in one
+        // of the two, where looking afterwards would miss it in both.
+        let unstored = self.index.list_unstored(filter);
         let listed = durable
             .store
             .list(filter)
@@ -402,11 +406,9 @@ impl Core {
                 _ => task.record,
             })
             .collect();
-        // Tasks enqueued here whose rows are not written yet.
         let seen: HashSet<TaskId> = records.iter().map(|record| record.id).collect();
         records.extend(
-            self.index
-                .list_unstored(filter)
+            unstored
                 .into_iter()
                 .filter(|record| !seen.contains(&record.id)),
         );

@@ -800,14 +800,52 @@ async fn claimer(core: Weak<Core>) {
     }
 }
 
-/// One claim: reserves free slots, asks the store, runs what it got.
-/// Whether to claim again at once (every reserved slot was filled), and
-/// when the next delayed task is due (or `Err` after a store failure).
+/// One claim round: reserves free slots, asks the store, runs what it got.
+/// Whether to claim again at once (every slot reserved for some queue was
+/// filled), and when the next delayed task is due (or `Err` after a store
+/// failure).
+///
+/// Slots are reserved queue by queue, so the first queues can take all of
+/// a capped executor's; when they come back short while a later queue got
+/// none, the round claims again without them, until every queue had its
+/// chance at the slots left.
 async fn claim_once(core: &Arc<Core>, durable: &Durable) -> (bool, Result<Option<SystemTime>, ()>) {
-    let reservation = core.scheduler.reserve(&durable.names);
-    if reservation.demand.is_empty() {
-        return (false, Ok(None));
+    let mut drained: Vec<(Arc<str>, Executor)> = Vec::new();
+    let mut due: Option<SystemTime> = None;
+    loop {
+        let reservation = core.scheduler.reserve(&durable.names, &drained);
+        if reservation.demand.is_empty() {
+            return (false, Ok(due));
+        }
+        let starved = reservation.starved;
+        let (full, short, result) = claim_reserved(core, durable, reservation).await;
+        let next = match result {
+            Ok(next) => next,
+            Err(()) => return (false, Err(())),
+        };
+        due = match (due, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if full || !starved || short.is_empty() {
+            return (full, Ok(due));
+        }
+        drained.extend(short);
     }
+}
+
+/// Claims for `reservation` and gives back what went unused: whether some
+/// queue's reservation was filled, the queues (and executors) that came
+/// back short, and when the next delayed task is due.
+async fn claim_reserved(
+    core: &Arc<Core>,
+    durable: &Durable,
+    reservation: crate::queue::Reservation,
+) -> (
+    bool,
+    Vec<(Arc<str>, Executor)>,
+    Result<Option<SystemTime>, ()>,
+) {
     let demand: Vec<Demand> = reservation
         .demand
         .iter()
@@ -843,12 +881,16 @@ async fn claim_once(core: &Arc<Core>, durable: &Durable) -> (bool, Result<Option
         }
     };
     let mut full = false;
+    let mut short = Vec::new();
     for ((queue, want), used) in reservation.demand.iter().zip(&used) {
         core.scheduler
             .unreserve(queue, want.executor, want.slots - used);
         full |= *used == want.slots;
+        if *used < want.slots {
+            short.push((queue.name().clone(), want.executor));
+        }
     }
-    (full && result.is_ok(), result)
+    (full && result.is_ok(), short, result)
 }
 
 /// Runs a claimed task (its slots are reserved), or writes what this
@@ -1204,6 +1246,12 @@ fn host_name() -> String {
 /// Runs `future` to completion on this thread. For a store call from a
 /// synchronous enqueue: the SQLite store's futures complete from its own
 /// writer thread, so parking here cannot starve them.
+///
+/// The future runs outside tokio's cooperative budget: an enqueue is often
+/// called from inside a tokio task, whose budget the store's answer channel
+/// would otherwise spend; once spent (after some hundred keyed enqueues
+/// without an `.await`), every poll says "not yet" and wakes at once, and
+/// this loop would spin for good, since the task never yields to renew it.
 fn block_on<F: Future>(future: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
@@ -1213,7 +1261,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
+    let mut future = std::pin::pin!(tokio::task::coop::unconstrained(future));
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;

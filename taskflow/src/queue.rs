@@ -509,9 +509,16 @@ impl Scheduler {
 
     /// With a store: takes every slot free now, per queue and executor, and
     /// says how many tasks to claim for each. `names` lists the tasks of
-    /// each executor this binary can run.
-    pub(crate) fn reserve(&self, names: &[Arc<[String]>; 3]) -> Reservation {
+    /// each executor this binary can run. Pairs of a queue and an executor
+    /// in `drained` (found without ready work earlier in this claim round)
+    /// are passed over, so the executor's slots reach the queues after them.
+    pub(crate) fn reserve(
+        &self,
+        names: &[Arc<[String]>; 3],
+        drained: &[(Arc<str>, Executor)],
+    ) -> Reservation {
         let mut demand = Vec::new();
+        let mut starved = false;
         for queue in self.queues() {
             if queue.is_paused() {
                 continue;
@@ -520,8 +527,12 @@ impl Scheduler {
                 if names[index].is_empty() || !cfg!(unix) && executor == Executor::Process {
                     continue;
                 }
+                if drained.contains(&(queue.name.clone(), executor)) {
+                    continue;
+                }
                 let want = self.executors[index].free().min(CLAIM_BATCH);
                 let from_executor = self.executors[index].take_up_to(want);
+                starved |= from_executor == 0 && queue.slots.free() > 0;
                 let got = queue.slots.take_up_to(from_executor);
                 self.executors[index].give(from_executor - got);
                 if got > 0 {
@@ -532,7 +543,7 @@ impl Scheduler {
                 }
             }
         }
-        Reservation { demand }
+        Reservation { demand, starved }
     }
 
     /// The store was lost: from now on the queue is this one, in memory.
@@ -594,6 +605,9 @@ impl fmt::Debug for Scheduler {
 /// Slots taken for a claim, per queue and executor.
 pub(crate) struct Reservation {
     pub(crate) demand: Vec<(Arc<Queue>, Demand)>,
+    /// A queue with free slots of its own got none of an executor's: the
+    /// queues before it (or running tasks) took them all.
+    pub(crate) starved: bool,
 }
 
 /// Delayed tasks, ordered by when they become ready, served by one tokio

@@ -135,3 +135,42 @@ pub fn kill_if_named(pid: u32, name: &str) {
             .status();
     }
 }
+
+/// A child process killed and reaped when dropped, so a test that fails
+/// half-way leaves no process behind.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Option<Child>);
+
+impl KillOnDrop {
+    /// Guards `child`.
+    pub fn new(child: Child) -> Self {
+        KillOnDrop(Some(child))
+    }
+
+    /// The child, still guarded.
+    ///
+    /// # Panics
+    ///
+    /// After [`take`](Self::take).
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child was not taken")
+    }
+
+    /// The child, no longer guarded (to [`finish`] it).
+    ///
+    /// # Panics
+    ///
+    /// When taken twice.
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("the child was not taken")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

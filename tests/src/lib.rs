@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod harness;
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -160,6 +161,68 @@ impl Latch {
     /// Waits (blocking) until open; whether it opened within [`PATIENCE`].
     pub fn wait_blocking(&self) -> bool {
         wait_until_blocking(PATIENCE, || self.is_open())
+    }
+}
+
+/// Named one-way gates, for tests that need a [`Latch`] per run in one
+/// binary (a static latch, once open, stays open for every later test).
+/// Bodies [`wait`](Self::wait) on a name; the test [`open`](Self::open)s it.
+#[derive(Debug, Default)]
+pub struct Gates {
+    /// Per name: whether it is open.
+    gates: Mutex<Vec<(String, bool)>>,
+}
+
+impl Gates {
+    /// No gates yet.
+    pub const fn new() -> Self {
+        Gates {
+            gates: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<(String, bool)>) -> R) -> R {
+        // A panicking test thread may poison it; the list stays usable.
+        f(&mut self.gates.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Opens gate `name` for good (creating it if no body reached it yet).
+    pub fn open(&self, name: &str) {
+        self.with(|gates| match gates.iter_mut().find(|(n, _)| n == name) {
+            Some((_, open)) => *open = true,
+            None => gates.push((name.to_owned(), true)),
+        });
+    }
+
+    /// Whether a body has reached gate `name` (or it was opened).
+    pub fn reached(&self, name: &str) -> bool {
+        self.with(|gates| gates.iter().any(|(n, _)| n == name))
+    }
+
+    /// Whether gate `name` is open.
+    pub fn is_open(&self, name: &str) -> bool {
+        self.with(|gates| gates.iter().any(|(n, open)| n == name && *open))
+    }
+
+    fn arrive(&self, name: &str) {
+        self.with(|gates| {
+            if !gates.iter().any(|(n, _)| n == name) {
+                gates.push((name.to_owned(), false));
+            }
+        });
+    }
+
+    /// Marks gate `name` reached and waits (async) until it is open;
+    /// whether it opened within [`PATIENCE`].
+    pub async fn wait(&self, name: &str) -> bool {
+        self.arrive(name);
+        wait_until(PATIENCE, || self.is_open(name)).await
+    }
+
+    /// As [`wait`](Self::wait), blocking the calling thread.
+    pub fn wait_blocking(&self, name: &str) -> bool {
+        self.arrive(name);
+        wait_until_blocking(PATIENCE, || self.is_open(name))
     }
 }
 

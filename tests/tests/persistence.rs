@@ -1030,6 +1030,51 @@ fn idempotency_keys_hold_across_processes() -> Result<(), Failed> {
     Ok(())
 }
 
+#[task]
+async fn doubled(n: u32) -> u32 {
+    n * 2
+}
+
+/// An enqueue with a key waits for the store's answer on the calling
+/// thread; hundreds of them in a row from one tokio task, with no `.await`
+/// between, must not wear out that task's cooperative budget and spin.
+fn a_burst_of_keyed_enqueues_from_one_task_completes() -> Result<(), Failed> {
+    trial(async {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = with_store(&dir.path().join("tasks.db")).await;
+        // Nothing is claimed while the burst runs: the burst is the test.
+        manager.pause("burst").await.unwrap();
+        let enqueuer = manager.clone();
+        let burst = tokio::spawn(async move {
+            (0..1000u32)
+                .map(|n| {
+                    doubled::call(n)
+                        .idempotency_key(format!("burst-{n}"))
+                        .queue("burst")
+                        .enqueue_on(&enqueuer)
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        let handles = within("1,000 keyed enqueues in a row", burst)
+            .await
+            .unwrap();
+        // The keys hold: the same keys give the same tasks.
+        let again = doubled::call(7)
+            .idempotency_key("burst-7")
+            .queue("burst")
+            .enqueue_on(&manager)
+            .unwrap();
+        assert_eq!(again.id(), handles[7].id());
+        manager.resume("burst").await.unwrap();
+        for (n, handle) in (0..).zip(handles) {
+            assert_eq!(within("a keyed task", handle).await.unwrap(), n * 2);
+        }
+        assert_eq!(within("the second handle", again).await.unwrap(), 14);
+        manager.shutdown().await;
+    })
+}
+
 /// Holds `held` until the test opens [`GATE`].
 #[task]
 async fn held() -> u32 {
@@ -1285,6 +1330,10 @@ fn main() -> ExitCode {
         Trial::test(
             "two_processes_requeue_each_pending_task_exactly_once",
             two_processes_requeue_each_pending_task_exactly_once,
+        ),
+        Trial::test(
+            "a_burst_of_keyed_enqueues_from_one_task_completes",
+            a_burst_of_keyed_enqueues_from_one_task_completes,
         ),
         Trial::test(
             "idempotency_keys_hold_across_processes",
