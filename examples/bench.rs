@@ -423,7 +423,9 @@ async fn b11(scale: &Scale) -> Result<Vec<Row>, BoxError> {
         let manager = TaskManager::builder().build().await?;
         let driver = manager.clone();
         let cost = on_worker(async move {
-            let base = now_micros() + 50_000;
+            // A head start longer than the enqueueing takes, so no task is
+            // due before every task is queued.
+            let base = now_micros() + 250_000;
             let began = Instant::now();
             let handles = (0..n)
                 .map(|i| {
@@ -449,13 +451,13 @@ async fn b11(scale: &Scale) -> Result<Vec<Row>, BoxError> {
 
         // raw: a sleeping tokio task per deadline.
         let late = on_worker(async move {
-            let base = now_micros() + 50_000;
+            let base = now_micros() + 250_000;
             let origin = Instant::now();
             let handles: Vec<_> = (0..n)
                 .map(|i| {
                     let offset = spread.as_micros() as u64 * i as u64 / n as u64;
                     let at = base + offset;
-                    let deadline = origin + Duration::from_micros(at - base + 50_000);
+                    let deadline = origin + Duration::from_micros(at - base + 250_000);
                     tokio::spawn(async move {
                         tokio::time::sleep_until(deadline.into()).await;
                         lateness(at)

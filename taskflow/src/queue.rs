@@ -21,6 +21,8 @@
 //! task on the spot, without a lock: the common uncapped case costs nothing.
 
 use std::cmp::Reverse;
+
+use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -167,37 +169,85 @@ impl Slots {
 }
 
 /// Ready tasks of one queue and executor: by priority, then arrival.
-#[derive(Default)]
+///
+/// Most tasks have the default priority 0: they wait in a lock-free
+/// first-in, first-out lane, so a burst of them and the threads that finish
+/// tasks never meet on a lock. Tasks of other priorities wait in an ordered
+/// map behind a lock, looked at only while it holds any: those above 0 go
+/// before the lane, those below after it.
 struct Ready {
-    by_priority: BTreeMap<Reverse<i16>, VecDeque<SharedCell>>,
+    lane: (Sender<SharedCell>, Receiver<SharedCell>),
+    others: Mutex<BTreeMap<Reverse<i16>, VecDeque<SharedCell>>>,
+    /// Tasks in `others`.
+    others_len: AtomicUsize,
+    /// Tasks in both, so a release looks only where someone waits.
+    len: AtomicUsize,
+}
+
+impl Default for Ready {
+    fn default() -> Self {
+        Ready {
+            lane: crossbeam_channel::unbounded(),
+            others: Mutex::default(),
+            others_len: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Ready {
-    fn push(&mut self, cell: SharedCell) {
-        self.by_priority
+    fn push(&self, cell: SharedCell) {
+        self.len.fetch_add(1, Ordering::AcqRel);
+        if cell.priority == 0 {
+            // Only fails if the receiver is gone, and this struct owns it.
+            let _ = self.lane.0.send(cell);
+            return;
+        }
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        others
             .entry(Reverse(cell.priority))
             .or_default()
             .push_back(cell);
+        self.others_len.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The best task that has not finished meanwhile (cancelled while it
     /// waited: dropped here).
-    fn pop(&mut self) -> Option<SharedCell> {
-        while let Some(mut entry) = self.by_priority.first_entry() {
-            let cell = entry.get_mut().pop_front();
-            if entry.get().is_empty() {
-                entry.remove();
-            }
-            match cell {
-                Some(cell) if !cell.status().is_finished() => return Some(cell),
-                _ => continue,
+    fn pop(&self) -> Option<SharedCell> {
+        loop {
+            let cell = self
+                .pop_other(|priority| priority > 0)
+                .or_else(|| self.lane.1.try_recv().ok())
+                .or_else(|| self.pop_other(|_| true))?;
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            if !cell.status().is_finished() {
+                return Some(cell);
             }
         }
-        None
     }
 
-    fn is_empty(&self) -> bool {
-        self.by_priority.is_empty()
+    /// The first task of the ordered map, if its priority passes `wanted`.
+    fn pop_other(&self, wanted: impl Fn(i16) -> bool) -> Option<SharedCell> {
+        if self.others_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entry = others.first_entry()?;
+        if !wanted(entry.key().0) {
+            return None;
+        }
+        let cell = entry.get_mut().pop_front();
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+        if cell.is_some() {
+            self.others_len.fetch_sub(1, Ordering::AcqRel);
+        }
+        cell
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
     }
 }
 
@@ -208,10 +258,7 @@ pub(crate) struct Queue {
     slots: Slots,
     paused: AtomicBool,
     /// Ready tasks per executor (memory mode only).
-    ready: Mutex<[Ready; 3]>,
-    /// Tasks of this queue that wait in `ready`, so a release looks only
-    /// where someone waits.
-    waiting: AtomicUsize,
+    ready: [Ready; 3],
     /// PENDING and RUNNING counts of this instance's tasks in the queue.
     counts: Tally<2>,
     /// Exact PENDING count, kept only for a queue with a `max_size`.
@@ -228,8 +275,7 @@ impl Queue {
             config,
             slots: Slots::new(config.concurrency),
             paused: AtomicBool::new(false),
-            ready: Mutex::new(Default::default()),
-            waiting: AtomicUsize::new(0),
+            ready: Default::default(),
             counts: Tally::default(),
             queued: AtomicUsize::new(0),
         }
@@ -275,10 +321,6 @@ impl Queue {
         self.config
     }
 
-    fn ready(&self) -> MutexGuard<'_, [Ready; 3]> {
-        self.ready.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }
@@ -316,6 +358,9 @@ impl fmt::Debug for Queue {
 /// The admission structure of one manager.
 pub(crate) struct Scheduler {
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    /// The same queues by name, rebuilt when one is added: what releases
+    /// and claims walk, without locking the map or sorting.
+    listed: RwLock<Arc<[Arc<Queue>]>>,
     /// Settings of queues named on the builder; others get defaults.
     configs: HashMap<Arc<str>, QueueConfig>,
     executors: [Slots; 3],
@@ -348,6 +393,7 @@ impl Scheduler {
     ) -> Self {
         let scheduler = Scheduler {
             queues: RwLock::new(HashMap::new()),
+            listed: RwLock::new(Arc::from(Vec::new())),
             configs,
             executors: capacities.map(Slots::new),
             timer: Timer::default(),
@@ -372,26 +418,28 @@ impl Scheduler {
             return queue.clone();
         }
         let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
-        queues
-            .entry(name.into())
-            .or_insert_with_key(|name| {
-                let config = self.configs.get(name).copied().unwrap_or_default();
-                Arc::new(Queue::new(name.clone(), config))
-            })
-            .clone()
+        if let Some(queue) = queues.get(name) {
+            return queue.clone();
+        }
+        let config = self.configs.get(name).copied().unwrap_or_default();
+        let queue = Arc::new(Queue::new(name.into(), config));
+        queues.insert(queue.name.clone(), queue.clone());
+        let mut listed: Vec<Arc<Queue>> = queues.values().cloned().collect();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        *self.listed.write().unwrap_or_else(|p| p.into_inner()) = listed.into();
+        queue
     }
 
     /// Every queue this instance knows, by name.
     pub(crate) fn queues(&self) -> Vec<Arc<Queue>> {
-        let mut queues: Vec<Arc<Queue>> = self
-            .queues
+        self.listed().to_vec()
+    }
+
+    fn listed(&self) -> Arc<[Arc<Queue>]> {
+        self.listed
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        queues.sort_by(|a, b| a.name.cmp(&b.name));
-        queues
+            .clone()
     }
 
     /// The claimer's wake-up (store mode).
@@ -414,13 +462,22 @@ impl Scheduler {
         let queue = cell.queue.clone();
         let executor = executor_index(cell.entry.executor());
         let slots = &self.executors[executor];
-        let unlimited = queue.slots.capacity.is_none() && slots.capacity.is_none();
-        if unlimited && !queue.is_paused() {
-            self.start(core, cell);
-            return;
+        // Nothing of this queue and executor waits: if both have a slot, the
+        // task starts without touching the ordered lists.
+        if !queue.is_paused() && queue.ready[executor].len() == 0 {
+            if queue.slots.capacity.is_none() && slots.capacity.is_none() {
+                self.start(core, cell);
+                return;
+            }
+            if slots.take() {
+                if queue.slots.take() {
+                    self.start(core, cell);
+                    return;
+                }
+                slots.give(1);
+            }
         }
-        queue.ready()[executor].push(cell);
-        queue.waiting.fetch_add(1, Ordering::AcqRel);
+        queue.ready[executor].push(cell);
         self.pump(core, &queue, executor);
     }
 
@@ -428,7 +485,7 @@ impl Scheduler {
     fn pump(&self, core: &Arc<Core>, queue: &Queue, executor: usize) {
         let slots = &self.executors[executor];
         loop {
-            if queue.is_paused() || queue.waiting.load(Ordering::Acquire) == 0 {
+            if queue.is_paused() || queue.ready[executor].len() == 0 {
                 return;
             }
             if !slots.take() {
@@ -438,15 +495,7 @@ impl Scheduler {
                 slots.give(1);
                 return;
             }
-            let next = {
-                let mut ready = queue.ready();
-                let next = ready[executor].pop();
-                if next.is_some() {
-                    queue.waiting.fetch_sub(1, Ordering::AcqRel);
-                }
-                next
-            };
-            match next {
+            match queue.ready[executor].pop() {
                 Some(cell) => self.start(core, cell),
                 None => {
                     slots.give(1);
@@ -454,7 +503,7 @@ impl Scheduler {
                     // Only cancelled tasks were left, or another thread took
                     // the last one; a task pushed meanwhile saw our slots
                     // taken and is looked at on the next turn.
-                    if queue.ready()[executor].is_empty() {
+                    if queue.ready[executor].len() == 0 {
                         return;
                     }
                 }
@@ -478,15 +527,20 @@ impl Scheduler {
             self.claimer.notify_one();
             return;
         }
-        // The freed queue slot may serve another executor's task; the freed
-        // executor slot another queue's.
-        for other in 0..3 {
-            self.pump(core, queue, other);
+        // The freed slots serve the same queue and executor first. A freed
+        // queue slot (a capped queue) may then serve another executor's
+        // task, and a freed executor slot (a capped executor) another
+        // queue's: only where tasks wait.
+        self.pump(core, queue, index);
+        if queue.slots.capacity.is_some() {
+            for other in (0..3).filter(|&other| other != index) {
+                self.pump(core, queue, other);
+            }
         }
         if self.executors[index].capacity.is_some() {
-            for other in self.queues() {
-                if !Arc::ptr_eq(&other, queue) {
-                    self.pump(core, &other, index);
+            for other in self.listed().iter() {
+                if !Arc::ptr_eq(other, queue) {
+                    self.pump(core, other, index);
                 }
             }
         }
