@@ -465,6 +465,72 @@ fn a_pause_in_one_process_stops_claims_in_another() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A task this process enqueued and another process ran is seen finished
+/// here, though no handle here awaits it: by `get` and `list`, by its
+/// queue's `max_size` (it left this process's PENDING count), and by its
+/// handle, which yields its output as for a task run here.
+fn a_task_run_by_another_process_is_seen_finished_here() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, side) = (dir.path().join("tasks.db"), dir.path().join("runs"));
+    let side_text = side.display().to_string();
+    trial(async {
+        let here = TaskManager::builder()
+            .snapshot_db(&db)
+            .max_concurrent_tasks(1)
+            .queue("shared", QueueConfig::new().max_size(1))
+            .poll_interval(Duration::from_millis(50))
+            .build()
+            .await
+            .unwrap();
+        let busy = held::call("busy-elsewhere".into())
+            .queue("only-here")
+            .enqueue_on(&here)
+            .unwrap();
+        wait_for_status(&here, busy.id(), TaskStatus::Running).await;
+        let mut other = KillOnDrop::new(
+            harness::scenario("claimer")
+                .env(DB, &db)
+                .env(SIDE, &side)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let other_pid = other.child().id();
+        let mut out = lines(other.child());
+        read_until(other.child(), &mut out, "ready");
+
+        let handle = shared_work::call(0, side_text.clone())
+            .queue("shared")
+            .enqueue_on(&here)
+            .unwrap();
+        let id = handle.id();
+        eventually("the other process to run it", || runs(&side).len() == 1).await;
+        assert_eq!(runs(&side), [(0, other_pid)]);
+        settle(&here, "shared").await;
+
+        wait_for_status(&here, id, TaskStatus::Success).await;
+        let listed = here.list(&TaskFilter::new().queue("shared")).await.unwrap();
+        let statuses: Vec<TaskStatus> = listed.iter().map(|record| record.status).collect();
+        assert_eq!(statuses, [TaskStatus::Success]);
+        let next = shared_work::call(1, side_text.clone())
+            .queue("shared")
+            .enqueue_on(&here);
+        assert!(next.is_ok(), "the queue holds no PENDING task: {next:?}");
+        within("the handle of a task run elsewhere", handle)
+            .await
+            .unwrap();
+
+        drop(other.child().stdin.take());
+        finish(other.take());
+        GATES.open("busy-elsewhere");
+        within("this process's own task", busy).await.unwrap();
+        here.shutdown().await;
+    })?;
+    drop(dir);
+    Ok(())
+}
+
 // ---------------------------------------------------------------- scenarios
 
 /// Runs the "shared" queue's tasks from the file until stdin closes.
@@ -533,6 +599,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_pause_in_one_process_stops_claims_in_another",
             a_pause_in_one_process_stops_claims_in_another,
+        ),
+        Trial::test(
+            "a_task_run_by_another_process_is_seen_finished_here",
+            a_task_run_by_another_process_is_seen_finished_here,
         ),
     ])
 }
