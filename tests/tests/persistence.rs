@@ -1075,6 +1075,52 @@ fn a_burst_of_keyed_enqueues_from_one_task_completes() -> Result<(), Failed> {
     })
 }
 
+static KEYED_RUNS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+#[task]
+async fn counted_keyed(n: u32) -> u32 {
+    KEYED_RUNS.lock().unwrap().push(n);
+    n
+}
+
+/// A keyed task's row is committed before its enqueue returns; a claimer
+/// that takes the row meanwhile runs the task that enqueue returns a
+/// handle to, exactly once, and `get` agrees with the handle.
+fn keyed_tasks_claimed_as_they_are_enqueued_run_once_and_resolve() -> Result<(), Failed> {
+    trial(async {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = TaskManager::builder()
+            .snapshot_db(dir.path().join("tasks.db"))
+            .poll_interval(Duration::from_millis(1))
+            .build()
+            .await
+            .unwrap();
+        let mut handles = Vec::new();
+        for n in 0..2000u32 {
+            // Unkeyed tasks keep the writer, and so the claimer, busy.
+            drop(doubled::call(n).enqueue_on(&manager).unwrap());
+            let handle = counted_keyed::call(n)
+                .idempotency_key(format!("claimed-{n}"))
+                .enqueue_on(&manager)
+                .unwrap();
+            handles.push(handle);
+            if n % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for (n, handle) in (0..).zip(handles) {
+            let id = handle.id();
+            assert_eq!(within("a keyed task's handle", handle).await.unwrap(), n);
+            let record = manager.get(id).await.unwrap().unwrap();
+            assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+        }
+        let mut runs = KEYED_RUNS.lock().unwrap().clone();
+        runs.sort_unstable();
+        assert_eq!(runs, (0..2000).collect::<Vec<u32>>(), "each ran once");
+        manager.shutdown().await;
+    })
+}
+
 /// Holds `held` until the test opens [`GATE`].
 #[task]
 async fn held() -> u32 {
@@ -1334,6 +1380,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_burst_of_keyed_enqueues_from_one_task_completes",
             a_burst_of_keyed_enqueues_from_one_task_completes,
+        ),
+        Trial::test(
+            "keyed_tasks_claimed_as_they_are_enqueued_run_once_and_resolve",
+            keyed_tasks_claimed_as_they_are_enqueued_run_once_and_resolve,
         ),
         Trial::test(
             "idempotency_keys_hold_across_processes",
