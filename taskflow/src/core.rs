@@ -62,6 +62,9 @@ pub(crate) struct Core {
     idle: Notify,
     /// Rows of the task store found corrupt and reported, by row key.
     reported_corrupt: Mutex<HashSet<i64>>,
+    /// Claims of tasks whose keyed enqueue had not finished, by id: their
+    /// attempt count and cancel request (see [`Core::defer_claim`]).
+    deferred: Mutex<std::collections::HashMap<TaskId, (u32, bool)>>,
     /// Log lines kept per task.
     pub(crate) max_logs: usize,
     /// The dispatcher in-process attempts run under (see `crate::trace`).
@@ -123,6 +126,7 @@ impl Core {
             running: Tally::default(),
             idle: Notify::new(),
             reported_corrupt: Mutex::default(),
+            deferred: Mutex::default(),
             max_logs: parts.max_logs,
             tee: parts.tee,
         }
@@ -204,7 +208,36 @@ impl Core {
             }
         }
         self.admit(cell.clone(), EventKind::Enqueued);
+        if cell.is_admitting() {
+            self.admitted(&cell);
+        }
         Ok(cell)
+    }
+
+    /// A keyed enqueue is done: a claim of its row made meanwhile (and
+    /// deferred) runs now.
+    fn admitted(self: &Arc<Self>, cell: &SharedCell) {
+        let deferred = {
+            let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            cell.set_admitting(false);
+            deferred.remove(&cell.id)
+        };
+        if let Some((attempts, cancel)) = deferred
+            && let Some(durable) = &self.durable
+        {
+            crate::durable::run_claimed(self, durable, cell.clone(), attempts, cancel);
+        }
+    }
+
+    /// A claim of a task whose enqueue is still under way waits for it
+    /// ([`admitted`](Self::admitted) runs it); whether it was deferred.
+    pub(crate) fn defer_claim(&self, cell: &SharedCell, attempts: u32, cancel: bool) -> bool {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if !cell.is_admitting() {
+            return false;
+        }
+        deferred.insert(cell.id, (attempts, cancel));
+        true
     }
 
     /// Makes `cell` the holder of its key, or returns the task that holds it.
@@ -218,7 +251,17 @@ impl Core {
         if let Some(holder) = self.index.key_holder(cell) {
             return Ok(Some(holder));
         }
-        match durable.insert_keyed(cell)? {
+        // The claimer may take the row the moment it is committed: it must
+        // find this very cell (not make a second one), and wait for the
+        // enqueue to finish before running it.
+        cell.set_admitting(true);
+        self.index.insert(cell.clone());
+        let inserted = durable.insert_keyed(cell);
+        if !matches!(inserted, Ok(None)) {
+            self.index.remove_unborn(cell);
+            cell.set_admitting(false);
+        }
+        match inserted? {
             None => {
                 self.index.set_key_holder(cell);
                 Ok(None)
@@ -240,7 +283,9 @@ impl Core {
     /// Records a PENDING cell, announces it, and queues it: in memory, or
     /// as a row for the claimer (unless a keyed insert wrote it already).
     fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind) {
-        self.index.insert(cell.clone());
+        if !cell.is_admitting() {
+            self.index.insert(cell.clone());
+        }
         self.bus.publish(|| TaskEvent {
             id: cell.id,
             name: cell.entry.name(),
@@ -306,6 +351,7 @@ impl Core {
             (self.scheduler.queue(&record.queue), record.priority),
             origin,
         ));
+        cell.set_foreign();
         cell.queue.reserve_pending_unchecked();
         self.index.insert(cell.clone());
         if cell.key.is_some() {
@@ -566,9 +612,10 @@ impl Core {
             }
             Transition::Succeed(output) => {
                 state.last_error = None;
-                if cell.key.is_some() {
+                if cell.key.is_some() || cell.is_foreign() {
                     // Every later handle to a keyed task reads it, here or
-                    // in another process, so it goes to the store encoded.
+                    // in another process, and the handles of a task another
+                    // instance enqueued are there: it goes to the store.
                     state.extra().output_bytes = encoded(cell.entry, &output);
                 }
                 if state.handles > 0 {

@@ -46,7 +46,7 @@ use crate::store::{
 
 /// Most changes written in one batch.
 const MAX_BATCH: usize = 4096;
-/// Most tasks followed through the store per keeper round.
+/// Most tasks followed through the store in one read.
 const MAX_FOLLOWED: usize = 1000;
 
 /// How a manager uses its task store.
@@ -197,7 +197,8 @@ impl Durable {
         match inserted.into_iter().next() {
             Some(Inserted::Existing(row)) => Ok(Some(*row)),
             _ => {
-                cell.lock().written = Some(target);
+                // A claim may have come first, and knows better.
+                cell.lock().written.get_or_insert(target);
                 cell.mark_stored();
                 Ok(None)
             }
@@ -759,6 +760,7 @@ async fn claimer(core: Weak<Core>) {
     let mut next_due: Option<SystemTime> = None;
     let mut backoff = Duration::ZERO;
     let mut next_follow = tokio::time::Instant::now();
+    let mut next_full_follow = next_follow;
     loop {
         let Some(strong) = core.upgrade() else {
             return;
@@ -775,9 +777,16 @@ async fn claimer(core: Weak<Core>) {
         }
         let poll = durable.settings.poll;
         let (again, due) = claim_once(&strong, durable).await;
-        if tokio::time::Instant::now() >= next_follow {
-            next_follow = tokio::time::Instant::now() + poll;
-            follow(&strong, durable).await;
+        // Tasks a handle here awaits are followed every poll; every task
+        // enqueued here, awaited or not, once per heartbeat.
+        let now = tokio::time::Instant::now();
+        if now >= next_follow {
+            next_follow = now + poll;
+            let all = now >= next_full_follow;
+            if all {
+                next_full_follow = now + durable.settings.heartbeat;
+            }
+            follow(&strong, durable, all).await;
         }
         match due {
             Ok(due) => {
@@ -912,13 +921,16 @@ fn dispatch(core: &Arc<Core>, durable: &Durable, task: StoredTask) {
 /// Runs a task this instance claimed, at the store's attempt count
 /// `attempts` (its slots are taken), or writes what was decided for it
 /// meanwhile.
-fn run_claimed(
+pub(crate) fn run_claimed(
     core: &Arc<Core>,
     durable: &Durable,
     cell: SharedCell,
     attempts: u32,
     cancel_requested: bool,
 ) {
+    if core.defer_claim(&cell, attempts, cancel_requested) {
+        return;
+    }
     {
         let mut state = cell.lock();
         state.written = Some(Written {
@@ -1190,16 +1202,19 @@ pub(crate) async fn rescue(core: &Arc<Core>) {
 
 /// Brings views of tasks that run elsewhere up to date, for the handles
 /// here that await them.
-async fn follow(core: &Arc<Core>, durable: &Durable) {
+async fn follow(core: &Arc<Core>, durable: &Durable, all: bool) {
     // Alone on the store, every task enqueued here runs here: nothing to
     // follow, and no need to look through the index for it.
     if !durable.shared.load(Ordering::Acquire) && core.index.mirrors() == 0 {
         return;
     }
-    let followed = core.index.followed(MAX_FOLLOWED);
-    if followed.is_empty() {
-        return;
+    let followed = core.index.followed(all);
+    for chunk in followed.chunks(MAX_FOLLOWED) {
+        follow_some(core, durable, chunk).await;
     }
+}
+
+async fn follow_some(core: &Arc<Core>, durable: &Durable, followed: &[SharedCell]) {
     let ids: Vec<TaskId> = followed.iter().map(|cell| cell.id).collect();
     let rows = match durable.store.get_many(&ids).await {
         Ok(rows) => rows,
@@ -1220,16 +1235,16 @@ async fn follow(core: &Arc<Core>, durable: &Durable) {
             Some(task) if task.owner.as_deref() == Some(durable.instance_id()) => {}
             Some(task) => {
                 if !cell.is_mirror() {
-                    core.index.follow(&cell);
+                    core.index.follow(cell);
                 }
-                core.transition(&cell, Transition::Observe(Box::new(task.clone())));
+                core.transition(cell, Transition::Observe(Box::new(task.clone())));
                 if cell.status().is_finished() {
                     cell.key_released();
                 }
             }
             None => {
-                core.index.follow(&cell);
-                core.transition(&cell, Transition::Interrupt);
+                core.index.follow(cell);
+                core.transition(cell, Transition::Interrupt);
             }
         }
     }

@@ -74,6 +74,15 @@ impl LiveIndex {
         self.records.insert(cell.id, cell);
     }
 
+    /// Takes out a cell that never became a task (its key was held).
+    pub(crate) fn remove_unborn(&self, cell: &TaskCell) {
+        if self.records.remove(&cell.id).is_some() && !cell.is_mirror() {
+            let status = cell.status();
+            self.counts.add(status.index(), -1);
+            count_queue(cell, status, -1);
+        }
+    }
+
     /// How many views of other instances' tasks have been added (an upper
     /// bound: a view that finishes is not subtracted until it leaves).
     pub(crate) fn mirrors(&self) -> u64 {
@@ -268,19 +277,20 @@ impl LiveIndex {
 
     /// Cells a handle here awaits while the task runs (or may run) in
     /// another instance: views of such tasks, and this instance's stored
-    /// PENDING tasks, which any instance may claim. At most `limit`.
-    pub(crate) fn followed(&self, limit: usize) -> Vec<SharedCell> {
+    /// PENDING tasks, which any instance may claim. With `all`, also the
+    /// stored PENDING tasks nobody awaits (their status, counts and queue
+    /// places must follow too).
+    pub(crate) fn followed(&self, all: bool) -> Vec<SharedCell> {
         self.records
             .iter()
             .filter(|entry| {
                 let cell = entry.value();
                 let state = cell.lock();
                 !state.status.is_finished()
-                    && !state.waiters.is_empty()
+                    && (all || !state.waiters.is_empty())
                     && (cell.is_mirror()
                         || (state.status == TaskStatus::Pending && cell.is_stored()))
             })
-            .take(limit)
             .map(|entry| entry.value().clone())
             .collect()
     }

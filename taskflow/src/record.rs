@@ -63,6 +63,12 @@ const FLAG_RELEASING: u8 = 8;
 const FLAG_MIRROR: u8 = 16;
 /// The task store stopped before this task's row could be written.
 const FLAG_UNWRITTEN: u8 = 32;
+/// Its row is written but its enqueue has not finished (announced, counted
+/// as enqueued): a claim of it waits for that.
+const FLAG_ADMITTING: u8 = 64;
+/// Enqueued by another instance (or before a restart) and claimed here: its
+/// output is stored, since the handles that await it are elsewhere.
+const FLAG_FOREIGN: u8 = 128;
 
 /// Where a new cell comes from.
 pub(crate) struct Origin {
@@ -269,6 +275,28 @@ impl TaskCell {
     /// Marks the task to run again at the next start.
     pub(crate) fn release(&self) {
         self.set_flag(FLAG_RELEASED);
+    }
+
+    /// Marks a task enqueued elsewhere that this instance claimed.
+    pub(crate) fn set_foreign(&self) {
+        self.set_flag(FLAG_FOREIGN);
+    }
+
+    pub(crate) fn is_foreign(&self) -> bool {
+        self.flag(FLAG_FOREIGN)
+    }
+
+    /// Marks the task as being enqueued: its row may be claimed before the
+    /// enqueue is done.
+    pub(crate) fn set_admitting(&self, admitting: bool) {
+        match admitting {
+            true => drop(self.set_flag(FLAG_ADMITTING)),
+            false => drop(self.clear_flag(FLAG_ADMITTING)),
+        }
+    }
+
+    pub(crate) fn is_admitting(&self) -> bool {
+        self.flag(FLAG_ADMITTING)
     }
 
     /// Holds handles back until the store has written the key's release.
