@@ -146,6 +146,102 @@ impl<T: 'static> TaskCall<T> {
         self.enqueue_into(manager.core())
     }
 
+    /// Enqueues inside the application's PostgreSQL `transaction`, in the
+    /// task store of schema `taskflow`: the task exists if and only if the
+    /// transaction commits (the outbox pattern), and is then claimed by
+    /// whichever instance sharing that store runs this task, woken at the
+    /// commit. Returns the task's id, for
+    /// [`TaskManager::get`](crate::TaskManager::get) and the rest; with an
+    /// idempotency key already held, the holder's id and nothing written.
+    ///
+    /// The row is the one an enqueue on a manager writes, with the task's
+    /// declared queue and priority unless the call sets them. What only a
+    /// manager knows is not checked here: its resources and its queues'
+    /// `max_size`. The store's schema must exist: a manager on the same
+    /// database creates it at its first start.
+    ///
+    /// ```no_run
+    /// #[taskflow::task]
+    /// async fn send_receipt(order: u64) {}
+    ///
+    /// # async fn checkout(client: &mut tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let transaction = client.transaction().await?;
+    /// transaction.execute("UPDATE orders SET paid = true WHERE id = $1", &[&42_i64]).await?;
+    /// let id = send_receipt::call(42).enqueue_in(&transaction).await?;
+    /// transaction.commit().await?; // the receipt is sent only if the order is paid
+    /// # let _ = id;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Argument`] when an argument could not be encoded,
+    /// [`Error::InvalidQueue`] for an invalid queue name, and
+    /// [`Error::StoreFailed`] when the statement fails (the transaction is
+    /// then aborted, as after any failed statement).
+    #[cfg(feature = "postgres")]
+    pub async fn enqueue_in(
+        self,
+        transaction: &tokio_postgres::Transaction<'_>,
+    ) -> Result<taskflow_worker::TaskId, Error> {
+        self.enqueue_in_schema(transaction, crate::store::DEFAULT_SCHEMA)
+            .await
+    }
+
+    /// As [`enqueue_in`](Self::enqueue_in), in the task store of schema
+    /// `schema` (see [`PostgresConfig::schema`](crate::store::PostgresConfig::schema)).
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue_in`](Self::enqueue_in), and [`Error::InvalidOption`]
+    /// for an invalid schema name.
+    #[cfg(feature = "postgres")]
+    pub async fn enqueue_in_schema(
+        self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        schema: &str,
+    ) -> Result<taskflow_worker::TaskId, Error> {
+        let args = self.args.map_err(|(argument, source)| Error::Argument {
+            task: self.entry.name(),
+            argument,
+            source,
+        })?;
+        let defaults = self.entry.defaults();
+        let queue = self
+            .placement
+            .queue
+            .as_deref()
+            .or(defaults.queue)
+            .unwrap_or(crate::queue::DEFAULT_QUEUE);
+        if let Some(reason) = crate::queue::invalid_queue_name(queue) {
+            return Err(Error::InvalidQueue {
+                queue: queue.to_owned(),
+                reason,
+            });
+        }
+        let now = SystemTime::now();
+        let id = taskflow_worker::TaskId::at(now);
+        let mut task =
+            crate::store::NewTask::new(id, self.entry.name(), self.entry.executor(), now);
+        task.queue = queue.to_owned();
+        task.priority = self.placement.priority.unwrap_or(defaults.priority);
+        task.args = args;
+        task.tags = Tags::from_pairs(self.tags);
+        task.idempotency_key = self.idempotency_key;
+        task.state.run_at = self.placement.run_at.unwrap_or(now);
+        match crate::store::insert_in(transaction, schema, task).await? {
+            crate::store::Inserted::Existing(holder) => match *holder {
+                Ok(holder) => Ok(holder.record.id),
+                Err(corrupt) => Err(Error::CorruptRow {
+                    id: corrupt.id.unwrap_or(id),
+                    reason: corrupt.reason,
+                }),
+            },
+            _ => Ok(id),
+        }
+    }
+
     fn enqueue_into(self, core: &Arc<Core>) -> Result<TaskHandle<T>, Error> {
         let args = self.args.map_err(|(argument, source)| Error::Argument {
             task: self.entry.name(),

@@ -12,15 +12,19 @@
 //!   backoff.
 //! - **The claimer** asks the store for as many ready tasks as there are free
 //!   slots per queue and executor, whenever slots free up, new rows are
-//!   written, the next delayed task is due, or the poll interval passes (the
-//!   only query an idle instance makes). A claim marks each task RUNNING,
+//!   written (here, or elsewhere when the store says so), the next delayed
+//!   task is due, or the poll interval passes (the only query an idle
+//!   instance makes). A claim marks each task RUNNING,
 //!   owned by this instance, durably **before** its body starts.
 //! - **The keeper** renews this instance's lease (its only proof of life:
 //!   never a pid or a host name), picks up cancellations other processes
-//!   asked for, rescues the RUNNING tasks of instances whose lease expired
-//!   (through `lifecycle::next`, one event each) and prunes by retention.
-//!   The claimer also follows, once per poll interval, the tasks that
-//!   handles here await while another instance runs them.
+//!   asked for and, while the store makes it the one instance doing upkeep
+//!   (`Store::lead`), rescues the RUNNING tasks of instances whose lease
+//!   expired (through `lifecycle::next`, one event each) and prunes by
+//!   retention.
+//!   The claimer also follows, once per poll interval (at once when the
+//!   store says another instance finished tasks), the tasks that handles
+//!   here await while another instance runs them.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -153,8 +157,17 @@ impl Durable {
             .await
             .map_err(Error::from_store)?;
         durable.shared.store(beat.others > 0, Ordering::Release);
-        rescue(core).await;
+        if leads(core, durable).await {
+            rescue(core).await;
+        }
         let registry = Registry::global()?;
+        // Another process may have queued this binary's tasks in their
+        // declared queues before this one used them: claim from those too.
+        for entry in registry.entries() {
+            if let Some(queue) = entry.defaults().queue {
+                core.scheduler.queue(queue);
+            }
+        }
         for name in durable
             .store
             .unfinished_names()
@@ -761,6 +774,11 @@ async fn claimer(core: Weak<Core>) {
     let mut backoff = Duration::ZERO;
     let mut next_follow = tokio::time::Instant::now();
     let mut next_full_follow = next_follow;
+    // The store's wake-ups for other processes' changes, if it sends any.
+    let store_wake = core
+        .upgrade()
+        .and_then(|core| core.durable.as_ref()?.store.notifications());
+    let mut only_follow = false;
     loop {
         let Some(strong) = core.upgrade() else {
             return;
@@ -776,11 +794,24 @@ async fn claimer(core: Weak<Core>) {
             return;
         }
         let poll = durable.settings.poll;
-        let (again, due) = claim_once(&strong, durable).await;
-        // Tasks a handle here awaits are followed every poll; every task
-        // enqueued here, awaited or not, once per heartbeat.
+        // Woken because another instance finished tasks: the store is
+        // shared (whatever the last heartbeat saw), and there is nothing
+        // new to claim, only tasks to follow.
+        let (again, due) = match std::mem::take(&mut only_follow) {
+            true => {
+                durable.shared.store(true, Ordering::Release);
+                (false, None)
+            }
+            false => {
+                let (again, due) = claim_once(&strong, durable).await;
+                (again, Some(due))
+            }
+        };
+        // Tasks a handle here awaits are followed every poll (and when the
+        // store says tasks changed); every task enqueued here, awaited or
+        // not, once per heartbeat.
         let now = tokio::time::Instant::now();
-        if now >= next_follow {
+        if now >= next_follow || due.is_none() {
             next_follow = now + poll;
             let all = now >= next_full_follow;
             if all {
@@ -789,13 +820,14 @@ async fn claimer(core: Weak<Core>) {
             follow(&strong, durable, all).await;
         }
         match due {
-            Ok(due) => {
+            Some(Ok(due)) => {
                 backoff = Duration::ZERO;
                 next_due = due;
             }
-            Err(()) => {
+            Some(Err(())) => {
                 backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
             }
+            None => {}
         }
         drop(strong);
         if again && backoff.is_zero() {
@@ -805,7 +837,16 @@ async fn claimer(core: Weak<Core>) {
             .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
             .unwrap_or(poll);
         let wait = until_due.min(poll).max(backoff);
-        let _ = tokio::time::timeout(wait, notified).await;
+        let Some(store_wake) = &store_wake else {
+            let _ = tokio::time::timeout(wait, notified).await;
+            continue;
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = store_wake.ready.notified() => {}
+            _ = store_wake.changed.notified() => only_follow = true,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }
 
@@ -1013,8 +1054,13 @@ async fn keeper(core: Weak<Core>) {
             }
             Err(error) => durable.failed(&strong, None, &error),
         }
-        rescue(&strong).await;
+        // Upkeep is one instance's job at a time, as the store decides.
+        let leading = leads(&strong, durable).await;
+        if leading {
+            rescue(&strong).await;
+        }
         if let Some(retention) = durable.settings.retention
+            && leading
             && SystemTime::now() >= next_prune
         {
             next_prune = SystemTime::now()
@@ -1025,6 +1071,22 @@ async fn keeper(core: Weak<Core>) {
         }
         drop(strong);
         let _ = tokio::time::timeout(heartbeat, notified).await;
+    }
+}
+
+/// Whether this instance does the store's upkeep (rescue, retention) now:
+/// the store grants it to one instance at a time, for a lease.
+async fn leads(core: &Arc<Core>, durable: &Durable) -> bool {
+    match durable
+        .store
+        .lead(&durable.instance.id, durable.settings.lease)
+        .await
+    {
+        Ok(leads) => leads,
+        Err(error) => {
+            durable.failed(core, None, &error);
+            false
+        }
     }
 }
 

@@ -114,6 +114,72 @@ pub enum Error {
         /// The newest this code knows.
         supported: i64,
     },
+    /// No PostgreSQL server answered at the configured address (nothing
+    /// listens there, the network is down, or the connection timed out).
+    #[cfg(feature = "postgres")]
+    #[error("cannot reach the PostgreSQL server at {server}")]
+    DatabaseUnreachable {
+        /// The server, as host:port/database (never with a password).
+        server: String,
+        /// What the client said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The PostgreSQL server refused the user or its password.
+    #[cfg(feature = "postgres")]
+    #[error("the PostgreSQL server at {server} refused user `{user}`")]
+    DatabaseAuth {
+        /// The server, as host:port/database.
+        server: String,
+        /// The user connecting.
+        user: String,
+        /// What the server said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The PostgreSQL server has no database of that name.
+    #[cfg(feature = "postgres")]
+    #[error("database `{database}` does not exist on the PostgreSQL server at {server}")]
+    DatabaseMissing {
+        /// The server, as host:port/database.
+        server: String,
+        /// The database asked for.
+        database: String,
+        /// What the server said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The task store's schema in PostgreSQL was written by a newer
+    /// taskflow (the SQLite store's [`SchemaTooNew`](Error::SchemaTooNew),
+    /// for a schema rather than a file).
+    #[cfg(feature = "postgres")]
+    #[error(
+        "the task store in schema `{schema}` at {server} has schema version {found}, newer than this taskflow's {supported}; upgrade taskflow to open it"
+    )]
+    DatabaseSchemaTooNew {
+        /// The server, as host:port/database.
+        server: String,
+        /// The store's schema.
+        schema: String,
+        /// Its schema version.
+        found: i64,
+        /// The newest this code knows.
+        supported: i64,
+    },
+    /// The PostgreSQL task store could not be set up once connected (its
+    /// schema could not be created, a query failed), or its connection
+    /// string is invalid.
+    #[cfg(feature = "postgres")]
+    #[error("cannot open the task store in schema `{schema}` at {server}")]
+    OpenDatabase {
+        /// The server, as host:port/database.
+        server: String,
+        /// The store's schema.
+        schema: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The task's row in the task store cannot be read as a task (reported
     /// once as [`EventKind::CorruptRow`](crate::EventKind::CorruptRow), and
     /// left in place).

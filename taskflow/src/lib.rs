@@ -291,6 +291,12 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! With feature `postgres`, `TaskManagerBuilder::postgres("postgres://…")`
+//! keeps the tasks in PostgreSQL instead, so several hosts running the same
+//! `#[task]` code share one queue, each task running once; and
+//! `name::call(…).enqueue_in(&transaction)` enqueues inside the
+//! application's own transaction, the task existing only if it commits.
 
 mod call;
 mod core;

@@ -385,6 +385,8 @@ pub struct TaskManagerBuilder {
     worker_start_timeout: Duration,
     event_capacity: usize,
     snapshot_db: Option<std::path::PathBuf>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<crate::store::PostgresConfig>,
     requeue_pending: bool,
     retention: Option<Duration>,
     store_busy_timeout: Duration,
@@ -417,6 +419,8 @@ impl Default for TaskManagerBuilder {
             worker_start_timeout: Duration::from_secs(30),
             event_capacity: 4096,
             snapshot_db: None,
+            #[cfg(feature = "postgres")]
+            postgres: None,
             requeue_pending: false,
             retention: None,
             store_busy_timeout: Duration::from_secs(5),
@@ -574,6 +578,50 @@ impl TaskManagerBuilder {
         self
     }
 
+    /// Keeps every task in PostgreSQL (feature `postgres`), so several
+    /// hosts share one queue: each runs the tasks its binary registers,
+    /// and each task runs once, on one host. Takes a connection string
+    /// (`postgres://user:password@host:port/database`), which gives the
+    /// store a pool of its own and the schema `taskflow`, or a
+    /// [`PostgresConfig`](crate::store::PostgresConfig) for another schema,
+    /// pool size or listening.
+    ///
+    /// As with [`snapshot_db`](Self::snapshot_db), the database is then
+    /// the queue: an enqueue writes a row, and each instance claims ready
+    /// rows for its free slots (`FOR UPDATE SKIP LOCKED`). The first start
+    /// creates the schema and its tables. Instances learn of each other's
+    /// work through `LISTEN`/`NOTIFY`, and poll as a fallback. Leases are
+    /// measured by the server's clock; one instance at a time rescues the
+    /// tasks of instances that died and prunes by retention.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), taskflow::Error> {
+    /// let tasks = taskflow::TaskManager::builder()
+    ///     .postgres("postgres://app@db.internal:5432/app")
+    ///     .build()
+    ///     .await?;
+    /// # drop(tasks);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, config: impl Into<crate::store::PostgresConfig>) -> Self {
+        self.postgres = Some(config.into());
+        self
+    }
+
+    /// Keeps every task in PostgreSQL through the application's own
+    /// connection pool (feature `postgres`), in schema `taskflow`; see
+    /// [`postgres`](Self::postgres) and
+    /// [`PostgresConfig::with_pool`](crate::store::PostgresConfig::with_pool)
+    /// (a pool cannot listen for other hosts' work unless also given a
+    /// connection string: without one, instances poll).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_pool(self, pool: deadpool_postgres::Pool) -> Self {
+        self.postgres(crate::store::PostgresConfig::with_pool(pool))
+    }
+
     /// With a task store: at shutdown, leave the PENDING tasks this instance
     /// enqueued queued in the store, to run at the next start (or on another
     /// instance sharing it), under their own ids; without it they end
@@ -709,7 +757,10 @@ impl TaskManagerBuilder {
     ///
     /// [`Error::DuplicateTask`] when two tasks share a name,
     /// [`Error::ZeroLimit`] for a cap of zero, [`Error::NoRuntime`] outside a
-    /// tokio runtime, [`Error::SpawnThread`] when the OS refuses a thread.
+    /// tokio runtime, [`Error::SpawnThread`] when the OS refuses a thread;
+    /// with a task store, what opening it reports
+    /// ([`SqliteStore::open`](crate::store::SqliteStore::open), and with
+    /// feature `postgres`, `PostgresStore::open`).
     pub async fn build(self) -> Result<TaskManager, Error> {
         let registry = Registry::global()?;
         for (option, value) in [
@@ -767,8 +818,32 @@ impl TaskManagerBuilder {
                 handshake_timeout: self.worker_start_timeout,
             }),
         };
+        let settings = Settings {
+            requeue_pending: self.requeue_pending,
+            lease: self.lease,
+            heartbeat: (self.lease / 5).max(Duration::from_millis(20)),
+            poll: self.poll_interval,
+            retention: self.retention,
+            max_logs: u32::try_from(self.max_logs_per_task).unwrap_or(u32::MAX),
+        };
+        #[cfg(feature = "postgres")]
+        let postgres = match (self.postgres, &self.snapshot_db) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidOption {
+                    option: "postgres",
+                    reason: "cannot be combined with `snapshot_db`: a manager has one task store",
+                });
+            }
+            (Some(config), None) => {
+                let store = crate::store::PostgresStore::open(config).await?;
+                Some(Arc::new(store) as Arc<dyn Store>)
+            }
+            (None, _) => None,
+        };
+        #[cfg(not(feature = "postgres"))]
+        let postgres: Option<Arc<dyn Store>> = None;
         let durable = match self.snapshot_db {
-            None => None,
+            None => postgres.map(|store| Durable::new(store, settings, registry)),
             Some(path) => {
                 let config = StoreConfig {
                     path,
@@ -785,14 +860,6 @@ impl TaskManagerBuilder {
                         )
                     })??;
                 let store: Arc<dyn Store> = Arc::new(store);
-                let settings = Settings {
-                    requeue_pending: self.requeue_pending,
-                    lease: self.lease,
-                    heartbeat: (self.lease / 5).max(Duration::from_millis(20)),
-                    poll: self.poll_interval,
-                    retention: self.retention,
-                    max_logs: u32::try_from(self.max_logs_per_task).unwrap_or(u32::MAX),
-                };
                 Some(Durable::new(store, settings, registry))
             }
         };
@@ -837,13 +904,17 @@ impl TaskManagerBuilder {
 
 impl fmt::Debug for TaskManagerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskManagerBuilder")
+        let mut debug = f.debug_struct("TaskManagerBuilder");
+        debug
             .field("max_concurrent_tasks", &self.max_concurrent_tasks)
             .field("max_sync_threads", &self.max_sync_threads)
             .field("max_process_workers", &self.max_process_workers)
             .field("max_tasks_per_worker", &self.max_tasks_per_worker)
             .field("process_nice", &self.process_nice)
-            .field("snapshot_db", &self.snapshot_db)
+            .field("snapshot_db", &self.snapshot_db);
+        #[cfg(feature = "postgres")]
+        debug.field("postgres", &self.postgres);
+        debug
             .field("requeue_pending", &self.requeue_pending)
             .field("retention", &self.retention)
             .field("resources", &self.resources)

@@ -164,6 +164,26 @@ impl Running {
             .unwrap();
         assert!(status.success(), "kill {signal} failed");
     }
+
+    /// Stops the process (SIGSTOP) at a moment it holds no write lock on
+    /// `db`. SQLite has one writer at a time: a process frozen inside a
+    /// commit blocks every other's writes until it resumes, which no lease
+    /// can change, so the scenario under test is a freeze between commits.
+    fn freeze(&self, db: &Path) {
+        let probe = rusqlite::Connection::open(db).unwrap();
+        probe.busy_timeout(Duration::ZERO).unwrap();
+        for _ in 0..200 {
+            self.signal("-STOP");
+            // Taking the write lock at once, without waiting, proves that
+            // no one holds it.
+            if probe.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok() {
+                return;
+            }
+            self.signal("-CONT");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        panic!("the process held the write lock at each of 200 tries");
+    }
 }
 
 /// A manager on `db` in this process, with a short lease so that it rescues
@@ -403,7 +423,7 @@ fn a_frozen_instance_loses_its_tasks_and_cannot_overwrite_them() -> Result<(), F
             assert!(Instant::now() < deadline, "trial {trial}: nothing ran");
             std::thread::sleep(Duration::from_millis(2));
         }
-        frozen.signal("-STOP");
+        frozen.freeze(&db);
         let mut rescuer = Running::start(scenario("serve", &db, &side, 300));
         rescuer.read("ready");
         // Well past its lease: the rescuer takes its running tasks over.

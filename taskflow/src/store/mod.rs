@@ -11,17 +11,21 @@
 //! and rescued rows all go through the same code whatever the backend.
 //!
 //! The trait is object-safe, with boxed futures: a manager holds an
-//! `Arc<dyn Store>` chosen at run time (`snapshot_db`, later `postgres`), so
+//! `Arc<dyn Store>` chosen at run time (`snapshot_db` or `postgres`), so
 //! neither `TaskManager` nor the generated code is generic over a backend. A
 //! store call is I/O (microseconds for SQLite, a round trip for PostgreSQL)
 //! and carries a batch, so one allocation for the future is noise.
 //!
-//! [`SqliteStore`] is the embedded backend. The in-memory index of live
-//! tasks in front of it is a cache for this process, not a backend.
+//! [`SqliteStore`] is the embedded backend; `PostgresStore` (feature
+//! `postgres`) lets several hosts share one queue. The in-memory index of
+//! live tasks in front of a store is a cache for this process, not a
+//! backend.
 //!
 //! The contract every backend keeps is proven by one conformance suite
 //! (`tests/src/conformance.rs`), run against each backend.
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -35,6 +39,10 @@ use taskflow_worker::{Executor, LogRecord, Tags, TaskError, TaskId};
 use crate::lifecycle::TaskStatus;
 use crate::record::{TaskFilter, TaskRecord};
 
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::insert_in;
+#[cfg(feature = "postgres")]
+pub use postgres::{DEFAULT_SCHEMA, PostgresConfig, PostgresStore};
 pub use sqlite::SqliteStore;
 pub(crate) use sqlite::StoreConfig;
 
@@ -181,6 +189,43 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         queue: &'a str,
         paused: bool,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Wake-ups for changes other processes or hosts make, if the backend
+    /// sends any (PostgreSQL's `LISTEN`): the claimer then starts their
+    /// work, and follows their tasks, without waiting for its next poll.
+    /// A wake-up may be spurious or lost; polling stays the fallback.
+    /// Default: none (the claimer polls).
+    fn notifications(&self) -> Option<Arc<Notifications>> {
+        None
+    }
+
+    /// Whether `instance` does the store's upkeep (rescuing dead
+    /// instances' tasks, retention) for the next `lease`: the store grants
+    /// it to one instance at a time, renews it for its holder, and gives
+    /// it to another once the holder's lease lapsed (by the store's clock)
+    /// or it [retired](Self::retire). Default: every instance leads (a
+    /// backend that does not elect; upkeep is safe to run twice, since
+    /// every change it makes is fenced).
+    fn lead<'a>(
+        &'a self,
+        instance: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = (instance, lease);
+        Box::pin(async { Ok(true) })
+    }
+}
+
+/// What a [`Store`] wakes its claimer with (see [`Store::notifications`]).
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Notifications {
+    /// Work may have become ready: a task was inserted or made PENDING
+    /// again, or a queue resumed.
+    pub ready: tokio::sync::Notify,
+    /// Tasks changed status (they finished): handles following a task
+    /// another instance runs may look again.
+    pub changed: tokio::sync::Notify,
 }
 
 /// A task as first written.
