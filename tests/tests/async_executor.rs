@@ -305,7 +305,9 @@ async fn async_worker_threads_run_tasks_on_threads_of_their_own() {
     // A thread names itself once the OS first runs it, which on a loaded
     // machine can come after the other thread ran every task.
     assert!(
-        wait_until(PATIENCE, || live_threads_named("taskflow-async-").len() == 2).await,
+        wait_until(PATIENCE, || live_threads_named("taskflow-async-").len()
+            == 2)
+        .await,
         "threads: {:?}",
         live_threads_named("taskflow-async-")
     );
