@@ -131,3 +131,56 @@ async fn background_nice_lowers_the_pool_threads() {
     assert_eq!(taskflow_tests::thread_nice(), 0);
     manager.shutdown().await;
 }
+
+static PARENT_MANAGER: std::sync::OnceLock<TaskManager> = std::sync::OnceLock::new();
+static CHILD_RAN: Latch = Latch::new();
+
+#[task]
+fn child() -> String {
+    CHILD_RAN.open();
+    thread_name()
+}
+
+/// Enqueues `child` and blocks until it has run: only another thread can
+/// run it meanwhile.
+#[task]
+fn parent() -> String {
+    let manager = PARENT_MANAGER
+        .get()
+        .expect("the test installed its manager");
+    drop(
+        child::call()
+            .enqueue_on(manager)
+            .expect("the child is enqueued"),
+    );
+    assert!(CHILD_RAN.wait_blocking(), "the child never ran");
+    thread_name()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_a_body_enqueues_runs_on_an_idle_thread_while_the_body_waits() {
+    let manager = TaskManager::builder()
+        .max_sync_threads(2)
+        .build()
+        .await
+        .unwrap();
+    assert!(PARENT_MANAGER.set(manager.clone()).is_ok());
+    // A few tasks first, so that the threads have handed tasks along.
+    for _ in 0..20 {
+        within(
+            "a warm-up task",
+            where_am_i::call().enqueue_on(&manager).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let parent_thread = within("the parent", parent::call().enqueue_on(&manager).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        parent_thread.starts_with("taskflow-sync-"),
+        "{parent_thread}"
+    );
+    assert_eq!(manager.metrics().success, 22);
+    manager.shutdown().await;
+}

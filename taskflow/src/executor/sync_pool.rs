@@ -5,7 +5,13 @@
 //! the queue is PENDING. Without it, each attempt goes to tokio's shared
 //! blocking pool. Either way an attempt's panic is caught, so a pool thread is
 //! never lost, and a retry wait happens on a timer, never on a pool thread.
+//!
+//! When an attempt ends on a dedicated thread and its freed slot admits the
+//! next sync task, that task is handed to the same thread rather than sent
+//! through the queue: no wake-up of another thread, no hop, the record still
+//! in cache.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -33,6 +39,12 @@ pub(crate) struct Pool {
     jobs: Sender<Job>,
     /// Taken when the threads start.
     receiver: Mutex<Option<Receiver<Job>>>,
+}
+
+thread_local! {
+    /// On a dedicated thread while an attempt's end is recorded: its pool
+    /// (by address) and the task the freed slot admitted, if any.
+    static HANDOFF: RefCell<Option<(usize, Option<SharedCell>)>> = const { RefCell::new(None) };
 }
 
 enum Job {
@@ -95,10 +107,13 @@ impl SyncExecutor {
                 drop(
                     core.runtime
                         .clone()
-                        .spawn_blocking(move || run_attempt(&core, cell)),
+                        .spawn_blocking(move || run_attempt(&core, cell, None)),
                 );
             }
             SyncExecutor::Dedicated(pool) => {
+                let Some(cell) = pool.hand_over(cell) else {
+                    return;
+                };
                 if let Err(rejected) = pool.jobs.send(Job::Run(cell)) {
                     // Every thread is gone: only possible after close.
                     if let Job::Run(cell) = rejected.into_inner() {
@@ -119,18 +134,53 @@ impl SyncExecutor {
     }
 }
 
-/// A dedicated thread's loop.
+impl Pool {
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Keeps `cell` for the calling thread if it is one of this pool's,
+    /// recording the end of an attempt; gives it back otherwise.
+    fn hand_over(&self, cell: SharedCell) -> Option<SharedCell> {
+        HANDOFF.with(|handoff| match &mut *handoff.borrow_mut() {
+            Some((pool, next @ None)) if *pool == self.id() => {
+                *next = Some(cell);
+                None
+            }
+            _ => Some(cell),
+        })
+    }
+}
+
+/// A dedicated thread's loop: the task handed over by the attempt that just
+/// ended here first, else the next from the queue.
 fn serve(core: &Arc<Core>, jobs: &Receiver<Job>, nice: Option<i32>) {
     lower_priority(nice);
     // Task bodies may use `Handle::current()`, as on tokio's blocking pool.
     let _runtime = core.runtime.enter();
-    while let Ok(Job::Run(cell)) = jobs.recv() {
-        run_attempt(core, cell);
+    let pool = match &core.sync_tasks {
+        SyncExecutor::Dedicated(pool) => pool.id(),
+        SyncExecutor::Shared => 0,
+    };
+    let mut next = None;
+    loop {
+        let cell = match next.take() {
+            Some(cell) => cell,
+            None => match jobs.recv() {
+                Ok(Job::Run(cell)) => cell,
+                Ok(Job::Stop) | Err(_) => return,
+            },
+        };
+        run_attempt(core, cell, Some(pool));
+        next = HANDOFF.with(|handoff| handoff.borrow_mut().take().and_then(|(_, next)| next));
     }
 }
 
-/// Runs one attempt on the calling thread and records its result.
-fn run_attempt(core: &Arc<Core>, cell: SharedCell) {
+/// Runs one attempt on the calling thread and records its result. `pool`:
+/// the dedicated pool this thread serves, which may hand it the next task
+/// while the end is recorded (only then: a task a body enqueues goes to an
+/// idle thread, not to this busy one).
+fn run_attempt(core: &Arc<Core>, cell: SharedCell, pool: Option<usize>) {
     let Some(attempt) = core.start(&cell) else {
         return;
     };
@@ -143,5 +193,8 @@ fn run_attempt(core: &Arc<Core>, cell: SharedCell) {
         // `#[task]` never pairs these; only a hand-built entry could.
         Body::Async(_) => Err(TaskError::error("a thread task's entry has an async body")),
     };
+    if let Some(pool) = pool {
+        HANDOFF.with(|handoff| *handoff.borrow_mut() = Some((pool, None)));
+    }
     core.finish(&cell, result.map(Produced::Value));
 }
