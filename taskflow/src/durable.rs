@@ -92,6 +92,8 @@ pub(crate) struct Durable {
     names: [Arc<[String]>; 3],
     /// A run of store failures is being reported (once).
     failing: AtomicBool,
+    /// The loss of the store was reported (once, for good).
+    loss_reported: AtomicBool,
     /// Wakes the keeper early (shutdown).
     keeper: Arc<Notify>,
     closed: AtomicBool,
@@ -128,6 +130,7 @@ impl Durable {
             inbox: Mutex::new(Some(inbox)),
             names: names.map(Into::into),
             failing: AtomicBool::new(false),
+            loss_reported: AtomicBool::new(false),
             keeper: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             lost: AtomicBool::new(false),
@@ -287,8 +290,17 @@ impl Durable {
     }
 
     /// Reports the first failure of a run of them.
+    /// The loss of the store is reported once whatever noticed it first (a
+    /// write, a claim, a heartbeat), and no later answer clears it.
     fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
-        if !self.failing.swap(true, Ordering::AcqRel) {
+        let first_report = match error {
+            StoreError::Lost(_) => {
+                self.failing.store(true, Ordering::Release);
+                !self.loss_reported.swap(true, Ordering::AcqRel)
+            }
+            _ => !self.failing.swap(true, Ordering::AcqRel),
+        };
+        if first_report {
             let message = crate::error::chain(error);
             tracing::error!(
                 "{message}; tasks keep running and their changes are kept until it can be written"
@@ -297,8 +309,12 @@ impl Durable {
         }
     }
 
-    /// The store answered again.
+    /// The store answered again. Not after a loss, which is for good: an
+    /// answer from before it, handled late, must not clear the report.
     fn recovered(&self) {
+        if self.loss_reported.load(Ordering::Acquire) {
+            return;
+        }
         if self.failing.swap(false, Ordering::AcqRel) {
             tracing::info!("the task store is writable again; pending changes are written");
         }

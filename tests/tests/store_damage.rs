@@ -276,14 +276,20 @@ async fn lose_the_store_file(replace: bool) {
     let before = note::call(1, side.clone()).enqueue_on(&manager).unwrap();
     before.persisted().await.unwrap();
 
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
     if replace {
-        rusqlite::Connection::open(&db)
+        // Renamed over the path, so that no write in between can find the
+        // path empty (which is a deletion, and reported as one).
+        let other = dir.path().join("other.db");
+        rusqlite::Connection::open(&other)
             .unwrap()
             .execute_batch("CREATE TABLE unrelated (x)")
             .unwrap();
+        std::fs::rename(&other, &db).unwrap();
+    } else {
+        let _ = std::fs::remove_file(&db);
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 
     let after = note::call(2, side.clone()).enqueue_on(&manager).unwrap();

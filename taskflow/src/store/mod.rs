@@ -592,6 +592,48 @@ pub struct QueueRow {
     pub running: u64,
 }
 
+/// The queues a backend read, sorted by name: `settings` are its stored
+/// (name, paused) pairs, `counts` its (queue, status, count) of unfinished
+/// tasks, PENDING or RUNNING.
+pub(crate) fn queue_rows(
+    settings: impl IntoIterator<Item = (String, bool)>,
+    counts: impl IntoIterator<Item = (String, String, u64)>,
+) -> Vec<QueueRow> {
+    let mut queues: std::collections::BTreeMap<String, QueueRow> = Default::default();
+    for (name, paused) in settings {
+        let queue = queues.entry(name.clone()).or_default();
+        queue.name = name;
+        queue.paused = paused;
+    }
+    for (name, status, count) in counts {
+        let queue = queues.entry(name.clone()).or_default();
+        queue.name = name;
+        match status.as_str() {
+            "PENDING" => queue.pending = count,
+            _ => queue.running = count,
+        }
+    }
+    queues.into_values().collect()
+}
+
+/// A row's tags: none, or their encoding.
+pub(crate) fn decode_tags(bytes: Option<Vec<u8>>) -> Result<Tags, String> {
+    match bytes {
+        None => Ok(Tags::default()),
+        Some(bytes) => {
+            taskflow_worker::codec::decode(&bytes).map_err(|error| format!("its tags: {error}"))
+        }
+    }
+}
+
+/// The encoding of `tags`, or none for no tags.
+pub(crate) fn encode_tags(tags: &Tags) -> Option<Vec<u8>> {
+    match tags.is_empty() {
+        true => None,
+        false => taskflow_worker::codec::encode(tags).ok(),
+    }
+}
+
 /// A store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

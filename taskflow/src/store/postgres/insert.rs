@@ -14,9 +14,10 @@ use std::time::SystemTime;
 use taskflow_worker::TaskId;
 use tokio_postgres::{GenericClient, Statement};
 
-use super::rows::{self, encode_tags};
+use super::rows;
 use super::sql::InsertSql;
 use crate::lifecycle::TaskStatus;
+use crate::store::encode_tags;
 use crate::store::{Inserted, NewTask};
 
 /// What an insert failed with.

@@ -84,7 +84,7 @@ use self::migrate::{Migrated, migrate};
 use self::sql::{InsertSql, Sql};
 use super::{
     BoxFuture, Change, Claimed, Demand, Expect, Heartbeat, Inserted, InstanceInfo, Listed, LogLine,
-    NewTask, Notifications, QueueRow, Row, Store, StoreError,
+    NewTask, Notifications, QueueRow, Row, Store, StoreError, queue_rows,
 };
 use crate::error::Error;
 use crate::record::TaskFilter;
@@ -494,27 +494,18 @@ impl Store for PostgresStore {
             )?;
             let (settings, counts) =
                 tokio::try_join!(client.query(&settings, &[]), client.query(&counts, &[]))?;
-            let mut queues: HashMap<String, QueueRow> = HashMap::new();
-            for row in settings {
-                let name: String = row.try_get(0)?;
-                let queue = queues.entry(name.clone()).or_default();
-                queue.name = name;
-                queue.paused = row.try_get(1)?;
-            }
-            for row in counts {
-                let name: String = row.try_get(0)?;
-                let status: String = row.try_get(1)?;
-                let count = u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0);
-                let queue = queues.entry(name.clone()).or_default();
-                queue.name = name;
-                match status.as_str() {
-                    "PENDING" => queue.pending = count,
-                    _ => queue.running = count,
-                }
-            }
-            let mut queues: Vec<QueueRow> = queues.into_values().collect();
-            queues.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(queues)
+            let settings = settings
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+            let counts = counts
+                .iter()
+                .map(|row| {
+                    let count = u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0);
+                    Ok((row.try_get(0)?, row.try_get(1)?, count))
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+            Ok(queue_rows(settings, counts))
         })
     }
 

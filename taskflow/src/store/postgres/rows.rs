@@ -9,12 +9,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use taskflow_worker::codec::{self, CODEC_VERSION};
-use taskflow_worker::{ErrorKind, Executor, LogLevel, LogRecord, Tags, TaskError, TaskId};
+use taskflow_worker::{ErrorKind, Executor, LogLevel, LogRecord, TaskError, TaskId};
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use crate::record::TaskRecord;
-use crate::store::{CorruptRow, Row as StoredRow, StoredTask};
+use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags};
 
 /// Reads a row selected with [`COLUMNS`](super::sql::COLUMNS): the task,
 /// or why it is not one.
@@ -110,22 +110,6 @@ impl Columns<'_> {
             owner: self.get(18, "owner")?,
             cancel_requested: self.get(19, "cancel flag")?,
         })
-    }
-}
-
-/// A row's tags: none, or their encoding.
-fn decode_tags(bytes: Option<Vec<u8>>) -> Result<Tags, String> {
-    match bytes {
-        None => Ok(Tags::default()),
-        Some(bytes) => codec::decode(&bytes).map_err(|error| format!("its tags: {error}")),
-    }
-}
-
-/// The encoding of `tags`, or none for no tags.
-pub(super) fn encode_tags(tags: &Tags) -> Option<Vec<u8>> {
-    match tags.is_empty() {
-        true => None,
-        false => codec::encode(tags).ok(),
     }
 }
 

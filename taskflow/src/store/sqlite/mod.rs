@@ -31,15 +31,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use taskflow_worker::codec::{self, CODEC_VERSION};
 use taskflow_worker::{Executor, LogRecord, TaskId};
 
-use self::rows::{COLUMNS, LOG_COLUMNS, encode_tags, micros, status_text, time};
+use self::rows::{COLUMNS, LOG_COLUMNS, micros, status_text, time};
 use self::writer::{FileIdentity, Jobs, Writer, backend};
 use super::{
     BoxFuture, Change, Claimed, Demand, Expect, Heartbeat, Inserted, InstanceInfo, Listed, LogLine,
-    NewTask, QueueRow, Row, Store, StoreError,
+    NewTask, QueueRow, Row, Store, StoreError, queue_rows,
 };
 use crate::error::Error;
 use crate::lifecycle::TaskStatus;
 use crate::record::TaskFilter;
+use crate::store::encode_tags;
 
 /// Migrations, applied in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -376,39 +377,21 @@ impl Store for SqliteStore {
 
     fn queues(&self) -> BoxFuture<'_, Result<Vec<QueueRow>, StoreError>> {
         Box::pin(self.read("read queues", |db| {
-            let mut queues: HashMap<String, QueueRow> = HashMap::new();
-            let mut settings = db.prepare_cached("SELECT name, paused FROM queues")?;
-            for row in settings.query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })? {
-                let (name, paused) = row?;
-                let queue = queues.entry(name.clone()).or_default();
-                queue.name = name;
-                queue.paused = paused != 0;
-            }
-            let mut counts = db.prepare_cached(
-                "SELECT queue, status, count(*) FROM tasks \
-                 WHERE status IN ('PENDING', 'RUNNING') GROUP BY queue, status",
-            )?;
-            for row in counts.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })? {
-                let (name, status, count) = row?;
-                let queue = queues.entry(name.clone()).or_default();
-                queue.name = name;
-                let count = u64::try_from(count).unwrap_or(0);
-                match status.as_str() {
-                    "PENDING" => queue.pending = count,
-                    _ => queue.running = count,
-                }
-            }
-            let mut queues: Vec<QueueRow> = queues.into_values().collect();
-            queues.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(queues)
+            let settings = db
+                .prepare_cached("SELECT name, paused FROM queues")?
+                .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? != 0)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let counts = db
+                .prepare_cached(
+                    "SELECT queue, status, count(*) FROM tasks \
+                     WHERE status IN ('PENDING', 'RUNNING') GROUP BY queue, status",
+                )?
+                .query_map([], |row| {
+                    let count = u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0);
+                    Ok((row.get(0)?, row.get(1)?, count))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(queue_rows(settings, counts))
         }))
     }
 

@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
 use taskflow_worker::codec::{self, CODEC_VERSION};
-use taskflow_worker::{ErrorKind, Executor, LogLevel, LogRecord, Tags, TaskError, TaskId};
+use taskflow_worker::{ErrorKind, Executor, LogLevel, LogRecord, TaskError, TaskId};
 
 use crate::lifecycle::TaskStatus;
 use crate::record::TaskRecord;
-use crate::store::{CorruptRow, Row as StoredRow, StoredTask};
+use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags};
 
 /// The columns [`read`] expects, in order.
 pub(super) const COLUMNS: &str = "id, name, executor, status, args, tags, attempts, created_at, \
@@ -164,22 +164,6 @@ impl Columns<'_, '_> {
             owner: self.text(18, "owner")?,
             cancel_requested: self.integer(19, "cancel flag")?.unwrap_or(0) != 0,
         })
-    }
-}
-
-/// A row's tags: none, or their encoding.
-pub(super) fn decode_tags(bytes: Option<Vec<u8>>) -> Result<Tags, String> {
-    match bytes {
-        None => Ok(Tags::default()),
-        Some(bytes) => codec::decode(&bytes).map_err(|error| format!("its tags: {error}")),
-    }
-}
-
-/// The encoding of `tags`, or none for no tags.
-pub(super) fn encode_tags(tags: &Tags) -> Option<Vec<u8>> {
-    match tags.is_empty() {
-        true => None,
-        false => codec::encode(tags).ok(),
     }
 }
 
