@@ -879,7 +879,10 @@ impl Core {
                 status => return Err(Error::AlreadyFinished { id, status }),
             }
             if let Some(cell) = self.index.get(&id).filter(|cell| !cell.is_mirror()) {
-                return self.cancel_here(&cell);
+                // Claimed here meanwhile: cancelled here, and its key freed
+                // in the store before `cancel` returns, as above.
+                self.cancel_here(&cell)?;
+                return self.key_released(&cell).await;
             }
         }
         Err(Error::Store(format!(
