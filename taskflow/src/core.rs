@@ -320,6 +320,16 @@ impl Core {
         let record = &task.record;
         if let Some(cell) = self.index.get(&record.id) {
             if cell.is_mirror() {
+                // The view may be stale: last seen RUNNING on another
+                // instance, which then died and had the task requeued. The
+                // claim found it PENDING, and starts it from there.
+                if cell.status() != TaskStatus::Pending {
+                    let mut requeued = task.clone();
+                    requeued.record.status = TaskStatus::Pending;
+                    requeued.record.attempts = record.attempts.saturating_sub(1);
+                    requeued.record.finished_at = None;
+                    self.transition(&cell, Transition::Observe(Box::new(requeued)));
+                }
                 cell.set_mirror(false);
                 self.index.recount(&cell);
             }
