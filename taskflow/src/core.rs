@@ -36,10 +36,9 @@ use crate::executor::ProcessExecutor;
 use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::index::LiveIndex;
 use crate::lifecycle::{self, TaskStatus, Transition};
-use crate::queue::{DEFAULT_QUEUE, Scheduler, executor_index};
+use crate::queue::{DEFAULT_QUEUE, Scheduler};
 use crate::record::{Origin, Produced, SharedCell, TaskCell, TaskFilter, TaskRecord};
 use crate::store::{Change, CorruptRow, Expect, Row, StoredTask, TaskState};
-use crate::tally::Tally;
 
 pub(crate) struct Core {
     /// Live and recently finished tasks of this instance.
@@ -56,8 +55,6 @@ pub(crate) struct Core {
     #[cfg(unix)]
     pub(crate) process_tasks: ProcessExecutor,
     closed: AtomicBool,
-    /// RUNNING tasks per executor.
-    running: Tally<3>,
     /// Signalled whenever a task stops running after close.
     idle: Notify,
     /// Rows of the task store found corrupt and reported, by row key.
@@ -123,7 +120,6 @@ impl Core {
             #[cfg(unix)]
             process_tasks: parts.executors.process_tasks,
             closed: AtomicBool::new(false),
-            running: Tally::default(),
             idle: Notify::new(),
             reported_corrupt: Mutex::default(),
             deferred: Mutex::default(),
@@ -324,6 +320,16 @@ impl Core {
         let record = &task.record;
         if let Some(cell) = self.index.get(&record.id) {
             if cell.is_mirror() {
+                // The view may be stale: last seen RUNNING on another
+                // instance, which then died and had the task requeued. The
+                // claim found it PENDING, and starts it from there.
+                if cell.status() != TaskStatus::Pending {
+                    let mut requeued = task.clone();
+                    requeued.record.status = TaskStatus::Pending;
+                    requeued.record.attempts = record.attempts.saturating_sub(1);
+                    requeued.record.finished_at = None;
+                    self.transition(&cell, Transition::Observe(Box::new(requeued)));
+                }
                 cell.set_mirror(false);
                 self.index.recount(&cell);
             }
@@ -692,12 +698,6 @@ impl Core {
         if !cell.is_mirror() {
             self.index.count_transition(cell, from, to, duration);
         }
-        let executor = executor_index(cell.entry.executor());
-        if to == TaskStatus::Running {
-            self.running.add(executor, 1);
-        } else if from == TaskStatus::Running {
-            self.running.add(executor, -1);
-        }
         let attempt = state.attempts.saturating_sub(1);
         self.bus.publish(|| TaskEvent {
             id: cell.id,
@@ -958,9 +958,8 @@ impl Core {
     fn running_on(&self, executors: &[Executor]) -> u64 {
         executors
             .iter()
-            .map(|&executor| self.running.get(executor_index(executor)))
-            .sum::<i64>()
-            .max(0) as u64
+            .map(|&executor| self.index.running(executor))
+            .sum()
     }
 
     /// Waits until no task of `executors` is RUNNING or `deadline` passes;

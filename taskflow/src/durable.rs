@@ -1177,7 +1177,8 @@ async fn lost_lease(core: &Arc<Core>, durable: &Durable) {
 
 /// Rescues the RUNNING tasks of instances whose lease expired: each is
 /// requeued or interrupted as its task says (`lifecycle::next`), with one
-/// event on this manager's bus; an instance with nothing left is retired.
+/// event on this manager's bus; an instance with nothing left is retired,
+/// unless it renewed its lease meanwhile.
 pub(crate) async fn rescue(core: &Arc<Core>) {
     let Some(durable) = &core.durable else {
         return;
@@ -1267,8 +1268,10 @@ pub(crate) async fn rescue(core: &Arc<Core>) {
                 }
             }
         }
+        // Forgotten only while still expired: one that came back meanwhile
+        // keeps its lease (and learns of its rescued tasks when it writes).
         if left == 0
-            && let Err(error) = durable.store.retire(&instance).await
+            && let Err(error) = durable.store.retire_expired(&instance).await
         {
             durable.failed(core, None, &error);
         }

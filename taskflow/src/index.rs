@@ -4,9 +4,12 @@
 //! Records are spread over dashmap's lock-striped shards, so enqueueing and
 //! completing tasks on different threads rarely meet on one lock. Counts per
 //! status (globally and per queue) are striped counters kept current by
-//! `Core::transition`, so `metrics()` reads them without scanning. A view of
-//! a task another instance runs (a "mirror", followed through the store for
-//! a handle here) is not counted.
+//! `Core::transition`, so `metrics()` reads them without scanning; so are
+//! the RUNNING tasks per executor, which shutdown waits for. A view of a
+//! task another instance runs (a "mirror", followed through the store for a
+//! handle here) is not counted: a cell that becomes one leaves the counts
+//! in the status it had, and one that becomes this instance's own again
+//! enters them.
 //!
 //! Finished records stay for a bounded window: once more than
 //! `max_finished` have finished, the oldest finished ones leave memory (with
@@ -21,9 +24,10 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use taskflow_worker::TaskId;
+use taskflow_worker::{Executor, TaskId};
 
 use crate::lifecycle::TaskStatus;
+use crate::queue::executor_index;
 use crate::record::{Metrics, SharedCell, TaskCell, TaskFilter, TaskRecord};
 use crate::tally::Tally;
 
@@ -46,6 +50,8 @@ pub(crate) struct LiveIndex {
     sweeping: AtomicBool,
     /// Views of tasks other instances run, in the index now.
     mirrors: AtomicU64,
+    /// RUNNING tasks of this instance per executor (by `executor_index`).
+    running: Tally<3>,
 }
 
 impl LiveIndex {
@@ -59,6 +65,7 @@ impl LiveIndex {
             next_sweep: AtomicU64::new(0),
             sweeping: AtomicBool::new(false),
             mirrors: AtomicU64::new(0),
+            running: Tally::default(),
         }
     }
 
@@ -67,9 +74,7 @@ impl LiveIndex {
         if cell.is_mirror() {
             self.mirrors.fetch_add(1, Ordering::AcqRel);
         } else {
-            let status = cell.status();
-            self.counts.add(status.index(), 1);
-            count_queue(&cell, status, 1);
+            self.tally(&cell, cell.status(), 1);
         }
         self.records.insert(cell.id, cell);
     }
@@ -77,9 +82,7 @@ impl LiveIndex {
     /// Takes out a cell that never became a task (its key was held).
     pub(crate) fn remove_unborn(&self, cell: &TaskCell) {
         if self.records.remove(&cell.id).is_some() && !cell.is_mirror() {
-            let status = cell.status();
-            self.counts.add(status.index(), -1);
-            count_queue(cell, status, -1);
+            self.tally(cell, cell.status(), -1);
         }
     }
 
@@ -96,8 +99,7 @@ impl LiveIndex {
             cell.set_mirror(true);
             self.mirrors.fetch_add(1, Ordering::AcqRel);
             let status = cell.status();
-            self.counts.add(status.index(), -1);
-            count_queue(cell, status, -1);
+            self.tally(cell, status, -1);
             if status == TaskStatus::Pending {
                 cell.queue.unreserve_pending();
             }
@@ -107,11 +109,27 @@ impl LiveIndex {
     /// Makes a followed cell this instance's own again (it claimed it).
     pub(crate) fn recount(&self, cell: &TaskCell) {
         let status = cell.status();
-        self.counts.add(status.index(), 1);
-        count_queue(cell, status, 1);
+        self.tally(cell, status, 1);
         if status == TaskStatus::Pending {
             cell.queue.reserve_pending_unchecked();
         }
+    }
+
+    /// Counts `delta` tasks of `cell`'s kind in `status`: globally, in its
+    /// queue, and among its executor's running tasks.
+    fn tally(&self, cell: &TaskCell, status: TaskStatus, delta: i64) {
+        self.counts.add(status.index(), delta);
+        count_queue(cell, status, delta);
+        if status == TaskStatus::Running {
+            self.running
+                .add(executor_index(cell.entry.executor()), delta);
+        }
+    }
+
+    /// This instance's RUNNING tasks of `executor` (views of other
+    /// instances' tasks not included).
+    pub(crate) fn running(&self, executor: Executor) -> u64 {
+        u64::try_from(self.running.get(executor_index(executor))).unwrap_or(0)
     }
 
     pub(crate) fn get(&self, id: &TaskId) -> Option<SharedCell> {
@@ -159,10 +177,8 @@ impl LiveIndex {
         to: TaskStatus,
         duration: Option<Duration>,
     ) {
-        self.counts.add(from.index(), -1);
-        self.counts.add(to.index(), 1);
-        count_queue(cell, from, -1);
-        count_queue(cell, to, 1);
+        self.tally(cell, from, -1);
+        self.tally(cell, to, 1);
         if from == TaskStatus::Pending {
             cell.queue.unreserve_pending();
         } else if to == TaskStatus::Pending {

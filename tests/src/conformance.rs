@@ -1837,7 +1837,39 @@ async fn heartbeat_keeps_and_loses_leases(storage: Storage) {
         "expired_instances must not list an instance whose lease was renewed; got {expired:?}"
     );
 
+    // A rescuer's retire keeps an instance that came back and renewed.
     ok(store.heartbeat(&dying, short).await, "heartbeat");
+    wait_for_expiry(store, &dying.id, &live.id).await;
+    ok(store.heartbeat(&dying, long).await, "heartbeat");
+    let retired = ok(store.retire_expired(&dying.id).await, "retire_expired");
+    assert!(
+        !retired,
+        "retire_expired must keep an instance that renewed its lease since it expired"
+    );
+    let beat = ok(store.heartbeat(&dying, short).await, "heartbeat");
+    assert!(
+        beat.held,
+        "heartbeat: an instance retire_expired kept still holds its lease"
+    );
+    wait_for_expiry(store, &dying.id, &live.id).await;
+    let retired = ok(store.retire_expired(&dying.id).await, "retire_expired");
+    assert!(
+        retired,
+        "retire_expired must forget an instance whose lease expired"
+    );
+    let expired = ok(store.expired_instances().await, "expired_instances");
+    assert!(
+        !expired.contains(&dying.id),
+        "expired_instances must not list a retired instance; got {expired:?}"
+    );
+    let beat = ok(store.heartbeat(&dying, short).await, "heartbeat");
+    assert!(
+        !beat.held,
+        "heartbeat: after retire_expired, the instance's lease is gone (held == false)"
+    );
+    let retired = ok(store.retire_expired(&live.id).await, "retire_expired");
+    assert!(!retired, "retire_expired must keep a live instance");
+
     wait_for_expiry(store, &dying.id, &live.id).await;
     ok(store.retire(&dying.id).await, "retire");
     let expired = ok(store.expired_instances().await, "expired_instances");

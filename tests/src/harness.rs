@@ -3,8 +3,9 @@
 //! and sometimes start themselves again as a separate *scenario* process.
 
 use std::future::Future;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::process::{Child, ChildStdout, Command, ExitCode};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -173,4 +174,156 @@ impl Drop for KillOnDrop {
             let _ = child.wait();
         }
     }
+}
+
+/// A scenario process the test talks to: lines to its stdin, lines read
+/// back from its stdout (by a thread of its own, so every read has a
+/// deadline). Killed and reaped when dropped, so a test that fails half-way
+/// leaves no process behind, even a stopped one.
+#[derive(Debug)]
+pub struct Running {
+    child: KillOnDrop,
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far, in order.
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `command`, whose stdout (and stdin, to [`say`](Self::say)
+    /// or [`stop`](Self::stop)) must be piped.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot start.
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command.spawn().expect("the scenario starts");
+        let out = lines(&mut child);
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child: KillOnDrop::new(child),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&mut self) -> u32 {
+        self.child.child().id()
+    }
+
+    /// The next line it prints that starts with `prefix`.
+    ///
+    /// # Panics
+    ///
+    /// When it ends first, or prints none within two minutes.
+    pub fn read(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + SCENARIO_PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the scenario printed no `{prefix}` within {SCENARIO_PATIENCE:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the scenario ended before printing `{prefix}`")
+                }
+            }
+        }
+    }
+
+    /// The lines it prints up to the first that starts with `prefix`,
+    /// that one included.
+    ///
+    /// # Panics
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_through(&mut self, prefix: &str) -> Vec<String> {
+        let from = self.seen.len();
+        self.read(prefix);
+        self.seen[from..].to_vec()
+    }
+
+    /// Sends it one line.
+    ///
+    /// # Panics
+    ///
+    /// When its stdin is not piped, or it is gone.
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.child.child().stdin.as_mut().expect("a piped stdin");
+        writeln!(stdin, "{line}").expect("the scenario reads its stdin");
+        stdin.flush().expect("the scenario reads its stdin");
+    }
+
+    /// Sends it `signal` (`-STOP`, `-CONT`, ...) with `kill`.
+    ///
+    /// # Panics
+    ///
+    /// When `kill` fails.
+    pub fn signal(&mut self, signal: &str) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("`kill` runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Closes its stdin (a scenario then shuts down gracefully), waits for
+    /// it to exit successfully, and returns every line it printed.
+    ///
+    /// # Panics
+    ///
+    /// As [`finish`].
+    pub fn stop(mut self) -> Vec<String> {
+        drop(self.child.child().stdin.take());
+        finish(self.child.take());
+        self.rest()
+    }
+
+    /// Kills it (SIGKILL), reaps it, and returns every line it printed.
+    pub fn kill(mut self) -> Vec<String> {
+        let mut child = self.child.take();
+        let _ = child.kill();
+        let _ = child.wait();
+        self.rest()
+    }
+
+    /// Every line it printed, once it has exited.
+    fn rest(&mut self) -> Vec<String> {
+        // Its stdout is closed now (once the processes it started, which
+        // share it, are gone too): the reader sends what is left and stops.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+        std::mem::take(&mut self.seen)
+    }
+}
+
+/// In a scenario: waits until the test closes this process's stdin (its
+/// signal to shut down).
+pub async fn stdin_closed() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    })
+    .await;
 }

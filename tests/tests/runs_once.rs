@@ -19,12 +19,12 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Failed, Trial};
 use taskflow::{EventKind, TaskFilter, TaskId, TaskManager, TaskStatus, task};
-use taskflow_tests::harness::{self, Lines, lines, read_until, scenario_name, trial};
+use taskflow_tests::harness::{self, Running, scenario_name, stdin_closed, trial};
 use taskflow_tests::{PATIENCE, wait_for_status, within};
 
 const DB: &str = "TASKFLOW_TEST_DB";
@@ -123,67 +123,24 @@ fn in_pid_namespace(name: &str, db: &Path, side: &Path, lease_ms: u64) -> Option
     Some(command)
 }
 
-/// A scenario process, its output lines, and a way to talk to it.
-struct Running {
-    child: Child,
-    lines: Lines,
-}
-
-impl Running {
-    fn start(mut command: Command) -> Self {
-        let mut child = command.spawn().unwrap();
-        let lines = lines(&mut child);
-        Running { child, lines }
-    }
-
-    fn read(&mut self, prefix: &str) -> String {
-        read_until(&mut self.child, &mut self.lines, prefix)
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Closes its stdin (it shuts down gracefully) and waits for it.
-    fn stop(mut self) {
-        drop(self.child.stdin.take());
-        harness::finish(self.child);
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} failed");
-    }
-
-    /// Stops the process (SIGSTOP) at a moment it holds no write lock on
-    /// `db`. SQLite has one writer at a time: a process frozen inside a
-    /// commit blocks every other's writes until it resumes, which no lease
-    /// can change, so the scenario under test is a freeze between commits.
-    fn freeze(&self, db: &Path) {
-        let probe = rusqlite::Connection::open(db).unwrap();
-        probe.busy_timeout(Duration::ZERO).unwrap();
-        for _ in 0..200 {
-            self.signal("-STOP");
-            // Taking the write lock at once, without waiting, proves that
-            // no one holds it.
-            if probe.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok() {
-                return;
-            }
-            self.signal("-CONT");
-            std::thread::sleep(Duration::from_millis(3));
+/// Stops `process` (SIGSTOP) at a moment it holds no write lock on `db`.
+/// SQLite has one writer at a time: a process frozen inside a commit blocks
+/// every other's writes until it resumes, which no lease can change, so the
+/// scenario under test is a freeze between commits.
+fn freeze(process: &mut Running, db: &Path) {
+    let probe = rusqlite::Connection::open(db).unwrap();
+    probe.busy_timeout(Duration::ZERO).unwrap();
+    for _ in 0..200 {
+        process.signal("-STOP");
+        // Taking the write lock at once, without waiting, proves that
+        // no one holds it.
+        if probe.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok() {
+            return;
         }
-        panic!("the process held the write lock at each of 200 tries");
+        process.signal("-CONT");
+        std::thread::sleep(Duration::from_millis(3));
     }
+    panic!("the process held the write lock at each of 200 tries");
 }
 
 /// A manager on `db` in this process, with a short lease so that it rescues
@@ -242,7 +199,7 @@ async fn serve() -> ExitCode {
         .await
         .unwrap();
     println!("ready {}", std::process::id());
-    wait_for_stdin_to_close().await;
+    stdin_closed().await;
     manager.shutdown().await;
     ExitCode::SUCCESS
 }
@@ -272,7 +229,7 @@ async fn enqueue_and_serve() -> ExitCode {
         handle.persisted().await.unwrap();
     }
     println!("acknowledged");
-    wait_for_stdin_to_close().await;
+    stdin_closed().await;
     manager.shutdown().await;
     ExitCode::SUCCESS
 }
@@ -303,7 +260,7 @@ async fn long_tasks() -> ExitCode {
         println!("task {id}");
     }
     println!("acknowledged");
-    wait_for_stdin_to_close().await;
+    stdin_closed().await;
     ExitCode::SUCCESS
 }
 
@@ -329,7 +286,7 @@ async fn owned_tasks() -> ExitCode {
     running.persisted().await.unwrap();
     println!("pending {}", pending.id());
     println!("running {}", running.id());
-    wait_for_stdin_to_close().await;
+    stdin_closed().await;
     manager.shutdown().await;
     ExitCode::SUCCESS
 }
@@ -366,16 +323,6 @@ async fn enqueue_keys() -> ExitCode {
     }
     manager.shutdown().await;
     ExitCode::SUCCESS
-}
-
-async fn wait_for_stdin_to_close() {
-    let _ = tokio::task::spawn_blocking(|| {
-        let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
-        }
-    })
-    .await;
 }
 
 // ---------------------------------------------------------------- the tests
@@ -423,7 +370,7 @@ fn a_frozen_instance_loses_its_tasks_and_cannot_overwrite_them() -> Result<(), F
             assert!(Instant::now() < deadline, "trial {trial}: nothing ran");
             std::thread::sleep(Duration::from_millis(2));
         }
-        frozen.freeze(&db);
+        freeze(&mut frozen, &db);
         let mut rescuer = Running::start(scenario("serve", &db, &side, 300));
         rescuer.read("ready");
         // Well past its lease: the rescuer takes its running tasks over.
@@ -470,7 +417,7 @@ fn a_plain_task_in_flight_at_kill_9_is_interrupted_never_rerun() -> Result<(), F
         doomed.read("acknowledged");
         let started = wait_for_runs(&side, 6);
         assert_eq!(started.len(), 6, "round {round}: all six started");
-        doomed.kill();
+        let _ = doomed.kill();
         trial(async {
             let mut builder = TaskManager::builder()
                 .snapshot_db(&db)

@@ -164,9 +164,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The RUNNING tasks `instance` owns.
     fn orphans<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<Row>, StoreError>>;
 
-    /// Forgets `instance` (after a graceful stop, or once its orphans are
-    /// rescued). Its later heartbeat finds its lease gone.
+    /// Forgets `instance` (after its graceful stop). Its later heartbeat
+    /// finds its lease gone.
     fn retire<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Forgets `instance` if its lease is still expired (by the store's
+    /// clock), as one atomic step: what a rescuer does once it took the
+    /// instance's orphans. Whether it was forgotten. Its later heartbeat
+    /// finds its lease gone.
+    ///
+    /// An instance that renewed its lease since it was found expired (it
+    /// was frozen or cut off, and came back) is kept: it runs on, and if it
+    /// were forgotten, what it runs would have an owner with no lease to
+    /// expire, which no rescue would find were it to die before its next
+    /// heartbeat registered it again.
+    fn retire_expired<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Deletes finished tasks (and their logs and tags) whose `finished_at`
     /// is before `before`; PENDING and RUNNING tasks are never deleted. How

@@ -467,6 +467,17 @@ impl Store for PostgresStore {
         })
     }
 
+    fn retire_expired<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let instance = instance.to_owned();
+        self.run(
+            "retire an expired instance",
+            move |shared, client| async move {
+                let statement = client.prepare_cached(&shared.sql.retire_expired).await?;
+                Ok(client.execute(&statement, &[&instance]).await? == 1)
+            },
+        )
+    }
+
     fn prune(&self, before: SystemTime) -> BoxFuture<'_, Result<u64, StoreError>> {
         self.run("prune old tasks", move |shared, client| async move {
             let statement = client.prepare_cached(&shared.sql.prune).await?;

@@ -241,6 +241,10 @@ const RETIRE: &str = "
 WITH resigned AS (DELETE FROM {s}.leader WHERE holder = $1)
 DELETE FROM {s}.instances WHERE id = $1";
 
+/// Forgets instance `$1` if its lease is still expired: a rescuer's retire,
+/// which must not forget an instance that renewed its lease meanwhile.
+const RETIRE_EXPIRED: &str = "DELETE FROM {s}.instances WHERE id = $1 AND lease_until < now()";
+
 /// Takes or keeps the upkeep lease for instance `$1`, for `$2`
 /// microseconds of the server's clock: granted when nobody holds it, when
 /// `$1` does, or when the holder's lease lapsed. A row comes back when
@@ -323,6 +327,7 @@ pub(super) struct Sql {
     pub(super) expired: String,
     pub(super) orphans: String,
     pub(super) retire: String,
+    pub(super) retire_expired: String,
     pub(super) lead: String,
     pub(super) prune: String,
     pub(super) unfinished_names: String,
@@ -353,6 +358,7 @@ impl Sql {
             expired: q.fill(EXPIRED),
             orphans: q.fill(ORPHANS),
             retire: q.fill(RETIRE),
+            retire_expired: q.fill(RETIRE_EXPIRED),
             lead: q.fill(LEAD),
             prune: q.fill(PRUNE),
             unfinished_names: q.fill(UNFINISHED_NAMES),

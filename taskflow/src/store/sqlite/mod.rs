@@ -344,6 +344,18 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn retire_expired<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let instance = instance.to_owned();
+        Box::pin(self.jobs.run("retire an expired instance", move |db| {
+            let now = micros(SystemTime::now());
+            let retired = db.execute(
+                "DELETE FROM instances WHERE id = ?1 AND lease_until < ?2",
+                params![instance, now],
+            )?;
+            Ok(retired == 1)
+        }))
+    }
+
     fn prune(&self, before: SystemTime) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(self.jobs.run("prune old tasks", move |db| {
             let cutoff = micros(before);
