@@ -103,6 +103,9 @@ pub(crate) struct Durable {
     /// Other live instances share the store (from the last heartbeat): only
     /// then may a task enqueued here run elsewhere and need following.
     shared: AtomicBool,
+    /// A claim found this instance's lease lapsed and took nothing: the
+    /// next renewal wakes the claimer.
+    lapsed: AtomicBool,
     /// Task names met in the store that this binary does not register,
     /// reported once each.
     unknown: Mutex<HashSet<String>>,
@@ -135,6 +138,7 @@ impl Durable {
             closed: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             shared: AtomicBool::new(false),
+            lapsed: AtomicBool::new(false),
             unknown: Mutex::default(),
         }
     }
@@ -154,6 +158,15 @@ impl Durable {
         let Some(durable) = &core.durable else {
             return Ok(());
         };
+        // Registered first, before anything can make this instance own a
+        // row. Only the claimer and the writer (whose inserts may claim)
+        // ever do, and they start below, once this first heartbeat is
+        // committed; keyed inserts and `enqueue_in` never claim, and the
+        // manager is handed out only after this returns anyway. A rescuer
+        // takes a RUNNING row whose owner has no instance row for a dead
+        // owner's, so this order is what keeps a new instance's first
+        // claims its own. The store holds to it too: a claim by an owner
+        // without a live lease takes nothing.
         let beat = durable
             .store
             .heartbeat(&durable.instance, durable.settings.lease)
@@ -925,6 +938,9 @@ async fn claim_reserved(
     let result = match claimed {
         Ok(claimed) => {
             durable.recovered();
+            if claimed.lapsed {
+                durable.lapsed.store(true, Ordering::Release);
+            }
             core.report_corrupt(&claimed.corrupt);
             for task in claimed.tasks {
                 let slot = demand.iter().position(|want| {
@@ -1059,6 +1075,11 @@ async fn keeper(core: Weak<Core>) {
             Ok(beat) => {
                 durable.recovered();
                 durable.shared.store(beat.others > 0, Ordering::Release);
+                if durable.lapsed.swap(false, Ordering::AcqRel) {
+                    // A claim was refused for want of a lease: it has one
+                    // again.
+                    strong.scheduler.claimer().notify_one();
+                }
                 if !beat.held {
                     lost_lease(&strong, durable).await;
                 }
@@ -1175,10 +1196,12 @@ async fn lost_lease(core: &Arc<Core>, durable: &Durable) {
     }
 }
 
-/// Rescues the RUNNING tasks of instances whose lease expired: each is
-/// requeued or interrupted as its task says (`lifecycle::next`), with one
-/// event on this manager's bus; an instance with nothing left is retired,
-/// unless it renewed its lease meanwhile.
+/// Rescues the RUNNING tasks of instances whose lease expired, and of
+/// owners that hold no lease at all (forgotten while they still owned a
+/// task; `Store::expired_instances` lists both): each is requeued or
+/// interrupted as its task says (`lifecycle::next`), with one event on
+/// this manager's bus, fenced on its owner and attempt; an instance with
+/// nothing left is retired, unless it renewed its lease meanwhile.
 pub(crate) async fn rescue(core: &Arc<Core>) {
     let Some(durable) = &core.durable else {
         return;
@@ -1195,6 +1218,9 @@ pub(crate) async fn rescue(core: &Arc<Core>) {
     };
     let mut requeued = false;
     for instance in expired {
+        // This instance's own rows, should it have been forgotten, are its
+        // own to sort out: its heartbeat (which came first) registered it
+        // again, and `lost_lease` looks at what it runs.
         if instance == durable.instance.id {
             continue;
         }

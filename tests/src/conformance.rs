@@ -4,9 +4,12 @@
 //! alone, with rows built from the public types, and checks what the
 //! method's documentation promises: keyed and duplicate inserts, fenced
 //! changes, claims (filters, order, exclusivity, paused queues, the next
-//! ready time, cancel requests), reads and listing with every filter and the
-//! cursor, leases, orphans, capped logs, retention, queue counts and
-//! unfinished names. A backend passes when the function returns; otherwise
+//! ready time, cancel requests, the claimer's lease), reads and listing with
+//! every filter and the cursor, leases, orphans (of expired instances and of
+//! owners with no lease at all), capped logs, retention, queue counts and
+//! unfinished names; and, through a `TaskManager` on the same storage, that
+//! the upkeep rescues what the contract says is dead. A backend passes when
+//! the function returns; otherwise
 //! it panics once, listing every check that failed and which part of the
 //! contract each broke.
 //!
@@ -27,29 +30,36 @@
 //! # Running it against a backend
 //!
 //! Call it from a `#[tokio::test]` of the backend, with a factory that
-//! maps a storage name to a store. The SQLite backend uses one file per
-//! name in a temporary directory (`tests/tests/conformance.rs`); a server
-//! backend would use one schema or database per name, prefixed with
-//! something unique to the run:
+//! maps a storage name to a store, and one that maps it to a
+//! [`TaskManagerBuilder`] on the same storage (called only after the store
+//! was opened for that name). The SQLite backend uses one file per name in a
+//! temporary directory (`tests/tests/conformance.rs`); a server backend
+//! would use one schema or database per name, prefixed with something
+//! unique to the run:
 //!
 //! ```no_run
 //! use std::sync::Arc;
+//! use taskflow::TaskManager;
 //! use taskflow::store::{SqliteStore, Store};
 //!
 //! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 //! async fn sqlite_keeps_the_store_contract() {
 //!     let dir = tempfile::tempdir().expect("a temporary directory");
 //!     let root = dir.path().to_owned();
-//!     taskflow_tests::conformance::conformance(move |name| {
-//!         let path = root.join(format!("{name}.db"));
-//!         async move {
-//!             let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
-//!                 .await
-//!                 .expect("opening does not panic")
-//!                 .expect("the store opens");
-//!             Arc::new(store) as Arc<dyn Store>
-//!         }
-//!     })
+//!     let file = root.clone();
+//!     taskflow_tests::conformance::conformance(
+//!         move |name| {
+//!             let path = root.join(format!("{name}.db"));
+//!             async move {
+//!                 let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+//!                     .await
+//!                     .expect("opening does not panic")
+//!                     .expect("the store opens");
+//!                 Arc::new(store) as Arc<dyn Store>
+//!             }
+//!         },
+//!         move |name| TaskManager::builder().snapshot_db(file.join(format!("{name}.db"))),
+//!     )
 //!     .await;
 //! }
 //! # fn main() {}
@@ -65,34 +75,40 @@ use taskflow::store::{
     Row, Store, StoreError, StoredTask, TaskState,
 };
 use taskflow::{
-    ErrorKind, Executor, LogLevel, LogRecord, Tags, TaskError, TaskFilter, TaskId, TaskStatus,
+    ErrorKind, EventKind, Executor, LogLevel, LogRecord, Tags, TaskError, TaskFilter, TaskId,
+    TaskManagerBuilder, TaskStatus,
 };
 
-use crate::PATIENCE;
+use crate::{PATIENCE, wait_for_status, within};
 
 /// Runs every check of the [`Store`] contract against the backend that
 /// `open` opens, one after the other.
 ///
 /// `open(name)` returns a store on the storage called `name`: new and empty
 /// the first time a name is given, the same storage (another handle, as
-/// another process would open it) when it is given again. See the module
-/// documentation for an example.
+/// another process would open it) when it is given again. `manager(name)`
+/// returns a builder of a manager on that same storage, with nothing else
+/// set; it is called only once `open` was called for the name. See the
+/// module documentation for an example.
 ///
 /// # Panics
 ///
 /// When any check fails or takes longer than [`PATIENCE`]: one panic at
 /// the end, listing each failed check and what it found.
-pub async fn conformance<F, Fut>(open: F)
+pub async fn conformance<F, Fut, M>(open: F, manager: M)
 where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Arc<dyn Store>> + Send + 'static,
+    M: Fn(String) -> TaskManagerBuilder + Send + Sync + 'static,
 {
     let open: Arc<OpenFn> =
         Arc::new(move |name| Box::pin(open(name)) as BoxFuture<'static, Arc<dyn Store>>);
+    let manager: Arc<ManagerFn> = Arc::new(manager);
     let mut failed = Vec::new();
     for (name, check) in CHECKS {
         let storage = Storage {
             open: open.clone(),
+            manager: manager.clone(),
             name,
         };
         // A task of its own, so a failed check is caught and reported with
@@ -120,11 +136,13 @@ where
 }
 
 type OpenFn = dyn Fn(String) -> BoxFuture<'static, Arc<dyn Store>> + Send + Sync;
+type ManagerFn = dyn Fn(String) -> TaskManagerBuilder + Send + Sync;
 
 /// The storage one check runs on.
 #[derive(Clone)]
 struct Storage {
     open: Arc<OpenFn>,
+    manager: Arc<ManagerFn>,
     name: &'static str,
 }
 
@@ -133,6 +151,11 @@ impl Storage {
     /// handle opened for the check.
     async fn open(&self) -> Arc<dyn Store> {
         (self.open)(self.name.to_owned()).await
+    }
+
+    /// A builder of a manager on this check's storage (opened already).
+    fn manager(&self) -> TaskManagerBuilder {
+        (self.manager)(self.name.to_owned())
     }
 }
 
@@ -165,8 +188,11 @@ const CHECKS: &[(&str, Check)] = checks![
     claim_reports_the_next_run_at,
     claim_carries_a_cancel_request,
     request_cancel_reaches_the_owner,
+    claim_needs_a_live_lease,
     heartbeat_keeps_and_loses_leases,
     orphans_are_an_instances_running_tasks,
+    expired_instances_lists_owners_without_a_lease,
+    upkeep_rescues_tasks_of_owners_without_a_lease,
     get_returns_logs_in_order,
     append_logs_keeps_the_latest_lines,
     get_many_leaves_out_unknown_ids,
@@ -314,6 +340,17 @@ async fn apply(store: &dyn Store, changes: Vec<Change>, what: &str) -> Vec<bool>
     answers
 }
 
+/// Registers `owner` (or renews its lease) for an hour, as its instance's
+/// heartbeat does: a claim needs a live lease.
+async fn register(store: &dyn Store, owner: &str) {
+    let me = InstanceInfo::new(owner, 1, "conformance-host");
+    ok(
+        store.heartbeat(&me, Duration::from_secs(3600)).await,
+        "heartbeat registering a claimer",
+    );
+}
+
+/// Claims as `owner`'s instance would: with its lease renewed first.
 async fn claim(
     store: &dyn Store,
     owner: &str,
@@ -321,7 +358,12 @@ async fn claim(
     now: SystemTime,
     what: &str,
 ) -> Claimed {
+    register(store, owner).await;
     let claimed = ok(store.claim_ready(owner, demand, now).await, what);
+    assert!(
+        !claimed.lapsed,
+        "{what}: a claimer holding a live lease is not lapsed"
+    );
     assert!(
         claimed.corrupt.is_empty(),
         "{what}: rows written through the trait came back corrupt: {:?}",
@@ -703,6 +745,7 @@ fn claiming(queue: &str, ms: u64, priority: i16) -> NewTask {
 
 async fn insert_claims_only_when_nothing_better_waits(storage: Storage) {
     let store = storage.open().await;
+    register(store.as_ref(), "conformance-me").await;
     let answer = |answers: Vec<Inserted>, what: &str| {
         let mut answers = answers.into_iter();
         let answer = answers.next().expect("one answer per task");
@@ -1973,6 +2016,331 @@ async fn orphans_are_an_instances_running_tasks(storage: Storage) {
     assert!(
         rows.is_empty(),
         "orphans of an instance owning nothing is empty"
+    );
+}
+
+/// What a claim by an owner without a live lease answers: nothing
+/// claimed, `lapsed`, and still the queues' next ready time.
+fn assert_refused(claimed: &Claimed, next_run_at: Option<SystemTime>, who: &str) {
+    assert!(
+        claimed.tasks.is_empty(),
+        "claim_ready by {who} must claim nothing; claimed {:?}",
+        ids(&claimed.tasks)
+    );
+    assert!(
+        claimed.lapsed,
+        "claim_ready by {who} must say its lease lapsed (lapsed == true)"
+    );
+    assert_eq!(
+        claimed.next_run_at, next_run_at,
+        "claim_ready by {who} still tells when the next task is ready"
+    );
+}
+
+/// A claimed insert by `owner` in `queue`, which must go in PENDING.
+async fn insert_refused(store: &dyn Store, owner: &str, queue: &str, ms: u64, who: &str) {
+    let mut task = queued(queue, ms);
+    task.claim = Some(owner.to_owned());
+    let answers = ok(
+        store.insert(vec![task.clone()]).await,
+        "insert with a claim",
+    );
+    assert!(
+        matches!(answers.as_slice(), [Inserted::New]),
+        "insert with a claim by {who} must go in PENDING, unclaimed; got {answers:?}"
+    );
+    let stored = get(store, task.id, "get").await;
+    assert_eq!(
+        (stored.record.status, stored.owner, stored.record.attempts),
+        (TaskStatus::Pending, None, 0),
+        "a task inserted with a claim by {who} is stored PENDING and unowned"
+    );
+}
+
+async fn claim_needs_a_live_lease(storage: Storage) {
+    let store = storage.open().await;
+    let store = store.as_ref();
+    let ready = queued("leased", 1);
+    let mut delayed = queued("leased", 2);
+    delayed.state.run_at = at(90_000);
+    insert(store, vec![ready.clone(), delayed], "insert").await;
+    let want = [demand("leased", Executor::Async, 5, &[NAME])];
+    let due = Some(at(90_000));
+
+    let stranger = "conformance-stranger";
+    let claimed = ok(
+        store.claim_ready(stranger, &want, at(10)).await,
+        "claim_ready",
+    );
+    assert_refused(&claimed, due, "an owner that never registered");
+    insert_refused(
+        store,
+        stranger,
+        "leased-inserts",
+        3,
+        "an unregistered owner",
+    )
+    .await;
+
+    let lapsing = InstanceInfo::new("conformance-lapsing", 1, "host-a");
+    ok(
+        store.heartbeat(&lapsing, Duration::from_millis(50)).await,
+        "heartbeat",
+    );
+    wait_for_expiry(store, &lapsing.id, "conformance-nobody").await;
+    let claimed = ok(
+        store.claim_ready(&lapsing.id, &want, at(10)).await,
+        "claim_ready",
+    );
+    assert_refused(&claimed, due, "an instance whose lease expired");
+    insert_refused(
+        store,
+        &lapsing.id,
+        "leased-inserts",
+        4,
+        "an instance whose lease expired",
+    )
+    .await;
+
+    // Renewed, it claims again.
+    ok(
+        store.heartbeat(&lapsing, Duration::from_secs(3600)).await,
+        "heartbeat",
+    );
+    let claimed = ok(
+        store.claim_ready(&lapsing.id, &want, at(10)).await,
+        "claim_ready",
+    );
+    assert!(
+        !claimed.lapsed,
+        "claim_ready: an instance that renewed its lease is not lapsed"
+    );
+    assert_eq!(
+        ids(&claimed.tasks),
+        BTreeSet::from([ready.id]),
+        "claim_ready: an instance that renewed its lease claims again"
+    );
+
+    // Retired (even with time left on its lease), it claims nothing.
+    ok(store.retire(&lapsing.id).await, "retire");
+    let inserts = [demand("leased-inserts", Executor::Async, 5, &[NAME])];
+    let claimed = ok(
+        store.claim_ready(&lapsing.id, &inserts, at(10)).await,
+        "claim_ready",
+    );
+    assert_refused(&claimed, None, "a retired instance");
+    insert_refused(
+        store,
+        &lapsing.id,
+        "leased-inserts",
+        5,
+        "a retired instance",
+    )
+    .await;
+}
+
+async fn expired_instances_lists_owners_without_a_lease(storage: Storage) {
+    let store = storage.open().await;
+    let store = store.as_ref();
+    let live = InstanceInfo::new("conformance-live", 1, "host-a");
+    ok(
+        store.heartbeat(&live, Duration::from_secs(3600)).await,
+        "heartbeat",
+    );
+    // Owners that hold no lease: one that never registered (as one that was
+    // forgotten right after a claim would be), and one whose task finished.
+    let ghost = "conformance-ghost";
+    let with = |ms, state| {
+        let mut task = queued("ghosts", ms);
+        task.state = state;
+        task
+    };
+    let (first, second) = (with(1, running(ghost, 1, 1)), with(2, running(ghost, 2, 2)));
+    let mut done = with(3, finished(TaskStatus::Success, 1, 3));
+    done.state.owner = Some("conformance-gone".to_owned());
+    let lives = with(4, running(&live.id, 1, 4));
+    insert(
+        store,
+        vec![first.clone(), second.clone(), done, lives.clone()],
+        "insert",
+    )
+    .await;
+
+    let expired = ok(store.expired_instances().await, "expired_instances");
+    assert_eq!(
+        expired.iter().filter(|id| *id == ghost).count(),
+        1,
+        "expired_instances must list, once, an owner of RUNNING tasks that holds no lease; \
+         got {expired:?}"
+    );
+    assert!(
+        !expired.contains(&live.id),
+        "expired_instances must not list an instance whose lease runs; got {expired:?}"
+    );
+    assert!(
+        !expired.iter().any(|id| id == "conformance-gone"),
+        "expired_instances must not list the owner of finished tasks only; got {expired:?}"
+    );
+    let rows = ok(store.orphans(ghost).await, "orphans");
+    let found: Vec<StoredTask> = rows.iter().map(|row| readable(row, "orphans")).collect();
+    assert_eq!(
+        ids(&found),
+        BTreeSet::from([first.id, second.id]),
+        "orphans of an owner with no lease are its RUNNING tasks"
+    );
+    let retired = ok(store.retire_expired(ghost).await, "retire_expired");
+    assert!(
+        !retired,
+        "retire_expired of an owner with no instance row forgets nothing"
+    );
+
+    // An instance forgotten while it still owns a RUNNING task: listed too.
+    ok(store.retire(&live.id).await, "retire");
+    let expired = ok(store.expired_instances().await, "expired_instances");
+    assert!(
+        expired.contains(&live.id) && expired.iter().any(|id| id == ghost),
+        "expired_instances must list an instance retired while it owned a RUNNING task; \
+         got {expired:?}"
+    );
+
+    // Rescued, each fenced on its owner and attempt, they are no more.
+    let interrupted = finished(TaskStatus::Interrupted, 2, 10);
+    let answers = apply(
+        store,
+        vec![
+            Change::new(
+                first.id,
+                in_status(TaskStatus::Running, 1, Some(ghost)),
+                requeued(1, 10, 1),
+            ),
+            Change::new(
+                second.id,
+                in_status(TaskStatus::Running, 2, Some(ghost)),
+                interrupted,
+            ),
+            Change::new(
+                lives.id,
+                in_status(TaskStatus::Running, 1, Some(&live.id)),
+                requeued(1, 10, 4),
+            ),
+        ],
+        "apply rescuing them",
+    )
+    .await;
+    assert_eq!(
+        answers,
+        [true, true, true],
+        "apply: the rescue of an owner with no lease is fenced like any other"
+    );
+    let expired = ok(store.expired_instances().await, "expired_instances");
+    assert!(
+        expired.is_empty(),
+        "expired_instances: once their RUNNING tasks are rescued, owners with no lease are \
+         not listed; got {expired:?}"
+    );
+}
+
+/// A task the rescue interrupts: it may not run twice.
+#[taskflow::task]
+async fn stranded() {}
+
+/// A task the rescue requeues: it runs again.
+#[taskflow::task(requeue_on_interrupt = true)]
+async fn stranded_again() {}
+
+/// RUNNING rows whose owner has no instance row (it was forgotten after a
+/// claim and died) are rescued by a manager's upkeep, like a dead
+/// instance's: one event each, then the state their task asks for; a live
+/// instance's are left alone.
+async fn upkeep_rescues_tasks_of_owners_without_a_lease(storage: Storage) {
+    let store = storage.open().await;
+    let store = store.as_ref();
+    let ghost = "conformance-ghost";
+    let alive = InstanceInfo::new("conformance-alive", 1, "host-b");
+    ok(
+        store.heartbeat(&alive, Duration::from_secs(3600)).await,
+        "heartbeat",
+    );
+    let with = |name, ms, owner| {
+        let mut task = named(name, ms);
+        task.state = running(owner, 1, ms);
+        task
+    };
+    let plain = with(stranded::NAME, 1, ghost);
+    let again = with(stranded_again::NAME, 2, ghost);
+    let kept = with(stranded::NAME, 3, &alive.id);
+    insert(
+        store,
+        vec![plain.clone(), again.clone(), kept.clone()],
+        "insert",
+    )
+    .await;
+
+    let mut builder = storage
+        .manager()
+        .lease(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(50));
+    let mut events = builder.subscribe();
+    let manager = within("building a manager", builder.build())
+        .await
+        .expect("a manager starts on the store");
+    // The rescue's events, as the upkeep publishes them.
+    let mut rescues: HashMap<TaskId, Vec<EventKind>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE / 2;
+    while !(rescues.contains_key(&plain.id) && rescues.contains_key(&again.id)) {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the upkeep did not rescue the RUNNING tasks of an owner with no lease \
+                     within {:?}; rescued: {rescues:?}",
+                    PATIENCE / 2
+                )
+            })
+            .expect("the event stream stays open while the manager runs");
+        if matches!(event.kind, EventKind::Requeued | EventKind::Interrupted) {
+            rescues.entry(event.id).or_default().push(event.kind);
+        }
+    }
+    let interrupted = wait_for_status(&manager, plain.id, TaskStatus::Interrupted).await;
+    assert_eq!(
+        interrupted.last_error.as_ref().map(TaskError::kind),
+        Some(ErrorKind::Interrupted),
+        "a rescued task that may not run twice is INTERRUPTED, saying why"
+    );
+    let ran = wait_for_status(&manager, again.id, TaskStatus::Success).await;
+    assert_eq!(
+        ran.attempts, 2,
+        "a rescued requeue_on_interrupt task runs again, as its second attempt"
+    );
+    // A few more rounds of upkeep: no second rescue, and the live
+    // instance's task stays its own.
+    let heartbeats_later = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Ok(event)) = tokio::time::timeout_at(heartbeats_later, events.recv()).await {
+        if matches!(event.kind, EventKind::Requeued | EventKind::Interrupted) {
+            rescues.entry(event.id).or_default().push(event.kind);
+        }
+    }
+    within("shutdown", manager.shutdown()).await;
+    assert_eq!(
+        rescues.get(&plain.id).map(Vec::as_slice),
+        Some(&[EventKind::Interrupted][..]),
+        "the upkeep publishes one Interrupted event for a stranded task that may not run twice"
+    );
+    assert_eq!(
+        rescues.get(&again.id).map(Vec::as_slice),
+        Some(&[EventKind::Requeued][..]),
+        "the upkeep publishes one Requeued event for a stranded requeue_on_interrupt task"
+    );
+    assert!(
+        !rescues.contains_key(&kept.id),
+        "the upkeep must leave a live instance's task alone; events: {rescues:?}"
+    );
+    let stored = get(store, kept.id, "get").await;
+    assert_eq!(
+        (stored.record.status, stored.owner.as_deref()),
+        (TaskStatus::Running, Some(alive.id.as_str())),
+        "a live instance's RUNNING task is still its own"
     );
 }
 

@@ -81,7 +81,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// stored, and the queue is not paused. The check is made, per queue and
     /// executor, against the lowest priority among the claimed tasks and
     /// before any task of the call is written; when it fails, those tasks
-    /// go in PENDING ([`Inserted::New`]) for the claimer.
+    /// go in PENDING ([`Inserted::New`]) for the claimer. As with
+    /// [`claim_ready`](Self::claim_ready), a claimer that holds no live
+    /// lease claims nothing: its tasks go in PENDING.
     fn insert(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Inserted>, StoreError>>;
 
     /// Applies changes to stored tasks, in order: each is written only if
@@ -121,6 +123,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// earliest `run_at` after `now` of a PENDING task of a demanded queue
     /// that is not paused, whatever its executor or name), so the caller can
     /// sleep until then.
+    ///
+    /// `owner` claims only while it holds a live lease (registered by
+    /// [`heartbeat`](Self::heartbeat), not expired by the store's clock,
+    /// not retired), checked in the same atomic step as the claim:
+    /// otherwise nothing is claimed and [`Claimed::lapsed`] says so. An
+    /// instance whose lease lapsed may have been found dead and its tasks
+    /// rescued already; what it claimed now would be run by a host that no
+    /// longer counts as alive, and could outlive the rescue that missed it.
+    /// It claims again once a heartbeat renews its lease.
     fn claim_ready<'a>(
         &'a self,
         owner: &'a str,
@@ -158,7 +169,30 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Heartbeat, StoreError>>;
 
-    /// Registered instances whose lease has expired (by the store's clock).
+    /// The owners to rescue, each once: registered instances whose lease
+    /// has expired (by the store's clock), and owners of RUNNING tasks that
+    /// hold no lease at all (no instance row).
+    ///
+    /// A RUNNING task is its owner's only while the owner holds a lease; an
+    /// owner with no lease is as dead as one whose lease expired, and its
+    /// tasks go the same way (see [`orphans`](Self::orphans)). Without
+    /// them, a task could stay RUNNING for good: its owner was forgotten
+    /// ([`retire_expired`](Self::retire_expired) by a rescuer, or
+    /// [`retire`](Self::retire) at a graceful stop whose last writes
+    /// failed) while it still owned the task, for instance one it claimed
+    /// between the rescuer reading its orphans and forgetting it, and it
+    /// died before a heartbeat registered it again. They are listed here
+    /// rather than by a method of their own because the rescue of both is
+    /// one and the same (their orphans, each change fenced on owner and
+    /// attempt, then `retire_expired`, which forgets nothing for an owner
+    /// with no row), and because a default for a separate method could not
+    /// find them, so a backend that kept the older contract would strand
+    /// them silently.
+    ///
+    /// This is safe because an owner's row exists before it owns any task:
+    /// a claim needs a live lease ([`claim_ready`](Self::claim_ready),
+    /// [`insert`](Self::insert)), and a task inserted RUNNING with an owner
+    /// (which the runtime never does) must be inserted by a registered one.
     fn expired_instances(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 
     /// The RUNNING tasks `instance` owns.
@@ -175,9 +209,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ///
     /// An instance that renewed its lease since it was found expired (it
     /// was frozen or cut off, and came back) is kept: it runs on, and if it
-    /// were forgotten, what it runs would have an owner with no lease to
-    /// expire, which no rescue would find were it to die before its next
-    /// heartbeat registered it again.
+    /// were forgotten, what it runs would have an owner with no lease, to
+    /// be rescued (see [`expired_instances`](Self::expired_instances))
+    /// while it is still running there.
     fn retire_expired<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Deletes finished tasks (and their logs and tags) whose `finished_at`
@@ -462,6 +496,9 @@ pub struct Claimed {
     /// When the earliest task of the demanded queues that is not ready yet
     /// becomes ready.
     pub next_run_at: Option<SystemTime>,
+    /// Nothing was claimed because the claimer holds no live lease: it
+    /// claims again once a heartbeat renews it.
+    pub lapsed: bool,
 }
 
 /// A task as stored.

@@ -24,6 +24,8 @@
 //! order (priority, `run_at`, then `seq`, the insertion order), locked
 //! with `FOR UPDATE SKIP LOCKED` so concurrent claimers pass over each
 //! other's rows instead of waiting, then marked RUNNING for the claimer.
+//! The claimer must hold a live lease (by the server's clock) in the same
+//! statement, so an instance found dead claims nothing more.
 //! Rows of another codec version are left to a binary that reads them;
 //! a claimed row that turns out unreadable is given back and skipped by
 //! this store's later claims.
@@ -827,14 +829,10 @@ async fn claim_ready(
     }
     let wanted: Vec<&Demand> = demand.iter().filter(|want| want.slots > 0).collect();
     let next = client.prepare_cached(&shared.sql.next_run_at).await?;
-    let next_params: &[&(dyn ToSql + Sync)] = &[&queues, &now];
+    let next_params: &[&(dyn ToSql + Sync)] = &[&queues, &now, &owner];
     let next_run_at = client.query_one(&next, next_params);
-    let mut claimed = Claimed::default();
-    let rows = match wanted.is_empty() {
-        true => {
-            claimed.next_run_at = next_run_at.await?.try_get(0)?;
-            Vec::new()
-        }
+    let (rows, next) = match wanted.is_empty() {
+        true => (Vec::new(), next_run_at.await?),
         false => {
             let statement = client
                 .prepare_cached(&shared.sql.claim(wanted.len()))
@@ -865,10 +863,16 @@ async fn claim_ready(
                     &limits[at],
                 ]);
             }
-            let (rows, next) = tokio::try_join!(client.query(&statement, &params), next_run_at)?;
-            claimed.next_run_at = next.try_get(0)?;
-            rows
+            tokio::try_join!(client.query(&statement, &params), next_run_at)?
         }
+    };
+    // The claim checked the lease itself; the statement beside it only
+    // tells why nothing came (both read the lease, a moment apart).
+    let live: bool = next.try_get(1)?;
+    let mut claimed = Claimed {
+        next_run_at: next.try_get(0)?,
+        lapsed: !live && rows.is_empty(),
+        ..Claimed::default()
     };
     for row in &rows {
         match rows::read(row) {

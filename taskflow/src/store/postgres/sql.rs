@@ -25,8 +25,9 @@ const LOG_COLUMNS: &str = "attempt, at, level, target, message, fields";
 /// Inserts a batch of tasks, each row taken from parallel arrays, in order.
 ///
 /// A row with a `claim` goes in RUNNING for that owner when its queue and
-/// executor are *granted*: no ready PENDING task of theirs as good as the
-/// lowest-priority claimed row waits, and the queue is not paused. The
+/// executor are *granted*: the claimer holds a live lease (by the server's
+/// clock), no ready PENDING task of theirs as good as the lowest-priority
+/// claimed row waits, and the queue is not paused. The
 /// check reads the statement's snapshot, taken before any row of the batch
 /// is written, so the batch's own PENDING rows do not count; see the
 /// module documentation of the backend for why one snapshot is the right
@@ -46,10 +47,12 @@ WITH input AS (
                               error_message, idempotency_key, owner, output, claim, ord)
 ),
 granted AS (
-    SELECT g.queue, g.executor
-    FROM (SELECT queue, executor, min(priority) AS lowest FROM input
-          WHERE claim IS NOT NULL GROUP BY queue, executor) g
-    WHERE NOT EXISTS (SELECT 1 FROM {s}.tasks t
+    SELECT g.queue, g.executor, g.claim
+    FROM (SELECT queue, executor, claim, min(priority) AS lowest FROM input
+          WHERE claim IS NOT NULL GROUP BY queue, executor, claim) g
+    WHERE EXISTS (SELECT 1 FROM {s}.instances l
+                  WHERE l.id = g.claim AND l.lease_until >= now())
+      AND NOT EXISTS (SELECT 1 FROM {s}.tasks t
                       WHERE t.status = 'PENDING' AND t.queue = g.queue
                         AND t.executor = g.executor AND t.priority >= g.lowest
                         AND t.run_at <= $20::timestamptz)
@@ -57,7 +60,8 @@ granted AS (
 ),
 decided AS (
     SELECT i.*, i.claim IS NOT NULL AND EXISTS (
-               SELECT 1 FROM granted g WHERE g.queue = i.queue AND g.executor = i.executor
+               SELECT 1 FROM granted g
+               WHERE g.queue = i.queue AND g.executor = i.executor AND g.claim = i.claim
            ) AS claimed
     FROM input i
 ),
@@ -163,13 +167,17 @@ UPDATE {s}.tasks t SET logs_dropped = t.logs_dropped + d.n
 FROM dropped d WHERE t.id = d.task_id AND d.n > 0";
 
 /// One demand's part of a claim: its best ready rows, locked, skipping rows
-/// another claimer holds. `{p}`..`{p3}` are its queue, executor, names and
+/// another claimer holds, while the claimer (`$1`) holds a live lease by
+/// the server's clock. `{p}`..`{p3}` are its queue, executor, names and
 /// slots; `$2` is now, `$3` the codec version this binary reads and `$4`
-/// the rows found unreadable before.
+/// the rows found unreadable before. The lease and pause checks name no
+/// column of `tasks`: each is evaluated once, before any row is read, and
+/// the rows still come from the ready index in claim order.
 const CLAIM_PART: &str = "
     SELECT id FROM {s}.tasks
     WHERE status = 'PENDING' AND queue = {p} AND executor = {p1} AND name = ANY({p2})
       AND run_at <= $2 AND codec = $3 AND NOT (seq = ANY($4))
+      AND EXISTS (SELECT 1 FROM {s}.instances i WHERE i.id = $1 AND i.lease_until >= now())
       AND NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = {p} AND q.paused)
     ORDER BY priority DESC, run_at, seq
     LIMIT {p3}
@@ -188,9 +196,12 @@ claimed AS (
 SELECT {COLUMNS} FROM claimed ORDER BY priority DESC, run_at, seq";
 
 /// The earliest `run_at` after now (`$2`) of a delayed PENDING task of these
-/// queues that are not paused.
+/// queues that are not paused; and whether the claimer (`$3`) holds a live
+/// lease (a claim alongside claims nothing otherwise).
 const NEXT_RUN_AT: &str = "
-SELECT min(n.run_at) FROM unnest($1::text[]) AS q (name)
+SELECT min(n.run_at),
+       EXISTS (SELECT 1 FROM {s}.instances i WHERE i.id = $3 AND i.lease_until >= now())
+FROM unnest($1::text[]) AS q (name)
 CROSS JOIN LATERAL (
     SELECT min(t.run_at) AS run_at FROM {s}.tasks t
     WHERE t.status = 'PENDING' AND t.run_at > t.created_at AND t.queue = q.name AND t.run_at > $2
@@ -232,7 +243,15 @@ SELECT id FROM {s}.tasks WHERE owner = $1 AND status = 'RUNNING' AND cancel_requ
 const OTHERS: &str = "
 SELECT count(*) FROM {s}.instances WHERE id <> $1 AND lease_until >= now()";
 
-const EXPIRED: &str = "SELECT id FROM {s}.instances WHERE lease_until < now()";
+/// The owners to rescue: instances whose lease expired, and owners of
+/// RUNNING rows with no instance row (read through the running-owner
+/// index; RUNNING rows are few).
+const EXPIRED: &str = "
+SELECT id FROM {s}.instances WHERE lease_until < now()
+UNION
+SELECT t.owner FROM {s}.tasks t
+WHERE t.status = 'RUNNING' AND t.owner IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM {s}.instances i WHERE i.id = t.owner)";
 
 const ORPHANS: &str = "SELECT {COLUMNS} FROM {s}.tasks WHERE owner = $1 AND status = 'RUNNING'";
 

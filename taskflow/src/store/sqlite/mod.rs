@@ -7,10 +7,11 @@
 //! few commits. Reads use a second connection on tokio's blocking pool; WAL
 //! lets them proceed while the writer commits.
 //!
-//! A claim is one `IMMEDIATE` transaction: it selects the best ready rows of
-//! a queue and executor, checks each can be read, and marks those RUNNING for
-//! the claimer; SQLite's single writer makes that atomic across processes,
-//! as `FOR UPDATE SKIP LOCKED` does on PostgreSQL. Rows found unreadable are
+//! A claim is one `IMMEDIATE` transaction: it checks that the claimer holds
+//! a live lease, selects the best ready rows of a queue and executor, checks
+//! each can be read, and marks those RUNNING for the claimer; SQLite's
+//! single writer makes that atomic across processes, as `FOR UPDATE SKIP
+//! LOCKED` does on PostgreSQL. Rows found unreadable are
 //! remembered by this store and skipped by later claims, so a corrupt row
 //! never blocks its queue.
 //!
@@ -320,8 +321,14 @@ impl Store for SqliteStore {
     fn expired_instances(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         Box::pin(self.read("find expired instances", |db| {
             let now = micros(SystemTime::now());
-            let mut statement =
-                db.prepare_cached("SELECT id FROM instances WHERE lease_until < ?1")?;
+            // The owners with no row are read from the running-owner index
+            // (RUNNING rows are few), each looked up by the primary key.
+            let mut statement = db.prepare_cached(
+                "SELECT id FROM instances WHERE lease_until < ?1 \
+                 UNION SELECT owner FROM tasks INDEXED BY tasks_running_owner \
+                 WHERE status = 'RUNNING' AND owner IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM instances WHERE instances.id = tasks.owner)",
+            )?;
             statement.query_map([now], |row| row.get(0))?.collect()
         }))
     }
@@ -446,10 +453,9 @@ fn insert_tasks(db: &Connection, tasks: &[NewTask]) -> rusqlite::Result<Vec<Inse
     for task in tasks {
         let claimed = task.state.status == TaskStatus::Pending
             && task.state.run_at <= now
-            && task
-                .claim
-                .as_ref()
-                .is_some_and(|_| granted.contains(&(task.queue.as_str(), task.executor)));
+            && task.claim.as_deref().is_some_and(|claimer| {
+                granted.contains(&(task.queue.as_str(), task.executor, claimer))
+            });
         let mut state = std::borrow::Cow::Borrowed(&task.state);
         if claimed {
             let state = state.to_mut();
@@ -530,23 +536,27 @@ fn insert_tasks(db: &Connection, tasks: &[NewTask]) -> rusqlite::Result<Vec<Inse
     Ok(answers)
 }
 
-/// The queues and executors whose claimed inserts may go in claimed: those
-/// where no ready PENDING task as good as the lowest-priority claimed one
-/// waits already, in a queue that is not paused. Checked before anything of
-/// the call is written, so its own PENDING tasks do not count.
+/// A queue, an executor and a claimer.
+type ClaimKey<'t> = (&'t str, Executor, &'t str);
+
+/// The queues, executors and claimers whose claimed inserts may go in
+/// claimed: those where the claimer holds a live lease and no ready PENDING
+/// task as good as the lowest-priority claimed one waits already, in a
+/// queue that is not paused. Checked before anything of the call is
+/// written, so its own PENDING tasks do not count.
 fn claims_granted<'t>(
     db: &Connection,
     tasks: &'t [NewTask],
-) -> rusqlite::Result<HashSet<(&'t str, Executor)>> {
+) -> rusqlite::Result<HashSet<ClaimKey<'t>>> {
     let now = SystemTime::now();
-    let mut lowest: HashMap<(&str, Executor), i16> = HashMap::new();
+    let mut lowest: HashMap<ClaimKey<'t>, i16> = HashMap::new();
     for task in tasks {
-        if task.claim.is_some()
+        if let Some(claimer) = task.claim.as_deref()
             && task.state.status == TaskStatus::Pending
             && task.state.run_at <= now
         {
             let entry = lowest
-                .entry((task.queue.as_str(), task.executor))
+                .entry((task.queue.as_str(), task.executor, claimer))
                 .or_insert(task.priority);
             *entry = (*entry).min(task.priority);
         }
@@ -561,14 +571,27 @@ fn claims_granted<'t>(
          AND run_at <= ?4 \
          UNION ALL SELECT 1 FROM queues WHERE name = ?1 AND paused = 1 LIMIT 1",
     )?;
+    // The runtime's inserts have one claimer: its lease is read once.
+    let mut leases: HashMap<&str, bool> = HashMap::new();
     let now = micros(now);
-    for ((queue, executor), priority) in lowest {
+    for ((queue, executor, claimer), priority) in lowest {
+        let live = match leases.get(claimer) {
+            Some(&live) => live,
+            None => {
+                let live = holds_lease(db, claimer)?;
+                leases.insert(claimer, live);
+                live
+            }
+        };
+        if !live {
+            continue;
+        }
         let blocked = waiting
             .query_row(params![queue, executor.as_str(), priority, now], |_| Ok(()))
             .optional()?
             .is_some();
         if !blocked {
-            granted.insert((queue, executor));
+            granted.insert((queue, executor, claimer));
         }
     }
     Ok(granted)
@@ -706,7 +729,10 @@ fn claim_ready(
          WHERE status = 'PENDING' AND run_at > created_at AND queue = ?1 AND run_at > ?2 \
          AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1)",
     )?;
-    let mut claimed = Claimed::default();
+    let mut claimed = Claimed {
+        lapsed: !holds_lease(db, owner)?,
+        ..Claimed::default()
+    };
     let mut seen_queues = HashSet::new();
     for want in demand {
         if seen_queues.insert(want.queue.clone()) {
@@ -716,7 +742,7 @@ fn claim_ready(
                 claimed.next_run_at = Some(claimed.next_run_at.map_or(at, |t| t.min(at)));
             }
         }
-        if want.slots == 0 {
+        if want.slots == 0 || claimed.lapsed {
             continue;
         }
         let limit = i64::try_from(want.slots).unwrap_or(i64::MAX);
@@ -751,6 +777,18 @@ fn claim_ready(
         }
     }
     Ok(claimed)
+}
+
+/// Whether `instance` holds a live lease now, by this host's clock (as
+/// `heartbeat` measures it): the condition of every claim, read in the
+/// claim's own transaction, so no claim is made on a lease a rescuer may
+/// already have found expired or forgotten.
+fn holds_lease(db: &Connection, instance: &str) -> rusqlite::Result<bool> {
+    let now = micros(SystemTime::now());
+    db.prepare_cached("SELECT 1 FROM instances WHERE id = ?1 AND lease_until >= ?2")?
+        .query_row(params![instance, now], |_| Ok(()))
+        .optional()
+        .map(|row| row.is_some())
 }
 
 /// `list`: a WHERE clause assembled from fixed fragments, values bound.
