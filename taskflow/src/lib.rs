@@ -310,6 +310,7 @@ mod lifecycle;
 mod manager;
 mod queue;
 mod record;
+mod schedule;
 pub mod store;
 mod tally;
 mod trace;
@@ -330,6 +331,7 @@ pub use lifecycle::{ParseStatusError, TaskStatus};
 pub use manager::{ShutdownReport, TaskManager, TaskManagerBuilder};
 pub use queue::{DEFAULT_QUEUE, QueueConfig, QueueStats};
 pub use record::{Metrics, TaskFilter, TaskRecord};
+pub use schedule::{CatchUp, Schedule, ScheduleError, ScheduleInfo, Tick};
 pub use taskflow_macros::{main, task};
 pub use taskflow_worker::log::log;
 pub use taskflow_worker::{
