@@ -18,6 +18,7 @@
 //! `PRAGMA user_version`; a file from a newer taskflow is refused.
 
 mod rows;
+mod schedules;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -34,8 +35,8 @@ use taskflow_worker::{Executor, LogRecord, TaskId};
 use self::rows::{COLUMNS, LOG_COLUMNS, encode_tags, micros, status_text, time};
 use self::writer::{FileIdentity, Jobs, Writer, backend};
 use super::{
-    BoxFuture, Change, Claimed, Demand, Expect, Heartbeat, Inserted, InstanceInfo, Listed, LogLine,
-    NewTask, QueueRow, Row, Store, StoreError,
+    BoxFuture, Change, Claimed, Demand, Expect, Fire, Fired, Heartbeat, Inserted, InstanceInfo,
+    Listed, LogLine, NewTask, QueueRow, Row, ScheduleRead, ScheduleRow, Store, StoreError,
 };
 use crate::error::Error;
 use crate::lifecycle::TaskStatus;
@@ -45,6 +46,7 @@ use crate::record::TaskFilter;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_tasks.sql"),
     include_str!("migrations/0002_queues_leases_logs.sql"),
+    include_str!("migrations/0003_schedules.sql"),
 ];
 
 /// How the manager opens its store.
@@ -427,6 +429,51 @@ impl Store for SqliteStore {
             Ok(())
         }))
     }
+
+    fn fire(&self, fire: Fire) -> BoxFuture<'_, Result<Fired, StoreError>> {
+        Box::pin(
+            self.jobs
+                .run("fire a schedule", move |db| schedules::fire(db, &fire)),
+        )
+    }
+
+    fn declare_schedules(&self, rows: Vec<ScheduleRow>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(
+            self.jobs
+                .run("declare schedules", move |db| schedules::declare(db, &rows)),
+        )
+    }
+
+    fn add_schedule(&self, row: ScheduleRow) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(
+            self.jobs
+                .run("add a schedule", move |db| schedules::add(db, &row)),
+        )
+    }
+
+    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(
+            self.jobs
+                .run("remove a schedule", move |db| schedules::remove(db, &name)),
+        )
+    }
+
+    fn set_schedule_paused<'a>(
+        &'a self,
+        name: &'a str,
+        paused: bool,
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.jobs.run("pause or resume a schedule", move |db| {
+            schedules::set_paused(db, &name, paused, micros(now))
+        }))
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRead>, StoreError>> {
+        Box::pin(self.read("read schedules", schedules::list))
+    }
 }
 
 /// A list bound as one parameter, for `IN rarray(?)`.
@@ -786,6 +833,18 @@ fn list(db: &Connection, filter: &TaskFilter) -> rusqlite::Result<Listed> {
     if let Some(before) = filter.created_before {
         clauses.push("created_at < ?");
         values.push(Box::new(micros(before)));
+    }
+    if let Some(after) = filter.run_after {
+        clauses.push("run_at >= ?");
+        values.push(Box::new(micros(after)));
+    }
+    if let Some(before) = filter.run_before {
+        clauses.push("run_at < ?");
+        values.push(Box::new(micros(before)));
+    }
+    if let Some(schedule) = &filter.schedule {
+        clauses.push("schedule = ?");
+        values.push(Box::new(schedule.clone()));
     }
     if let Some(cursor) = filter.before {
         clauses.push("id < ?");
