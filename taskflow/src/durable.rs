@@ -104,6 +104,9 @@ pub(crate) struct Durable {
     /// Task names met in the store that this binary does not register,
     /// reported once each.
     unknown: Mutex<HashSet<String>>,
+    /// The store made this instance the one doing upkeep, at the last ask:
+    /// it fires the schedules too.
+    leading: AtomicBool,
 }
 
 impl Durable {
@@ -133,6 +136,7 @@ impl Durable {
             lost: AtomicBool::new(false),
             shared: AtomicBool::new(false),
             unknown: Mutex::default(),
+            leading: AtomicBool::new(false),
         }
     }
 
@@ -143,6 +147,17 @@ impl Durable {
 
     pub(crate) fn requeue_pending(&self) -> bool {
         self.settings.requeue_pending
+    }
+
+    /// Whether this instance does the store's upkeep, and so fires the
+    /// schedules (as of the keeper's last ask).
+    pub(crate) fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// How often the keeper renews the lease.
+    pub(crate) fn heartbeat(&self) -> Duration {
+        self.settings.heartbeat
     }
 
     /// Registers this instance and rescues what dead instances left, then
@@ -287,7 +302,7 @@ impl Durable {
     }
 
     /// Reports the first failure of a run of them.
-    fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
+    pub(crate) fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
         if !self.failing.swap(true, Ordering::AcqRel) {
             let message = crate::error::chain(error);
             tracing::error!(
@@ -298,7 +313,7 @@ impl Durable {
     }
 
     /// The store answered again.
-    fn recovered(&self) {
+    pub(crate) fn recovered(&self) {
         if self.failing.swap(false, Ordering::AcqRel) {
             tracing::info!("the task store is writable again; pending changes are written");
         }
@@ -1076,8 +1091,9 @@ async fn keeper(core: Weak<Core>) {
 
 /// Whether this instance does the store's upkeep (rescue, retention) now:
 /// the store grants it to one instance at a time, for a lease.
+/// Schedules fire on the instance that leads, too (see `schedule::ticker`).
 async fn leads(core: &Arc<Core>, durable: &Durable) -> bool {
-    match durable
+    let leads = match durable
         .store
         .lead(&durable.instance.id, durable.settings.lease)
         .await
@@ -1087,7 +1103,11 @@ async fn leads(core: &Arc<Core>, durable: &Durable) -> bool {
             durable.failed(core, None, &error);
             false
         }
+    };
+    if !durable.leading.swap(leads, Ordering::AcqRel) && leads {
+        core.schedules.wake();
     }
+    leads
 }
 
 /// This instance's lease was taken while it could not renew it (frozen,

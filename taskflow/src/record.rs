@@ -84,6 +84,8 @@ pub(crate) struct Origin {
     pub(crate) durable: bool,
     pub(crate) stored: bool,
     pub(crate) mirror: bool,
+    /// The schedule tick that created it.
+    pub(crate) scheduled: Option<Box<Tick>>,
 }
 
 impl Origin {
@@ -100,6 +102,7 @@ impl Origin {
             durable,
             stored: false,
             mirror: false,
+            scheduled: None,
         }
     }
 }
@@ -217,7 +220,7 @@ impl TaskCell {
             key,
             queue,
             priority,
-            scheduled: None,
+            scheduled: origin.scheduled,
             flags: AtomicU8::new(flags),
             window_seq: AtomicU64::new(0),
             state: Mutex::new(CellState {

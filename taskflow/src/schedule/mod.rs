@@ -46,6 +46,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use taskflow_worker::TaskId;
+use taskflow_worker::registry::TaskEntry;
 
 /// The shortest period `every` accepts.
 pub(crate) const MIN_PERIOD: Duration = Duration::from_millis(10);
@@ -316,6 +317,71 @@ fn from_nanos(nanos: u128) -> Option<SystemTime> {
     let rest = u32::try_from(nanos % 1_000_000_000).ok()?;
     UNIX_EPOCH.checked_add(Duration::new(secs, rest))
 }
+
+// Not public API. Used by generated code.
+//
+// A schedule declared with `#[task(every | cron = …)]`: const data, one
+// per declaring task, collected from the whole binary.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ScheduleEntry {
+    pub(crate) entry: &'static TaskEntry,
+    pub(crate) every_ms: u64,
+    pub(crate) cron: Option<(&'static str, &'static str)>,
+    pub(crate) run_on_start: bool,
+    pub(crate) catch_up: CatchUp,
+}
+
+impl ScheduleEntry {
+    // Not public API. Used by generated code.
+    pub const fn every(entry: &'static TaskEntry, millis: u64) -> Self {
+        ScheduleEntry {
+            entry,
+            every_ms: millis,
+            cron: None,
+            run_on_start: false,
+            catch_up: CatchUp::One,
+        }
+    }
+
+    // Not public API. Used by generated code.
+    pub const fn cron(
+        entry: &'static TaskEntry,
+        expression: &'static str,
+        timezone: &'static str,
+    ) -> Self {
+        ScheduleEntry {
+            entry,
+            every_ms: 0,
+            cron: Some((expression, timezone)),
+            run_on_start: false,
+            catch_up: CatchUp::One,
+        }
+    }
+
+    // Not public API. Used by generated code.
+    pub const fn run_on_start(mut self, run: bool) -> Self {
+        self.run_on_start = run;
+        self
+    }
+
+    // Not public API. Used by generated code.
+    pub const fn catch_up(mut self, catch_up: CatchUp) -> Self {
+        self.catch_up = catch_up;
+        self
+    }
+
+    /// The schedule it declares (checked at compile time; an entry built
+    /// by hand may still be wrong).
+    pub(crate) fn schedule(&self) -> Result<Schedule, ScheduleError> {
+        match self.cron {
+            Some((expression, timezone)) => Schedule::cron_in(expression, timezone),
+            None => Schedule::every(Duration::from_millis(self.every_ms)),
+        }
+    }
+}
+
+inventory::collect!(ScheduleEntry);
 
 /// What a schedule does about ticks missed while no process ran it (or
 /// while it could not fire): `#[task(catch_up = "skip")]`.
