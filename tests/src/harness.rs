@@ -174,3 +174,69 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A scenario process the test talks to through its stdin and stdout,
+/// killed and reaped if dropped unfinished (a failing test leaves no
+/// process behind).
+#[derive(Debug)]
+pub struct Talking {
+    guard: KillOnDrop,
+    lines: Lines,
+}
+
+impl Talking {
+    /// Starts `command` with piped stdin and stdout.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot start.
+    pub fn start(mut command: Command) -> Self {
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("the scenario starts");
+        let lines = lines(&mut child);
+        Talking {
+            guard: KillOnDrop::new(child),
+            lines,
+        }
+    }
+
+    /// Its pid.
+    pub fn id(&mut self) -> u32 {
+        self.guard.child().id()
+    }
+
+    /// Reads its output until a line starting with `prefix`.
+    ///
+    /// # Panics
+    ///
+    /// When it ends first.
+    pub fn read(&mut self, prefix: &str) -> String {
+        read_until(self.guard.child(), &mut self.lines, prefix)
+    }
+
+    /// Sends it one line.
+    ///
+    /// # Panics
+    ///
+    /// When its stdin is closed.
+    pub fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.guard.child().stdin.as_mut().expect("a piped stdin");
+        writeln!(stdin, "{line}").expect("the scenario reads its stdin");
+        stdin.flush().expect("the scenario reads its stdin");
+    }
+
+    /// Closes its stdin (a scenario then shuts down gracefully) and waits
+    /// for it to exit successfully.
+    ///
+    /// # Panics
+    ///
+    /// As [`finish`].
+    pub fn stop(mut self) {
+        let mut child = self.guard.take();
+        drop(child.stdin.take());
+        finish(child);
+    }
+}

@@ -406,7 +406,11 @@ async fn ticker(core: Weak<Core>) {
             .durable
             .as_ref()
             .map_or(IDLE, |durable| durable.heartbeat());
-        if strong.durable.is_some() && tokio::time::Instant::now() >= next_refresh {
+        let durable_live = strong
+            .durable
+            .as_ref()
+            .is_some_and(|durable| !durable.is_lost());
+        if durable_live && tokio::time::Instant::now() >= next_refresh {
             next_refresh = tokio::time::Instant::now() + refresh_every;
             if let Err(error) = refresh(&strong).await
                 && let Some(durable) = &strong.durable
