@@ -322,7 +322,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
                                 "`every` must be at least 10ms; for anything faster, loop inside one task",
                             );
                             None
-                        } else if period.subsec_nanos() % 1_000_000 != 0 {
+                        } else if !period.subsec_nanos().is_multiple_of(1_000_000) {
                             errors.add(span, "`every` must be a whole number of milliseconds");
                             None
                         } else {

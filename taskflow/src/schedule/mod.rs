@@ -103,7 +103,7 @@ impl Schedule {
         if period < MIN_PERIOD {
             return Err(invalid("it must be at least 10ms"));
         }
-        if period.subsec_nanos() % 1_000_000 != 0 {
+        if !period.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(invalid("it must be a whole number of milliseconds"));
         }
         Ok(Schedule {
