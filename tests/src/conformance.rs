@@ -2567,7 +2567,9 @@ fn fire_of(schedule: &str, tick: u64, created: u64) -> Fire {
 }
 
 async fn fire(store: &dyn Store, fire: Fire, what: &str) -> Fired {
-    ok(store.fire(fire).await, what)
+    let answers = ok(store.fire(vec![fire]).await, what);
+    assert_eq!(answers.len(), 1, "{what}: fire answers each fire");
+    answers[0]
 }
 
 async fn fire_writes_one_task_per_tick(storage: Storage) {
@@ -2682,6 +2684,18 @@ async fn fire_writes_one_task_per_tick(storage: Storage) {
             "fire of tick {tick}, at or before the last fired one"
         );
     }
+    // A batch answers each fire in order: later ticks of one schedule
+    // after earlier ones, a tick repeated within the batch taken.
+    let batch: Vec<Fire> = [9, 10, 10, 11]
+        .into_iter()
+        .enumerate()
+        .map(|(n, tick)| fire_of("every-second", tick * 1000, 70 + n as u64))
+        .collect();
+    assert_eq!(
+        ok(second.fire(batch).await, "a batch of fires"),
+        [Fired::New, Fired::New, Fired::Taken, Fired::New],
+        "fire: a batch is answered fire by fire, in order"
+    );
     // A task another schedule fires at the same tick is its own.
     ok(
         first.add_schedule(schedule_row("twin")).await,

@@ -53,6 +53,10 @@ fn each_second_skip() {
     record(EACH_SECOND_SKIP);
 }
 
+/// Hourly, and at each start for the current hour if not yet fired.
+#[task(every = "1h", run_on_start = true, name = "sched::hourly_on_start")]
+async fn hourly_on_start() {}
+
 /// A task scheduled at run time, with an argument.
 #[task]
 async fn remind(who: String) -> String {
@@ -415,7 +419,21 @@ fn pause_and_resume_hold_across_processes() -> Result<(), Failed> {
 /// are listed by it; pause, resume and remove; typed errors.
 fn schedules_added_at_run_time_fire_in_memory() -> Result<(), Failed> {
     trial(async {
+        let started = SystemTime::now();
         let tasks = TaskManager::builder().build().await.unwrap();
+        // `run_on_start`: the current hour's tick fires at once, once.
+        let on_start = TaskFilter::new().schedule(hourly_on_start::NAME);
+        within("the run-on-start fire", async {
+            while tasks.list(&on_start).await.unwrap().is_empty() {
+                sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let first = tasks.list(&on_start).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let tick = first[0].scheduled.clone().unwrap().at;
+        let hour = Schedule::parse_every("1h").unwrap();
+        assert_eq!(Some(tick), hour.latest_at_or_before(started));
         let schedule = Schedule::every(Duration::from_millis(100)).unwrap();
         tasks
             .add_schedule(
@@ -503,6 +521,11 @@ fn schedules_added_at_run_time_fire_in_memory() -> Result<(), Failed> {
         let bad = Schedule::cron_in("0 9 * * *", "Nowhere/City").unwrap_err();
         assert_eq!(bad.field(), "timezone");
 
+        assert_eq!(
+            tasks.list(&on_start).await.unwrap().len(),
+            1,
+            "run_on_start fires once"
+        );
         tasks.remove_schedule("remind-ada").await.unwrap();
         assert!(
             !tasks

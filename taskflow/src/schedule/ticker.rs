@@ -427,6 +427,12 @@ async fn ticker(core: Weak<Core>) {
             if !jobs.is_empty() {
                 fire_all(&strong, jobs).await;
             }
+        } else {
+            // `run_on_start` is the leader's at the time of the start: an
+            // instance that leads later does not run it then.
+            for slot in strong.schedules.lock().slots.values_mut() {
+                slot.starting = false;
+            }
         }
         let now = SystemTime::now();
         let next_tick = match leading {
@@ -437,7 +443,11 @@ async fn ticker(core: Weak<Core>) {
         let until_tick = next_tick
             .map(|at| at.duration_since(now).unwrap_or_default())
             .unwrap_or(IDLE);
-        let until_refresh = next_refresh.saturating_duration_since(tokio::time::Instant::now());
+        // Without a store (or once it is lost) there is nothing to read back.
+        let until_refresh = match durable_live {
+            true => next_refresh.saturating_duration_since(tokio::time::Instant::now()),
+            false => IDLE,
+        };
         let wait = until_tick.min(until_refresh).min(refresh_every);
         let _ = tokio::time::timeout(wait, notified).await;
     }
@@ -505,37 +515,26 @@ enum Outcome {
     Failed,
 }
 
-/// Fires every job: schedules side by side, each one's ticks in order
-/// (the store refuses a tick at or before the last fired one).
+/// Fires every job and brings the slots up to date. With a task store the
+/// fires go in batches of whole jobs (a schedule's ticks in order: the
+/// store refuses a tick at or before the last fired one), several batches
+/// in flight; without one, each is an enqueue here.
 async fn fire_all(core: &Arc<Core>, jobs: Vec<Job>) {
-    let mut running = tokio::task::JoinSet::new();
-    let mut outcomes: Vec<(String, Vec<Outcome>)> = Vec::new();
+    let outcomes = match &core.durable {
+        None => jobs
+            .iter()
+            .map(|job| {
+                let done = job
+                    .ticks
+                    .iter()
+                    .map(|&(tick, _)| enqueue(core, job, tick))
+                    .collect();
+                (job.name.clone(), done)
+            })
+            .collect(),
+        Some(_) => fire_stored(core, jobs).await,
+    };
     let mut fired_any = false;
-    for job in jobs {
-        if running.len() >= MOST_IN_FLIGHT
-            && let Some(Ok(done)) = running.join_next().await
-        {
-            outcomes.push(done);
-        }
-        let core = core.clone();
-        running.spawn(async move {
-            let mut done = Vec::with_capacity(job.ticks.len());
-            for &(tick, ignore_since) in &job.ticks {
-                let outcome = fire_one(&core, &job, tick, ignore_since).await;
-                let stop = matches!(outcome, Outcome::Paused | Outcome::Unknown);
-                done.push(outcome);
-                if stop {
-                    break;
-                }
-            }
-            (job.name, done)
-        });
-    }
-    while let Some(done) = running.join_next().await {
-        if let Ok(done) = done {
-            outcomes.push(done);
-        }
-    }
     let mut state = core.schedules.lock();
     for (name, done) in outcomes {
         let mut gone = false;
@@ -571,62 +570,129 @@ async fn fire_all(core: &Arc<Core>, jobs: Vec<Job>) {
     }
 }
 
-/// Fires one tick: an insert unique on (schedule, tick) with a task store,
-/// an enqueue here without one.
-async fn fire_one(core: &Arc<Core>, job: &Job, tick: SystemTime, ignore_since: bool) -> Outcome {
-    let Some(durable) = &core.durable else {
-        let placement = Placement {
-            queue: Some(job.queue.clone()),
-            priority: Some(job.priority),
-            run_at: Some(tick),
-            scheduled: Some(Tick::new(job.name.clone(), tick)),
-        };
-        return match core.enqueue(
-            job.entry,
-            job.args.clone(),
-            job.tags.clone(),
-            None,
-            placement,
-        ) {
-            Ok(cell) => Outcome::New(tick, cell.id),
-            Err(error) => {
-                tracing::warn!(schedule = %job.name, "schedule `{}` could not enqueue its task: {error}", job.name);
-                Outcome::Failed
-            }
-        };
+/// Without a task store: the tick's task is enqueued here.
+fn enqueue(core: &Arc<Core>, job: &Job, tick: SystemTime) -> Outcome {
+    let placement = Placement {
+        queue: Some(job.queue.clone()),
+        priority: Some(job.priority),
+        run_at: Some(tick),
+        scheduled: Some(Tick::new(job.name.clone(), tick)),
     };
-    let now = SystemTime::now();
-    let id = TaskId::at(now);
-    let mut task = NewTask::new(id, job.entry.name(), job.entry.executor(), now);
-    task.queue.clone_from(&job.queue);
-    task.priority = job.priority;
-    task.args.clone_from(&job.args);
-    task.tags = job.tags.clone();
-    task.state = TaskState::pending(tick);
-    let mut fire = Fire::new(job.name.clone(), tick, task);
-    fire.ignore_since = ignore_since;
-    match durable.store.fire(fire).await {
-        Ok(Fired::New) => {
-            durable.recovered();
-            core.bus.publish(|| TaskEvent {
-                id,
-                name: job.entry.name(),
-                kind: EventKind::Enqueued,
-                status: TaskStatus::Pending,
-                attempt: 0,
-                at: now,
-            });
-            Outcome::New(tick, id)
-        }
-        Ok(Fired::Taken) => Outcome::Taken(tick),
-        Ok(Fired::Paused) => Outcome::Paused,
-        Ok(Fired::Stale) => Outcome::Stale(tick),
-        Ok(_) => Outcome::Unknown,
+    match core.enqueue(
+        job.entry,
+        job.args.clone(),
+        job.tags.clone(),
+        None,
+        placement,
+    ) {
+        Ok(cell) => Outcome::New(tick, cell.id),
         Err(error) => {
-            durable.failed(core, None, &error);
+            tracing::warn!(
+                schedule = %job.name,
+                "schedule `{}` could not enqueue its task: {error}",
+                job.name
+            );
             Outcome::Failed
         }
     }
+}
+
+/// Most fires in one store call.
+const FIRE_BATCH: usize = 512;
+
+/// With a task store: each fire an insert unique on (schedule, tick).
+async fn fire_stored(core: &Arc<Core>, jobs: Vec<Job>) -> Vec<(String, Vec<Outcome>)> {
+    let Some(durable) = &core.durable else {
+        return Vec::new();
+    };
+    // Batches of whole jobs; per fire, its job's place, tick and task.
+    let mut batches: Vec<Vec<(usize, SystemTime, TaskId, Fire)>> = vec![Vec::new()];
+    for (at, job) in jobs.iter().enumerate() {
+        if batches
+            .last()
+            .is_some_and(|batch| batch.len() >= FIRE_BATCH)
+        {
+            batches.push(Vec::new());
+        }
+        let now = SystemTime::now();
+        for &(tick, ignore_since) in &job.ticks {
+            let id = TaskId::at(now);
+            let mut task = NewTask::new(id, job.entry.name(), job.entry.executor(), now);
+            task.queue.clone_from(&job.queue);
+            task.priority = job.priority;
+            task.args.clone_from(&job.args);
+            task.tags = job.tags.clone();
+            task.state = TaskState::pending(tick);
+            let mut fire = Fire::new(job.name.clone(), tick, task);
+            fire.ignore_since = ignore_since;
+            if let Some(batch) = batches.last_mut() {
+                batch.push((at, tick, id, fire));
+            }
+        }
+    }
+    let mut running = tokio::task::JoinSet::new();
+    let mut answered = Vec::new();
+    for batch in batches.into_iter().filter(|batch| !batch.is_empty()) {
+        if running.len() >= MOST_IN_FLIGHT
+            && let Some(Ok(done)) = running.join_next().await
+        {
+            answered.push(done);
+        }
+        let store = durable.store.clone();
+        running.spawn(async move {
+            let (places, fires): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|(at, tick, id, fire)| ((at, tick, id), fire))
+                .unzip();
+            let answer = store.fire(fires).await;
+            (places, answer)
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        if let Ok(done) = done {
+            answered.push(done);
+        }
+    }
+    let mut outcomes: Vec<Vec<Outcome>> = jobs.iter().map(|_| Vec::new()).collect();
+    for (places, answer) in answered {
+        let answers = match answer {
+            Ok(answers) => {
+                durable.recovered();
+                answers
+            }
+            Err(error) => {
+                durable.failed(core, None, &error);
+                Vec::new()
+            }
+        };
+        let mut answers = answers.into_iter();
+        for (at, tick, id) in places {
+            let job = &jobs[at];
+            let outcome = match answers.next() {
+                Some(Fired::New) => {
+                    core.bus.publish(|| TaskEvent {
+                        id,
+                        name: job.entry.name(),
+                        kind: EventKind::Enqueued,
+                        status: TaskStatus::Pending,
+                        attempt: 0,
+                        at: SystemTime::now(),
+                    });
+                    Outcome::New(tick, id)
+                }
+                Some(Fired::Taken) => Outcome::Taken(tick),
+                Some(Fired::Paused) => Outcome::Paused,
+                Some(Fired::Stale) => Outcome::Stale(tick),
+                Some(_) => Outcome::Unknown,
+                None => Outcome::Failed,
+            };
+            outcomes[at].push(outcome);
+        }
+    }
+    jobs.into_iter()
+        .zip(outcomes)
+        .map(|(job, done)| (job.name, done))
+        .collect()
 }
 
 // ------------------------------------------------------------------ the API

@@ -216,17 +216,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Box::pin(async { Ok(true) })
     }
 
-    /// Fires one tick of a schedule: inserts its task, PENDING, naming the
-    /// schedule and tick, and records the tick and task as the schedule's
-    /// last fire, atomically. The insert is unique on (schedule, tick):
-    /// however many instances fire the same tick at once, one task is
-    /// written and the others are answered [`Fired::Taken`], as is a tick
-    /// at or before the schedule's last fired one. Nothing is written for
-    /// a schedule that is paused ([`Fired::Paused`]) or not stored
-    /// ([`Fired::Unknown`]), nor for a tick at or before its
-    /// [`since`](ScheduleRow::since) ([`Fired::Stale`]) unless
-    /// [`ignore_since`](Fire::ignore_since).
-    fn fire(&self, fire: Fire) -> BoxFuture<'_, Result<Fired, StoreError>>;
+    /// Fires ticks of schedules, in order, answering each: a fire inserts
+    /// the tick's task, PENDING, naming the schedule and tick, and records
+    /// the tick and task as the schedule's last fire, atomically. The
+    /// insert is unique on (schedule, tick): however many instances fire
+    /// the same tick at once, one task is written and the others are
+    /// answered [`Fired::Taken`], as is a tick at or before the schedule's
+    /// last fired one. Nothing is written for a schedule that is paused
+    /// ([`Fired::Paused`]) or not stored ([`Fired::Unknown`]), nor for a
+    /// tick at or before its [`since`](ScheduleRow::since)
+    /// ([`Fired::Stale`]) unless [`ignore_since`](Fire::ignore_since).
+    /// Each fire is atomic on its own; a batch saves round trips and
+    /// commits.
+    fn fire(&self, fires: Vec<Fire>) -> BoxFuture<'_, Result<Vec<Fired>, StoreError>>;
 
     /// Writes the schedules a binary declares: each is created with its
     /// state if absent; a declared one already stored takes the row's

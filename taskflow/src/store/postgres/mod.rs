@@ -563,9 +563,13 @@ impl Store for PostgresStore {
         )
     }
 
-    fn fire(&self, fire: Fire) -> BoxFuture<'_, Result<Fired, StoreError>> {
-        self.run("fire a schedule", move |shared, client| async move {
-            schedules::fire(&shared, &client, &fire).await
+    fn fire(&self, fires: Vec<Fire>) -> BoxFuture<'_, Result<Vec<Fired>, StoreError>> {
+        self.run("fire schedules", move |shared, client| async move {
+            let mut answers = Vec::with_capacity(fires.len());
+            for fire in &fires {
+                answers.push(schedules::fire(&shared, &client, fire).await?);
+            }
+            Ok(answers)
         })
     }
 

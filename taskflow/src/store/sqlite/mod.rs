@@ -430,11 +430,10 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn fire(&self, fire: Fire) -> BoxFuture<'_, Result<Fired, StoreError>> {
-        Box::pin(
-            self.jobs
-                .run("fire a schedule", move |db| schedules::fire(db, &fire)),
-        )
+    fn fire(&self, fires: Vec<Fire>) -> BoxFuture<'_, Result<Vec<Fired>, StoreError>> {
+        Box::pin(self.jobs.run("fire schedules", move |db| {
+            fires.iter().map(|fire| schedules::fire(db, fire)).collect()
+        }))
     }
 
     fn declare_schedules(&self, rows: Vec<ScheduleRow>) -> BoxFuture<'_, Result<(), StoreError>> {
