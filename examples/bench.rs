@@ -209,7 +209,7 @@ impl Scale {
                 memory_runs: 1,
                 priority_tasks: 10_000,
                 delayed_tasks: 10_000,
-                schedules: (1_000, 3),
+                schedules: (500, 1),
             }
         } else {
             Scale {

@@ -21,7 +21,9 @@
 //!   asked for and, while the store makes it the one instance doing upkeep
 //!   (`Store::lead`), rescues the RUNNING tasks of instances whose lease
 //!   expired (through `lifecycle::next`, one event each) and prunes by
-//!   retention.
+//!   retention. The same leadership decides which instance fires the
+//!   schedules (`schedule::ticker`, which wakes at each tick rather than
+//!   each heartbeat).
 //!   The claimer also follows, once per poll interval (at once when the
 //!   store says another instance finished tasks), the tasks that handles
 //!   here await while another instance runs them.
