@@ -599,6 +599,64 @@ fn a_schedule_of_an_unknown_task_is_listed_not_fired() -> Result<(), Failed> {
     })
 }
 
+/// A one-off run far ahead: `call(…).run_at(t).idempotency_key(k)` makes
+/// one stored task, whoever enqueues it again; it is listed by when it is
+/// due, from another manager on the store too, and cancelled there.
+fn a_one_off_run_is_listed_by_run_at_and_cancelled() -> Result<(), Failed> {
+    trial(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tasks.db");
+        let first = TaskManager::builder()
+            .snapshot_db(&db)
+            .build()
+            .await
+            .unwrap();
+        let now = SystemTime::now();
+        let tuesday = now + Duration::from_secs(7 * 24 * 3600);
+        let once = remind::call("ada".into())
+            .run_at(tuesday)
+            .idempotency_key("remind-ada-tuesday")
+            .enqueue_on(&first)
+            .unwrap();
+        let again = remind::call("ada".into())
+            .run_at(tuesday)
+            .idempotency_key("remind-ada-tuesday")
+            .enqueue_on(&first)
+            .unwrap();
+        assert_eq!(once.id(), again.id(), "the key makes it one task");
+        once.persisted().await.unwrap();
+        let second = TaskManager::builder()
+            .snapshot_db(&db)
+            .build()
+            .await
+            .unwrap();
+        let due_next_week = TaskFilter::new()
+            .status(TaskStatus::Pending)
+            .run_after(now + Duration::from_secs(24 * 3600))
+            .run_before(now + Duration::from_secs(8 * 24 * 3600));
+        let listed = second.list(&due_next_week).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [once.id()],
+            "listed by when it is due, from another manager"
+        );
+        assert_eq!(listed[0].scheduled, None, "a one-off run names no schedule");
+        assert!(
+            second
+                .list(&TaskFilter::new().run_before(now))
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.id != once.id())
+        );
+        second.cancel(once.id()).await.unwrap();
+        taskflow_tests::wait_for_status(&first, once.id(), TaskStatus::Cancelled).await;
+        assert!(second.list(&due_next_week).await.unwrap().is_empty());
+        second.shutdown().await;
+        first.shutdown().await;
+    })
+}
+
 fn main() -> ExitCode {
     taskflow::init();
     if let Some(name) = scenario_name() {
@@ -635,6 +693,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_schedule_of_an_unknown_task_is_listed_not_fired",
             a_schedule_of_an_unknown_task_is_listed_not_fired,
+        ),
+        Trial::test(
+            "a_one_off_run_is_listed_by_run_at_and_cancelled",
+            a_one_off_run_is_listed_by_run_at_and_cancelled,
         ),
     ])
 }
