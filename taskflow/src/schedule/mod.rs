@@ -54,6 +54,14 @@ pub(crate) const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// When a recurring task fires: every fixed period, or on a cron
 /// expression in a time zone.
 ///
+/// Every process computes the same ticks: a period is aligned on the Unix
+/// epoch, and a cron expression is read in its IANA time zone with the tz
+/// database built into the binary. On the days the clock jumps, a job at a
+/// fixed time that falls in the spring-forward gap runs once, at the first
+/// instant after it (02:30 → 03:00); one in the repeated hour of a
+/// fall-back night runs once, at its first occurrence; an interval job
+/// (`*/15 * * * *`, `0 * * * *`) runs at every real instant that matches.
+///
 /// ```
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// use taskflow::Schedule;
@@ -93,7 +101,7 @@ impl Schedule {
     ///
     /// # Errors
     ///
-    /// [`ScheduleError::InvalidEvery`] for a period under [`MIN_PERIOD`] or
+    /// [`ScheduleError::InvalidEvery`] for a period under 10 ms or
     /// not a whole number of milliseconds.
     pub fn every(period: Duration) -> Result<Self, ScheduleError> {
         let invalid = |reason: &str| ScheduleError::InvalidEvery {
@@ -140,8 +148,7 @@ impl Schedule {
 
     /// A cron expression read in the IANA time zone `timezone`
     /// (`"Europe/Paris"`, `"America/New_York"`), daylight saving included:
-    /// see the [module documentation](self) for the rule on the days the
-    /// clock jumps.
+    /// see [`Schedule`] for the rule on the days the clock jumps.
     ///
     /// # Errors
     ///
