@@ -5,8 +5,10 @@
 //! method's documentation promises: keyed and duplicate inserts, fenced
 //! changes, claims (filters, order, exclusivity, paused queues, the next
 //! ready time, cancel requests), reads and listing with every filter and the
-//! cursor, leases, orphans, capped logs, retention, queue counts and
-//! unfinished names. A backend passes when the function returns; otherwise
+//! cursor, leases, orphans, capped logs, retention, queue counts,
+//! unfinished names, and schedules (a tick fired by racing callers on two
+//! handles writes one task; pauses, `since` and unknown schedules refuse a
+//! fire; definitions and state kept; listing by schedule and `run_at`). A backend passes when the function returns; otherwise
 //! it panics once, listing every check that failed and which part of the
 //! contract each broke.
 //!

@@ -1,7 +1,8 @@
 //! The storage seam: everything durable goes through [`Store`].
 //!
 //! A store keeps task rows, claims ready work for an instance, keeps instance
-//! leases, task logs and queue settings. It **persists and claims; it never
+//! leases, task logs, queue settings and schedules, and fires a schedule's
+//! tick as an insert unique on (schedule, tick). It **persists and claims; it never
 //! decides a status**: every status it writes was computed above it by the
 //! lifecycle's one transition function, and arrives as a compare-and-set
 //! ([`Change`] with its [`Expect`]) that the store applies only if the row is
