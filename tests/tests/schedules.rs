@@ -340,76 +340,89 @@ fn a_restart_fires_missed_ticks_per_catch_up() -> Result<(), Failed> {
 /// A pause made in one process holds in another (nothing fires while
 /// paused, and that process reports it paused); a resume made in a third
 /// process makes the second fire again, never the ticks slept through.
-fn pause_and_resume_hold_across_processes() -> Result<(), Failed> {
-    trial(async {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = Shared::Sqlite(dir.path().join("tasks.db"));
-        let (_side_dir, side) = side_file();
-        let mut pauser = shared.serve(&side);
-        let mut worker = shared.serve(&side);
-        let store = shared.store().await;
-        within("the first ticks", async {
-            while fired(store.as_ref(), TICK200).await.len() < 3 {
-                sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        pauser.say(&format!("pause {TICK200}"));
-        pauser.read("paused");
-        let paused_at = SystemTime::now();
-        pauser.stop();
-        // The other process sees it paused (from the store).
-        let deadline = Instant::now() + PATIENCE;
+async fn pause_and_resume_hold_across_processes(shared: Shared) {
+    let (_side_dir, side) = side_file();
+    let mut pauser = shared.serve(&side);
+    let mut worker = shared.serve(&side);
+    let store = shared.store().await;
+    within("the first ticks", async {
+        while fired(store.as_ref(), TICK200).await.len() < 3 {
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    pauser.say(&format!("pause {TICK200}"));
+    pauser.read("paused");
+    let paused_at = SystemTime::now();
+    pauser.stop();
+    // The other process sees it paused (from the store).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        worker.say(&format!("status {TICK200}"));
+        if worker.read("status").ends_with("paused=true") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pause was never seen");
+        sleep(Duration::from_millis(100)).await;
+    }
+    sleep(Duration::from_millis(1_500)).await;
+    let while_paused: Vec<SystemTime> = fired(store.as_ref(), TICK200)
+        .await
+        .into_keys()
+        .filter(|tick| *tick > paused_at)
+        .collect();
+    assert!(
+        while_paused.is_empty(),
+        "ticks fired while paused: {while_paused:?}"
+    );
+    let mut resumer = shared.serve(&side);
+    resumer.say(&format!("resume {TICK200}"));
+    resumer.read("resumed");
+    let resumed_at = SystemTime::now();
+    resumer.stop();
+    // Only the worker runs now: it fires again.
+    within("ticks after the resume", async {
         loop {
-            worker.say(&format!("status {TICK200}"));
-            if worker.read("status").ends_with("paused=true") {
+            let after = fired(store.as_ref(), TICK200)
+                .await
+                .into_keys()
+                .filter(|tick| *tick > resumed_at)
+                .count();
+            if after >= 3 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the pause was never seen");
-            sleep(Duration::from_millis(100)).await;
+            sleep(Duration::from_millis(50)).await;
         }
-        sleep(Duration::from_millis(1_500)).await;
-        let while_paused: Vec<SystemTime> = fired(store.as_ref(), TICK200)
-            .await
-            .into_keys()
-            .filter(|tick| *tick > paused_at)
-            .collect();
-        assert!(
-            while_paused.is_empty(),
-            "ticks fired while paused: {while_paused:?}"
-        );
-        let mut resumer = shared.serve(&side);
-        resumer.say(&format!("resume {TICK200}"));
-        resumer.read("resumed");
-        let resumed_at = SystemTime::now();
-        resumer.stop();
-        // Only the worker runs now: it fires again.
-        within("ticks after the resume", async {
-            loop {
-                let after = fired(store.as_ref(), TICK200)
-                    .await
-                    .into_keys()
-                    .filter(|tick| *tick > resumed_at)
-                    .count();
-                if after >= 3 {
-                    break;
-                }
-                sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        let slept_through = fired(store.as_ref(), TICK200)
-            .await
-            .into_keys()
-            .filter(|tick| *tick > paused_at && *tick < resumed_at - Duration::from_millis(200))
-            .count();
-        assert_eq!(
-            slept_through, 0,
-            "ticks of the pause fired after the resume"
-        );
-        worker.say(&format!("status {TICK200}"));
-        assert!(worker.read("status").ends_with("paused=false"));
-        worker.stop();
+    })
+    .await;
+    let slept_through = fired(store.as_ref(), TICK200)
+        .await
+        .into_keys()
+        .filter(|tick| *tick > paused_at && *tick < resumed_at - Duration::from_millis(200))
+        .count();
+    assert_eq!(
+        slept_through, 0,
+        "ticks of the pause fired after the resume"
+    );
+    worker.say(&format!("status {TICK200}"));
+    assert!(worker.read("status").ends_with("paused=false"));
+    worker.stop();
+}
+
+fn sqlite_pause_and_resume_hold_across_processes() -> Result<(), Failed> {
+    trial(async {
+        let dir = tempfile::tempdir().unwrap();
+        pause_and_resume_hold_across_processes(Shared::Sqlite(dir.path().join("tasks.db"))).await;
+    })
+}
+
+fn postgres_pause_and_resume_hold_across_processes() -> Result<(), Failed> {
+    trial(async {
+        let Some(url) = server("postgres_pause_and_resume_hold_across_processes").await else {
+            return;
+        };
+        let schema = Schema::new(&url, "pause").await;
+        pause_and_resume_hold_across_processes(Shared::Postgres { url, schema }).await;
     })
 }
 
@@ -682,8 +695,12 @@ fn main() -> ExitCode {
             a_restart_fires_missed_ticks_per_catch_up,
         ),
         Trial::test(
-            "pause_and_resume_hold_across_processes",
-            pause_and_resume_hold_across_processes,
+            "sqlite_pause_and_resume_hold_across_processes",
+            sqlite_pause_and_resume_hold_across_processes,
+        ),
+        Trial::test(
+            "postgres_pause_and_resume_hold_across_processes",
+            postgres_pause_and_resume_hold_across_processes,
         ),
         Trial::test(
             "schedules_added_at_run_time_fire_in_memory",
