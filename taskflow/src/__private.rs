@@ -18,6 +18,7 @@ pub use taskflow_worker::resource::{ResourceKey, Resources};
 pub use taskflow_worker::{CodecError, Resource, TaskError};
 
 use crate::call::TaskCall;
+pub use crate::schedule::{CatchUp, ScheduleEntry};
 
 pub use tokio;
 

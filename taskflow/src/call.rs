@@ -242,6 +242,23 @@ impl<T: 'static> TaskCall<T> {
         }
     }
 
+    /// What a schedule added with this call enqueues at each tick: the
+    /// task, its encoded arguments, tags, and queue and priority if set.
+    pub(crate) fn into_schedule_call(self) -> Result<crate::schedule::ticker::Call, Error> {
+        let args = self.args.map_err(|(argument, source)| Error::Argument {
+            task: self.entry.name(),
+            argument,
+            source,
+        })?;
+        Ok(crate::schedule::ticker::Call {
+            entry: self.entry,
+            args,
+            tags: Tags::from_pairs(self.tags),
+            queue: self.placement.queue,
+            priority: self.placement.priority,
+        })
+    }
+
     fn enqueue_into(self, core: &Arc<Core>) -> Result<TaskHandle<T>, Error> {
         let args = self.args.map_err(|(argument, source)| Error::Argument {
             task: self.entry.name(),

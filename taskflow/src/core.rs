@@ -66,6 +66,8 @@ pub(crate) struct Core {
     pub(crate) max_logs: usize,
     /// The dispatcher in-process attempts run under (see `crate::trace`).
     pub(crate) tee: tracing::Dispatch,
+    /// Recurring tasks, and the ticker that fires them.
+    pub(crate) schedules: crate::schedule::ticker::Schedules,
 }
 
 /// What a transition did.
@@ -91,6 +93,8 @@ pub(crate) struct Placement {
     pub(crate) queue: Option<String>,
     pub(crate) priority: Option<i16>,
     pub(crate) run_at: Option<SystemTime>,
+    /// The schedule tick enqueueing it (schedules without a task store).
+    pub(crate) scheduled: Option<crate::schedule::Tick>,
 }
 
 /// What a core is built from.
@@ -125,6 +129,7 @@ impl Core {
             deferred: Mutex::default(),
             max_logs: parts.max_logs,
             tee: parts.tee,
+            schedules: Default::default(),
         }
     }
 
@@ -180,7 +185,8 @@ impl Core {
                 max_size: queue.config().max_size.unwrap_or(0),
             });
         }
-        let origin = Origin::new(self.durable.is_some(), placement.run_at);
+        let mut origin = Origin::new(self.durable.is_some(), placement.run_at);
+        origin.scheduled = placement.scheduled.map(Box::new);
         let cell = Arc::new(TaskCell::new(
             entry,
             args.into_boxed_slice(),
@@ -348,6 +354,7 @@ impl Core {
             durable: true,
             stored: true,
             mirror: false,
+            scheduled: record.scheduled.clone().map(Box::new),
         };
         let cell = Arc::new(TaskCell::new(
             entry,
@@ -380,6 +387,7 @@ impl Core {
             durable: true,
             stored: true,
             mirror: true,
+            scheduled: record.scheduled.clone().map(Box::new),
         };
         // The key too: this instance may yet claim and run the task, and
         // then keeps its output for every other handle, as its owner would.
@@ -515,7 +523,7 @@ impl Core {
         let placement = Placement {
             queue: Some(queue),
             priority: Some(priority),
-            run_at: None,
+            ..Placement::default()
         };
         Ok(self.enqueue(entry, args, tags, None, placement)?.id)
     }
@@ -939,6 +947,7 @@ impl Core {
             if let Some(durable) = &self.durable {
                 durable.close();
             }
+            self.schedules.wake();
         }
         first
     }

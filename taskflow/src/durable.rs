@@ -21,7 +21,9 @@
 //!   asked for and, while the store makes it the one instance doing upkeep
 //!   (`Store::lead`), rescues the RUNNING tasks of instances whose lease
 //!   expired (through `lifecycle::next`, one event each) and prunes by
-//!   retention.
+//!   retention. The same leadership decides which instance fires the
+//!   schedules (`schedule::ticker`, which wakes at each tick rather than
+//!   each heartbeat).
 //!   The claimer also follows, once per poll interval (at once when the
 //!   store says another instance finished tasks), the tasks that handles
 //!   here await while another instance runs them.
@@ -109,6 +111,9 @@ pub(crate) struct Durable {
     /// Task names met in the store that this binary does not register,
     /// reported once each.
     unknown: Mutex<HashSet<String>>,
+    /// The store made this instance the one doing upkeep, at the last ask:
+    /// it fires the schedules too.
+    leading: AtomicBool,
 }
 
 impl Durable {
@@ -140,6 +145,7 @@ impl Durable {
             shared: AtomicBool::new(false),
             lapsed: AtomicBool::new(false),
             unknown: Mutex::default(),
+            leading: AtomicBool::new(false),
         }
     }
 
@@ -150,6 +156,17 @@ impl Durable {
 
     pub(crate) fn requeue_pending(&self) -> bool {
         self.settings.requeue_pending
+    }
+
+    /// Whether this instance does the store's upkeep, and so fires the
+    /// schedules (as of the keeper's last ask).
+    pub(crate) fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// How often the keeper renews the lease.
+    pub(crate) fn heartbeat(&self) -> Duration {
+        self.settings.heartbeat
     }
 
     /// Registers this instance and rescues what dead instances left, then
@@ -305,7 +322,7 @@ impl Durable {
     /// Reports the first failure of a run of them.
     /// The loss of the store is reported once whatever noticed it first (a
     /// write, a claim, a heartbeat), and no later answer clears it.
-    fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
+    pub(crate) fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
         let first_report = match error {
             StoreError::Lost(_) => {
                 self.failing.store(true, Ordering::Release);
@@ -324,7 +341,7 @@ impl Durable {
 
     /// The store answered again. Not after a loss, which is for good: an
     /// answer from before it, handled late, must not clear the report.
-    fn recovered(&self) {
+    pub(crate) fn recovered(&self) {
         if self.loss_reported.load(Ordering::Acquire) {
             return;
         }
@@ -1113,8 +1130,9 @@ async fn keeper(core: Weak<Core>) {
 
 /// Whether this instance does the store's upkeep (rescue, retention) now:
 /// the store grants it to one instance at a time, for a lease.
+/// Schedules fire on the instance that leads, too (see `schedule::ticker`).
 async fn leads(core: &Arc<Core>, durable: &Durable) -> bool {
-    match durable
+    let leads = match durable
         .store
         .lead(&durable.instance.id, durable.settings.lease)
         .await
@@ -1124,7 +1142,11 @@ async fn leads(core: &Arc<Core>, durable: &Durable) -> bool {
             durable.failed(core, None, &error);
             false
         }
+    };
+    if !durable.leading.swap(leads, Ordering::AcqRel) && leads {
+        core.schedules.wake();
     }
+    leads
 }
 
 /// This instance's lease was taken while it could not renew it (frozen,

@@ -8,6 +8,7 @@ use taskflow_worker::registry::DuplicateTask;
 use taskflow_worker::{CodecError, TaskId};
 
 use crate::lifecycle::TaskStatus;
+use crate::schedule::ScheduleError;
 use crate::store::StoreError;
 
 /// Why a call into taskflow failed.
@@ -233,6 +234,22 @@ pub enum Error {
         /// Its final status.
         status: TaskStatus,
     },
+    /// A schedule's expression, time zone or option is invalid; the error
+    /// names the field.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// No schedule has this name.
+    #[error("no schedule named `{0}`")]
+    UnknownSchedule(String),
+    /// A schedule with this name exists already.
+    #[error("a schedule named `{0}` exists already; remove it first or choose another name")]
+    ScheduleExists(String),
+    /// The schedule is declared with `#[task(every | cron = …)]`: it comes
+    /// back at every start, so it can be paused but not removed.
+    #[error(
+        "schedule `{0}` is declared on its task; pause it, or remove `every`/`cron` from the task"
+    )]
+    ScheduleDeclared(String),
 }
 
 impl Error {

@@ -220,6 +220,49 @@
 //! # }
 //! ```
 //!
+//! ## Schedules
+//!
+//! `#[task(every = "5m")]` or `#[task(cron = "0 9 * * MON-FRI", timezone =
+//! "Europe/Paris")]` makes a task (one without arguments) recurring; a
+//! [`Schedule`] added at run time enqueues a call with arguments at each
+//! tick. With a task store each tick makes exactly one task however many
+//! processes or hosts run the schedule, pauses are shared, and ticks missed
+//! while none ran are handled per `catch_up` ([`CatchUp`]). A fired task's
+//! record names its schedule and tick.
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskflow::{Schedule, TaskFilter, TaskManager, task};
+//!
+//! #[task(every = "50ms")]
+//! async fn heartbeat() {}
+//!
+//! #[task]
+//! async fn remind(who: String) -> String {
+//!     format!("reminded {who}")
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tasks = TaskManager::builder().build().await?;
+//! let every = Schedule::every(Duration::from_millis(50))?;
+//! tasks.add_schedule("remind-ada", every, remind::call("ada".into())).await?;
+//! tokio::time::sleep(Duration::from_millis(200)).await;
+//!
+//! let fired = tasks.list(&TaskFilter::new().schedule("remind-ada")).await?;
+//! assert!(!fired.is_empty());
+//! let tick = fired[0].scheduled.clone().expect("fired by a schedule");
+//! assert_eq!(tick.schedule, "remind-ada");
+//! assert!(tasks.schedules().await?.iter().any(|s| s.name == heartbeat::NAME));
+//!
+//! tasks.pause_schedule("remind-ada").await?; // with a store: for every instance
+//! let bad = Schedule::cron_in("0 9 * * MON-FRI", "Europe/Pariss").unwrap_err();
+//! assert_eq!(bad.field(), "timezone");
+//! tasks.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Worker processes
 //!
 //! `#[task(executor = "process")]` runs a CPU-bound task in a worker
@@ -310,6 +353,7 @@ mod lifecycle;
 mod manager;
 mod queue;
 mod record;
+mod schedule;
 pub mod store;
 mod tally;
 mod trace;
@@ -330,6 +374,7 @@ pub use lifecycle::{ParseStatusError, TaskStatus};
 pub use manager::{ShutdownReport, TaskManager, TaskManagerBuilder};
 pub use queue::{DEFAULT_QUEUE, QueueConfig, QueueStats};
 pub use record::{Metrics, TaskFilter, TaskRecord};
+pub use schedule::{CatchUp, Schedule, ScheduleError, ScheduleInfo, Tick};
 pub use taskflow_macros::{main, task};
 pub use taskflow_worker::log::log;
 pub use taskflow_worker::{

@@ -248,6 +248,124 @@ impl TaskManager {
         Ok(stats)
     }
 
+    /// Every schedule: those declared with `#[task(every | cron = …)]` and
+    /// those added with [`add_schedule`](Self::add_schedule), with the next
+    /// tick, the last tick fired and the task it created. With a task store
+    /// this is every instance's view, read from the store.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), taskflow::Error> {
+    /// use taskflow::{Schedule, TaskManager, task};
+    ///
+    /// #[task]
+    /// async fn cleanup(days: u32) {}
+    ///
+    /// let tasks = TaskManager::builder().build().await?;
+    /// tasks.add_schedule("cleanup-30", Schedule::parse_every("5m")?, cleanup::call(30)).await?;
+    /// let schedules = tasks.schedules().await?;
+    /// let added = schedules.iter().find(|s| s.name == "cleanup-30").expect("listed");
+    /// assert!(!added.declared && !added.paused && added.next_fire.is_some());
+    /// tasks.pause_schedule("cleanup-30").await?;
+    /// tasks.remove_schedule("cleanup-30").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn schedules(&self) -> Result<Vec<crate::ScheduleInfo>, Error> {
+        crate::schedule::ticker::list(self.core()).await
+    }
+
+    /// Pauses schedule `name`: it fires nothing until resumed. With a task
+    /// store the pause is stored, so every instance sharing it stops firing
+    /// it, and it stays paused across restarts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownSchedule`], and store failures.
+    pub async fn pause_schedule(&self, name: &str) -> Result<(), Error> {
+        crate::schedule::ticker::set_paused(self.core(), name, true).await
+    }
+
+    /// Resumes schedule `name` after [`pause_schedule`](Self::pause_schedule).
+    /// The ticks it slept through are not fired: it goes on from its next
+    /// tick.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownSchedule`], and store failures.
+    pub async fn resume_schedule(&self, name: &str) -> Result<(), Error> {
+        crate::schedule::ticker::set_paused(self.core(), name, false).await
+    }
+
+    /// Adds schedule `name`, which enqueues `call` (its arguments, tags,
+    /// queue and priority; not its delay or idempotency key) at each tick
+    /// of `schedule`, with `catch_up = "one"`. With a task store it is
+    /// stored: every instance sharing the store fires it (each tick once),
+    /// and it survives restarts until [`remove_schedule`](Self::remove_schedule).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use taskflow::{Schedule, TaskManager, task};
+    ///
+    /// #[task]
+    /// async fn report(customer: u64) {}
+    ///
+    /// let tasks = TaskManager::builder().build().await?;
+    /// let weekdays = Schedule::cron_in("0 9 * * MON-FRI", "Europe/Paris")?;
+    /// tasks.add_schedule("report-42", weekdays, report::call(42).queue("reports")).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ScheduleExists`] for a name taken, [`Error::Schedule`] for
+    /// an invalid name, [`Error::Argument`] for arguments that cannot be
+    /// encoded, [`Error::InvalidQueue`], and store failures.
+    pub async fn add_schedule<T: 'static>(
+        &self,
+        name: &str,
+        schedule: crate::Schedule,
+        call: crate::TaskCall<T>,
+    ) -> Result<(), Error> {
+        self.add_schedule_with(name, schedule, call, crate::CatchUp::One)
+            .await
+    }
+
+    /// As [`add_schedule`](Self::add_schedule), with what to do about
+    /// ticks missed while no instance ran ([`CatchUp`](crate::CatchUp)).
+    ///
+    /// # Errors
+    ///
+    /// As [`add_schedule`](Self::add_schedule).
+    pub async fn add_schedule_with<T: 'static>(
+        &self,
+        name: &str,
+        schedule: crate::Schedule,
+        call: crate::TaskCall<T>,
+        catch_up: crate::CatchUp,
+    ) -> Result<(), Error> {
+        let call = call.into_schedule_call()?;
+        crate::schedule::ticker::add(self.core(), name, schedule, call, catch_up).await
+    }
+
+    /// Removes schedule `name`, added with [`add_schedule`](Self::add_schedule),
+    /// for every instance; the tasks it fired stay.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownSchedule`], [`Error::ScheduleDeclared`] for a
+    /// schedule declared on its task (pause it instead), and store
+    /// failures.
+    pub async fn remove_schedule(&self, name: &str) -> Result<(), Error> {
+        crate::schedule::ticker::remove(self.core(), name).await
+    }
+
     /// Whether [`shutdown`](Self::shutdown) has begun.
     pub fn is_shut_down(&self) -> bool {
         self.inner.core.is_closed()
@@ -892,6 +1010,7 @@ impl TaskManagerBuilder {
         }));
         SyncExecutor::start(&core)?;
         Durable::start(&core).await?;
+        crate::schedule::ticker::start(&core).await?;
         Ok(TaskManager {
             inner: Arc::new(Inner {
                 core,

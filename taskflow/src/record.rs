@@ -18,6 +18,7 @@ use tokio::task::AbortHandle;
 
 use crate::lifecycle::TaskStatus;
 use crate::queue::Queue;
+use crate::schedule::Tick;
 
 /// What a successful attempt produced.
 pub(crate) enum Produced {
@@ -41,6 +42,8 @@ pub(crate) struct TaskCell {
     pub(crate) queue: Arc<Queue>,
     /// Higher runs first within its queue.
     pub(crate) priority: i16,
+    /// The schedule tick that created it, if one did.
+    pub(crate) scheduled: Option<Box<Tick>>,
     /// Flags: see the `FLAG_*` constants.
     flags: AtomicU8,
     /// Place in the memory window of finished records (0: none yet).
@@ -81,6 +84,8 @@ pub(crate) struct Origin {
     pub(crate) durable: bool,
     pub(crate) stored: bool,
     pub(crate) mirror: bool,
+    /// The schedule tick that created it.
+    pub(crate) scheduled: Option<Box<Tick>>,
 }
 
 impl Origin {
@@ -97,6 +102,7 @@ impl Origin {
             durable,
             stored: false,
             mirror: false,
+            scheduled: None,
         }
     }
 }
@@ -214,6 +220,7 @@ impl TaskCell {
             key,
             queue,
             priority,
+            scheduled: origin.scheduled,
             flags: AtomicU8::new(flags),
             window_seq: AtomicU64::new(0),
             state: Mutex::new(CellState {
@@ -411,6 +418,7 @@ impl TaskCell {
                 .map(|extra| extra.logs.iter().cloned().collect())
                 .unwrap_or_default(),
             logs_dropped: extra.map_or(0, |extra| extra.logs_dropped),
+            scheduled: self.scheduled.as_deref().cloned(),
         }
     }
 }
@@ -453,6 +461,9 @@ pub struct TaskRecord {
     pub logs: Vec<LogRecord>,
     /// Log lines past the per-task cap, counted but not kept.
     pub logs_dropped: u32,
+    /// The schedule and tick that created it, for a task a schedule
+    /// fired; `None` for one enqueued by a call.
+    pub scheduled: Option<Tick>,
 }
 
 impl TaskRecord {
@@ -480,6 +491,14 @@ impl TaskRecord {
 ///     .created_after(hour_ago)
 ///     .limit(20);
 /// # let _ = filter;
+/// // One-off tasks due next week, and what a schedule fired:
+/// let week = Duration::from_secs(7 * 24 * 3600);
+/// let upcoming = TaskFilter::new()
+///     .status(TaskStatus::Pending)
+///     .run_after(SystemTime::now())
+///     .run_before(SystemTime::now() + week);
+/// let nightly = TaskFilter::new().schedule("app::nightly_report");
+/// # let _ = (upcoming, nightly);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -496,6 +515,12 @@ pub struct TaskFilter {
     pub created_after: Option<SystemTime>,
     /// Only tasks enqueued before this time.
     pub created_before: Option<SystemTime>,
+    /// Only tasks whose `run_at` is at or after this time.
+    pub run_after: Option<SystemTime>,
+    /// Only tasks whose `run_at` is before this time.
+    pub run_before: Option<SystemTime>,
+    /// Only tasks this schedule fired.
+    pub schedule: Option<String>,
     /// Only tasks older than this one (ids sort by creation): the cursor.
     pub before: Option<TaskId>,
     /// At most this many (the newest that match).
@@ -544,6 +569,27 @@ impl TaskFilter {
         self
     }
 
+    /// Only tasks whose `run_at` (when they may start) is at or after
+    /// `time`: with [`run_before`](Self::run_before) and a PENDING status,
+    /// the one-off tasks due in a window.
+    pub fn run_after(mut self, time: SystemTime) -> Self {
+        self.run_after = Some(time);
+        self
+    }
+
+    /// Only tasks whose `run_at` is before `time`.
+    pub fn run_before(mut self, time: SystemTime) -> Self {
+        self.run_before = Some(time);
+        self
+    }
+
+    /// Only tasks the schedule `name` fired (see
+    /// [`TaskRecord::scheduled`]).
+    pub fn schedule(mut self, name: impl Into<String>) -> Self {
+        self.schedule = Some(name.into());
+        self
+    }
+
     /// Only tasks enqueued before task `id`: pass the last id of a page to
     /// get the next one.
     pub fn before(mut self, id: TaskId) -> Self {
@@ -568,6 +614,14 @@ impl TaskFilter {
                 .is_none_or(|(k, v)| record.tags.get(k) == Some(v.as_str()))
             && self.created_after.is_none_or(|t| record.created_at >= t)
             && self.created_before.is_none_or(|t| record.created_at < t)
+            && self.run_after.is_none_or(|t| record.run_at >= t)
+            && self.run_before.is_none_or(|t| record.run_at < t)
+            && self.schedule.as_deref().is_none_or(|name| {
+                record
+                    .scheduled
+                    .as_ref()
+                    .is_some_and(|tick| tick.schedule == name)
+            })
             && self.before.is_none_or(|id| record.id < id)
     }
 }

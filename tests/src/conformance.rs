@@ -6,12 +6,14 @@
 //! changes, claims (filters, order, exclusivity, paused queues, the next
 //! ready time, cancel requests, the claimer's lease), reads and listing with
 //! every filter and the cursor, leases, orphans (of expired instances and of
-//! owners with no lease at all), capped logs, retention, queue counts and
-//! unfinished names; and, through a `TaskManager` on the same storage, that
-//! the upkeep rescues what the contract says is dead. A backend passes when
-//! the function returns; otherwise
-//! it panics once, listing every check that failed and which part of the
-//! contract each broke.
+//! owners with no lease at all), capped logs, retention, queue counts,
+//! unfinished names, and schedules (a tick fired by racing callers on two
+//! handles writes one task; pauses, `since` and unknown schedules refuse a
+//! fire; definitions and state kept; listing by schedule and `run_at`); and,
+//! through a `TaskManager` on the same storage, that the upkeep rescues what
+//! the contract says is dead. A backend passes when the function returns;
+//! otherwise it panics once, listing every check that failed and which part
+//! of the contract each broke.
 //!
 //! Each check runs against storage of its own, named after the check, so
 //! checks are independent (a failure in one cannot cascade into another)
@@ -71,12 +73,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use taskflow::store::{
-    BoxFuture, Change, Claimed, Demand, Expect, Inserted, InstanceInfo, LogLine, NewTask, QueueRow,
-    Row, Store, StoreError, StoredTask, TaskState,
+    BoxFuture, Change, Claimed, Demand, Expect, Fire, Fired, Inserted, InstanceInfo, LogLine,
+    NewTask, QueueRow, Row, ScheduleRow, Store, StoreError, StoredTask, TaskState,
 };
 use taskflow::{
-    ErrorKind, EventKind, Executor, LogLevel, LogRecord, Tags, TaskError, TaskFilter, TaskId,
-    TaskManagerBuilder, TaskStatus,
+    CatchUp, ErrorKind, EventKind, Executor, LogLevel, LogRecord, Tags, TaskError, TaskFilter,
+    TaskId, TaskManagerBuilder, TaskStatus, Tick,
 };
 
 use crate::{PATIENCE, wait_for_status, within};
@@ -201,6 +203,10 @@ const CHECKS: &[(&str, Check)] = checks![
     prune_removes_only_old_finished_tasks,
     queues_count_work_and_share_pauses,
     unfinished_names_lists_each_once,
+    fire_writes_one_task_per_tick,
+    fire_refuses_paused_stale_and_unknown_schedules,
+    schedules_keep_their_definition_and_state,
+    list_filters_by_schedule_and_run_at,
 ];
 
 // ------------------------------------------------------------------ helpers
@@ -2937,5 +2943,422 @@ async fn unfinished_names_lists_each_once(storage: Storage) {
             "conformance::running",
         ],
         "unfinished_names must list the names of PENDING and RUNNING tasks, each once"
+    );
+}
+
+// ---------------------------------------------------------------- schedules
+
+/// Schedule `name` of [`NAME`], every second, created at `at(0)`.
+fn schedule_row(name: &str) -> ScheduleRow {
+    ScheduleRow::new(name, NAME, "every 1000", at(0))
+}
+
+/// The fire of tick `at(tick)` of `schedule`, its task created at
+/// `at(tick + created)` (distinct ids for racing fires of one tick).
+fn fire_of(schedule: &str, tick: u64, created: u64) -> Fire {
+    let mut task = NewTask::new(
+        TaskId::at(at(tick + created)),
+        NAME,
+        Executor::Async,
+        at(tick + created),
+    );
+    task.state = TaskState::pending(at(tick));
+    task.tags = Tags::from_pairs([("origin", schedule)]);
+    Fire::new(schedule, at(tick), task)
+}
+
+async fn fire(store: &dyn Store, fire: Fire, what: &str) -> Fired {
+    let answers = ok(store.fire(vec![fire]).await, what);
+    assert_eq!(answers.len(), 1, "{what}: fire answers each fire");
+    answers[0]
+}
+
+async fn fire_writes_one_task_per_tick(storage: Storage) {
+    const TICKS: u64 = 8;
+    const FIRERS: u64 = 4;
+    let first = storage.open().await;
+    let second = storage.open().await;
+    ok(
+        first.add_schedule(schedule_row("every-second")).await,
+        "add_schedule",
+    );
+    // Four firers on two handles fire every tick at once, each with a task
+    // of its own: one task per tick goes in.
+    let mut firers = Vec::new();
+    for firer in 0..FIRERS {
+        let store = match firer % 2 {
+            0 => first.clone(),
+            _ => second.clone(),
+        };
+        firers.push(tokio::spawn(async move {
+            let mut new = Vec::new();
+            for tick in 1..=TICKS {
+                let fired = fire(
+                    store.as_ref(),
+                    fire_of("every-second", tick * 1000, firer + 1),
+                    "a racing fire",
+                )
+                .await;
+                match fired {
+                    Fired::New => new.push(tick),
+                    Fired::Taken => {}
+                    other => panic!("fire of a tick fired by another firer: {other:?}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            new
+        }));
+    }
+    let mut fired: Vec<u64> = Vec::new();
+    for firer in firers {
+        fired.extend(firer.await.expect("a firer does not panic"));
+    }
+    fired.sort_unstable();
+    assert_eq!(
+        fired,
+        (1..=TICKS).collect::<Vec<_>>(),
+        "fire: exactly one of the racing fires of each tick writes its task"
+    );
+    let listed = ok(
+        second
+            .list(&TaskFilter::new().schedule("every-second"))
+            .await,
+        "list by schedule",
+    );
+    let mut ticks: Vec<SystemTime> = listed
+        .tasks
+        .iter()
+        .map(|task| {
+            let tick = task
+                .record
+                .scheduled
+                .clone()
+                .expect("a fired task names its schedule and tick");
+            assert_eq!(tick.schedule, "every-second");
+            assert_eq!(task.record.status, TaskStatus::Pending);
+            assert_eq!(
+                task.record.run_at, tick.at,
+                "a fired task is due at its tick"
+            );
+            assert_eq!(
+                task.record.tags.get("origin"),
+                Some("every-second"),
+                "a fired task keeps its tags"
+            );
+            tick.at
+        })
+        .collect();
+    ticks.sort();
+    assert_eq!(
+        ticks,
+        (1..=TICKS).map(|tick| at(tick * 1000)).collect::<Vec<_>>(),
+        "list: one task per tick, each naming its tick"
+    );
+    // The schedule's state names the last fire.
+    let rows = ok(first.schedules().await, "schedules");
+    let row = rows
+        .iter()
+        .filter_map(|row| row.as_ref().ok())
+        .find(|row| row.name == "every-second")
+        .expect("the schedule is stored");
+    assert_eq!(
+        row.last_tick,
+        Some(at(TICKS * 1000)),
+        "schedules: last tick"
+    );
+    let last = listed
+        .tasks
+        .iter()
+        .find(|task| task.record.scheduled.as_ref().map(|t| t.at) == Some(at(TICKS * 1000)))
+        .expect("the last tick's task");
+    assert_eq!(row.last_task, Some(last.record.id), "schedules: last task");
+    // An earlier tick, or the last one again, writes nothing.
+    for tick in [3, TICKS] {
+        assert_eq!(
+            fire(
+                first.as_ref(),
+                fire_of("every-second", tick * 1000, 50),
+                "a late fire"
+            )
+            .await,
+            Fired::Taken,
+            "fire of tick {tick}, at or before the last fired one"
+        );
+    }
+    // A batch answers each fire in order: later ticks of one schedule
+    // after earlier ones, a tick repeated within the batch taken.
+    let batch: Vec<Fire> = [9, 10, 10, 11]
+        .into_iter()
+        .enumerate()
+        .map(|(n, tick)| fire_of("every-second", tick * 1000, 70 + n as u64))
+        .collect();
+    assert_eq!(
+        ok(second.fire(batch).await, "a batch of fires"),
+        [Fired::New, Fired::New, Fired::Taken, Fired::New],
+        "fire: a batch is answered fire by fire, in order"
+    );
+    // A task another schedule fires at the same tick is its own.
+    ok(
+        first.add_schedule(schedule_row("twin")).await,
+        "add_schedule",
+    );
+    assert_eq!(
+        fire(
+            first.as_ref(),
+            fire_of("twin", 1000, 60),
+            "another schedule's tick"
+        )
+        .await,
+        Fired::New,
+        "fire: ticks are unique per schedule, not across schedules"
+    );
+}
+
+async fn fire_refuses_paused_stale_and_unknown_schedules(storage: Storage) {
+    let store = storage.open().await;
+    let other = storage.open().await;
+    let store = store.as_ref();
+    assert_eq!(
+        fire(
+            store,
+            fire_of("nowhere", 1000, 1),
+            "fire of an unknown schedule"
+        )
+        .await,
+        Fired::Unknown,
+        "fire: a schedule that is not stored fires nothing"
+    );
+    ok(
+        store.add_schedule(schedule_row("nightly")).await,
+        "add_schedule",
+    );
+    assert!(
+        ok(
+            other.set_schedule_paused("nightly", true, at(1500)).await,
+            "pause"
+        ),
+        "set_schedule_paused: the schedule exists"
+    );
+    assert_eq!(
+        fire(store, fire_of("nightly", 2000, 1), "fire while paused").await,
+        Fired::Paused,
+        "fire: a schedule paused through another handle fires nothing"
+    );
+    assert!(ok(
+        other.set_schedule_paused("nightly", false, at(5500)).await,
+        "resume"
+    ));
+    // The ticks it slept through are not fired after the resume...
+    assert_eq!(
+        fire(
+            store,
+            fire_of("nightly", 5000, 1),
+            "fire of a tick slept through"
+        )
+        .await,
+        Fired::Stale,
+        "fire: a tick at or before the resume is not fired"
+    );
+    // ...unless asked (a schedule that runs on start).
+    let mut on_start = fire_of("nightly", 5000, 2);
+    on_start.ignore_since = true;
+    assert_eq!(
+        fire(store, on_start, "fire ignoring since").await,
+        Fired::New,
+        "fire: ignore_since fires a tick before since"
+    );
+    assert_eq!(
+        fire(store, fire_of("nightly", 6000, 1), "fire after the resume").await,
+        Fired::New,
+        "fire: a resumed schedule fires its next tick"
+    );
+    assert!(
+        !ok(
+            store.set_schedule_paused("nowhere", true, at(7000)).await,
+            "pause unknown"
+        ),
+        "set_schedule_paused: an unknown schedule is not found"
+    );
+    let listed = ok(
+        store.list(&TaskFilter::new().schedule("nightly")).await,
+        "list",
+    );
+    assert_eq!(
+        listed.tasks.len(),
+        2,
+        "only the two fires that went in wrote tasks"
+    );
+}
+
+async fn schedules_keep_their_definition_and_state(storage: Storage) {
+    let store = storage.open().await;
+    let other = storage.open().await;
+    let store = store.as_ref();
+    assert!(
+        ok(store.schedules().await, "schedules").is_empty(),
+        "schedules of an empty store"
+    );
+    let mut declared =
+        ScheduleRow::new("app::report", "app::report", "cron 0 9 * * MON-FRI", at(0));
+    declared.timezone = Some("Europe/Paris".to_owned());
+    declared.declared = true;
+    declared.catch_up = CatchUp::Skip;
+    let mut added = schedule_row("cleanup");
+    added.args = vec![1, 2, 3];
+    added.tags = Tags::from_pairs([("tenant", "acme")]);
+    added.queue = Some("maintenance".to_owned());
+    added.priority = Some(-3);
+    ok(
+        store.declare_schedules(vec![declared.clone()]).await,
+        "declare_schedules",
+    );
+    assert!(ok(store.add_schedule(added.clone()).await, "add_schedule"));
+    assert!(
+        !ok(
+            other.add_schedule(schedule_row("cleanup")).await,
+            "add again"
+        ),
+        "add_schedule: a name taken is refused"
+    );
+    let read = |rows: Vec<taskflow::store::ScheduleRead>| -> Vec<ScheduleRow> {
+        rows.into_iter()
+            .map(|row| row.expect("a schedule row reads back"))
+            .collect()
+    };
+    let rows = read(ok(other.schedules().await, "schedules"));
+    assert_eq!(
+        rows,
+        vec![declared.clone(), added.clone()],
+        "schedules: every field as written, by name"
+    );
+    // Fired and paused, then declared again with a new definition: the
+    // definition changes, the state stays.
+    assert_eq!(
+        fire(store, fire_of("app::report", 3000, 1), "fire").await,
+        Fired::New
+    );
+    assert!(ok(
+        store
+            .set_schedule_paused("app::report", true, at(4000))
+            .await,
+        "pause"
+    ));
+    let mut redeclared = declared.clone();
+    redeclared.spec = "cron 0 10 * * *".to_owned();
+    redeclared.catch_up = CatchUp::One;
+    redeclared.since = at(9000);
+    // A declaration never takes over a schedule added at run time.
+    let mut clash = schedule_row("cleanup");
+    clash.declared = true;
+    clash.spec = "every 5000".to_owned();
+    ok(
+        other
+            .declare_schedules(vec![redeclared.clone(), clash])
+            .await,
+        "declare again",
+    );
+    let rows = read(ok(store.schedules().await, "schedules"));
+    let report = &rows[0];
+    assert_eq!(
+        (&report.spec, report.catch_up),
+        (&redeclared.spec, CatchUp::One),
+        "declare_schedules: a declared schedule takes the new definition"
+    );
+    assert_eq!(
+        (report.paused, report.since, report.last_tick),
+        (true, at(0), Some(at(3000))),
+        "declare_schedules: a declared schedule keeps its state"
+    );
+    assert_eq!(
+        rows[1], added,
+        "declare_schedules: an added schedule is left alone"
+    );
+    assert!(ok(other.remove_schedule("cleanup").await, "remove"));
+    assert!(
+        !ok(other.remove_schedule("cleanup").await, "remove again"),
+        "remove_schedule: whether it existed"
+    );
+    let names: Vec<String> = read(ok(store.schedules().await, "schedules"))
+        .into_iter()
+        .map(|row| row.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["app::report"],
+        "remove_schedule deletes the schedule"
+    );
+    let tasks = ok(
+        store.list(&TaskFilter::new().schedule("app::report")).await,
+        "list",
+    );
+    assert_eq!(
+        tasks.tasks.len(),
+        1,
+        "a schedule's tasks outlive changes to it"
+    );
+}
+
+async fn list_filters_by_schedule_and_run_at(storage: Storage) {
+    let store = storage.open().await;
+    let store = store.as_ref();
+    let mut later = task(1);
+    later.state = TaskState::pending(at(50_000));
+    let mut latest = task(2);
+    latest.state = TaskState::pending(at(90_000));
+    let now = task(3);
+    insert(
+        store,
+        vec![later.clone(), latest.clone(), now.clone()],
+        "insert",
+    )
+    .await;
+    ok(store.add_schedule(schedule_row("s")).await, "add_schedule");
+    let tick = fire_of("s", 4000, 1);
+    let fired = tick.task.id;
+    assert_eq!(fire(store, tick, "fire").await, Fired::New);
+    let listed = |filter: TaskFilter| async move {
+        let mut ids: Vec<TaskId> = ok(store.list(&filter).await, "list")
+            .tasks
+            .into_iter()
+            .map(|task| task.record.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        listed(TaskFilter::new().run_after(at(10_000))).await,
+        vec![later.id, latest.id],
+        "list: run_after keeps tasks due at or after the time"
+    );
+    assert_eq!(
+        listed(
+            TaskFilter::new()
+                .run_after(at(50_000))
+                .run_before(at(90_000))
+        )
+        .await,
+        vec![later.id],
+        "list: run_before keeps tasks due before the time"
+    );
+    assert_eq!(
+        listed(TaskFilter::new().schedule("s")).await,
+        vec![fired],
+        "list: schedule keeps the tasks that schedule fired"
+    );
+    assert_eq!(
+        listed(TaskFilter::new().schedule("t")).await,
+        Vec::<TaskId>::new(),
+        "list: another schedule's tasks are left out"
+    );
+    let got = get(store, fired, "get").await;
+    assert_eq!(
+        got.record.scheduled,
+        Some(Tick::new("s", at(4000))),
+        "get: a fired task's record names its schedule and tick"
+    );
+    assert_eq!(
+        get(store, now.id, "get").await.record.scheduled,
+        None,
+        "get: an enqueued task names no schedule"
     );
 }

@@ -189,13 +189,15 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `command`, whose stdout (and stdin, to [`say`](Self::say)
-    /// or [`stop`](Self::stop)) must be piped.
+    /// Starts `command` with its stdin and stdout piped.
     ///
     /// # Panics
     ///
     /// When it cannot start.
     pub fn start(mut command: Command) -> Self {
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
         let mut child = command.spawn().expect("the scenario starts");
         let out = lines(&mut child);
         let (send, lines) = mpsc::channel();

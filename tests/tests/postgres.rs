@@ -236,7 +236,12 @@ fn hosts_starting_at_once_migrate_once() -> Result<(), Failed> {
             .await;
         let versions: Vec<(i32, i64)> =
             applied.iter().map(|row| (row.get(0), row.get(1))).collect();
-        assert_eq!(versions, [(1, 1)], "each migration is applied once");
+        let once: Vec<(i32, i64)> = (1..=versions.len() as i32).map(|v| (v, 1)).collect();
+        assert!(
+            versions.len() >= 2,
+            "every migration is applied: {versions:?}"
+        );
+        assert_eq!(versions, once, "each migration is applied once");
         // And all four work on the one schema.
         let now = std::time::SystemTime::now();
         let task = NewTask::new(TaskId::at(now), "postgres::add", Executor::Async, now);

@@ -1,7 +1,8 @@
 //! The storage seam: everything durable goes through [`Store`].
 //!
 //! A store keeps task rows, claims ready work for an instance, keeps instance
-//! leases, task logs and queue settings. It **persists and claims; it never
+//! leases, task logs, queue settings and schedules, and fires a schedule's
+//! tick as an insert unique on (schedule, tick). It **persists and claims; it never
 //! decides a status**: every status it writes was computed above it by the
 //! lifecycle's one transition function, and arrives as a compare-and-set
 //! ([`Change`] with its [`Expect`]) that the store applies only if the row is
@@ -38,6 +39,7 @@ use taskflow_worker::{Executor, LogRecord, Tags, TaskError, TaskId};
 
 use crate::lifecycle::TaskStatus;
 use crate::record::{TaskFilter, TaskRecord};
+use crate::schedule::CatchUp;
 
 #[cfg(feature = "postgres")]
 pub(crate) use postgres::insert_in;
@@ -260,6 +262,189 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         let _ = (instance, lease);
         Box::pin(async { Ok(true) })
     }
+
+    /// Fires ticks of schedules, in order, answering each: a fire inserts
+    /// the tick's task, PENDING, naming the schedule and tick, and records
+    /// the tick and task as the schedule's last fire, atomically. The
+    /// insert is unique on (schedule, tick): however many instances fire
+    /// the same tick at once, one task is written and the others are
+    /// answered [`Fired::Taken`], as is a tick at or before the schedule's
+    /// last fired one. Nothing is written for a schedule that is paused
+    /// ([`Fired::Paused`]) or not stored ([`Fired::Unknown`]), nor for a
+    /// tick at or before its [`since`](ScheduleRow::since)
+    /// ([`Fired::Stale`]) unless [`ignore_since`](Fire::ignore_since).
+    /// Each fire is atomic on its own; a batch saves round trips and
+    /// commits.
+    fn fire(&self, fires: Vec<Fire>) -> BoxFuture<'_, Result<Vec<Fired>, StoreError>>;
+
+    /// Writes the schedules a binary declares: each is created with its
+    /// state if absent; a declared one already stored takes the row's
+    /// definition (task, spec, time zone, catch-up, call) and keeps its
+    /// state (paused, since, last fire). A schedule of the same name that
+    /// was added at run time is left as it is.
+    fn declare_schedules(
+        &self,
+        schedules: Vec<ScheduleRow>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Creates a schedule with its state; `false`, writing nothing, when
+    /// one of that name exists.
+    fn add_schedule(&self, schedule: ScheduleRow) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Deletes schedule `name` (its tasks stay). Whether it existed.
+    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Pauses or resumes schedule `name` for every instance. Resuming a
+    /// paused schedule moves its [`since`](ScheduleRow::since) to `now`, so
+    /// the ticks it slept through are never fired. Whether it exists.
+    fn set_schedule_paused<'a>(
+        &'a self,
+        name: &'a str,
+        paused: bool,
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Every stored schedule, by name; a row that cannot be read comes
+    /// back as why.
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRead>, StoreError>>;
+}
+
+/// A schedule as stored: its definition and its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScheduleRow {
+    /// Its name (the task's name for a declared schedule).
+    pub name: String,
+    /// The task it enqueues.
+    pub task: String,
+    /// When it fires: `every <milliseconds>` or `cron <expression>`.
+    pub spec: String,
+    /// The time zone of a cron expression.
+    pub timezone: Option<String>,
+    /// Declared on its task (rather than added at run time).
+    pub declared: bool,
+    /// What it does about missed ticks.
+    pub catch_up: CatchUp,
+    /// The encoded arguments of its task.
+    pub args: Vec<u8>,
+    /// Its task's tags.
+    pub tags: Tags,
+    /// Its task's queue, if not the task's own.
+    pub queue: Option<String>,
+    /// Its task's priority, if not the task's own.
+    pub priority: Option<i16>,
+    /// Paused: it fires nothing.
+    pub paused: bool,
+    /// No tick at or before this fires: its creation, or last resume.
+    pub since: SystemTime,
+    /// The tick it last fired.
+    pub last_tick: Option<SystemTime>,
+    /// The task that fire created.
+    pub last_task: Option<TaskId>,
+}
+
+impl ScheduleRow {
+    /// Schedule `name` of task `task` firing on `spec` (`every <ms>` or
+    /// `cron <expression>`), created at `since`, not paused and never
+    /// fired, with no arguments, tags, queue or priority of its own.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use taskflow::store::ScheduleRow;
+    /// let row = ScheduleRow::new("cleanup", "app::cleanup", "every 300000", SystemTime::now());
+    /// assert!(row.last_tick.is_none() && !row.paused);
+    /// ```
+    pub fn new(
+        name: impl Into<String>,
+        task: impl Into<String>,
+        spec: impl Into<String>,
+        since: SystemTime,
+    ) -> Self {
+        ScheduleRow {
+            name: name.into(),
+            task: task.into(),
+            spec: spec.into(),
+            timezone: None,
+            declared: false,
+            catch_up: CatchUp::One,
+            args: Vec::new(),
+            tags: Tags::default(),
+            queue: None,
+            priority: None,
+            paused: false,
+            since,
+            last_tick: None,
+            last_task: None,
+        }
+    }
+}
+
+/// A stored schedule, or why its row cannot be read.
+pub type ScheduleRead = Result<ScheduleRow, CorruptSchedule>;
+
+/// A stored schedule whose row cannot be read (undecodable tags, another
+/// codec version): reported and left in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CorruptSchedule {
+    /// The schedule's name.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for CorruptSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "schedule `{}` in the task store is corrupt: {}",
+            self.name, self.reason
+        )
+    }
+}
+
+/// One tick of a schedule to fire: see [`Store::fire`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Fire {
+    /// The schedule.
+    pub schedule: String,
+    /// The tick.
+    pub tick: SystemTime,
+    /// The task it creates (PENDING; its claim and idempotency key are
+    /// ignored).
+    pub task: NewTask,
+    /// Fire even a tick at or before the schedule's `since` (a schedule
+    /// that runs on start fires the tick of the period it starts in).
+    pub ignore_since: bool,
+}
+
+impl Fire {
+    /// Fires tick `tick` of `schedule` with `task`.
+    pub fn new(schedule: impl Into<String>, tick: SystemTime, task: NewTask) -> Self {
+        Fire {
+            schedule: schedule.into(),
+            tick,
+            task,
+            ignore_since: false,
+        }
+    }
+}
+
+/// What [`Store::fire`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fired {
+    /// The task is written: this call fired the tick.
+    New,
+    /// Not written: this tick (or a later one) was fired already.
+    Taken,
+    /// Not written: the schedule is paused.
+    Paused,
+    /// Not written: the tick is at or before the schedule's `since`.
+    Stale,
+    /// Not written: no such schedule is stored.
+    Unknown,
 }
 
 /// What a [`Store`] wakes its claimer with (see [`Store::notifications`]).

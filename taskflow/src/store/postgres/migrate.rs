@@ -13,7 +13,10 @@ use tokio_postgres::Client;
 use super::sql::quote;
 
 /// Migrations, applied in order; `schema_migrations` records those applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_tasks.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_tasks.sql"),
+    include_str!("migrations/0002_schedules.sql"),
+];
 
 /// The advisory lock class of migrations ("tfmi"), with the schema's hash
 /// as the second key: two stores in two schemas migrate independently.

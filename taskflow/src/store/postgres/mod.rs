@@ -67,6 +67,7 @@ pub(crate) mod insert;
 mod listen;
 mod migrate;
 mod rows;
+mod schedules;
 mod sql;
 
 use std::collections::{HashMap, HashSet};
@@ -85,8 +86,9 @@ use self::insert::{Failure, Prepared, insert_tasks};
 use self::migrate::{Migrated, migrate};
 use self::sql::{InsertSql, Sql};
 use super::{
-    BoxFuture, Change, Claimed, Demand, Expect, Heartbeat, Inserted, InstanceInfo, Listed, LogLine,
-    NewTask, Notifications, QueueRow, Row, Store, StoreError, queue_rows,
+    BoxFuture, Change, Claimed, Demand, Expect, Fire, Fired, Heartbeat, Inserted, InstanceInfo,
+    Listed, LogLine, NewTask, Notifications, QueueRow, Row, ScheduleRead, ScheduleRow, Store,
+    StoreError, queue_rows,
 };
 use crate::error::Error;
 use crate::record::TaskFilter;
@@ -564,6 +566,56 @@ impl Store for PostgresStore {
             },
         )
     }
+
+    fn fire(&self, fires: Vec<Fire>) -> BoxFuture<'_, Result<Vec<Fired>, StoreError>> {
+        self.run("fire schedules", move |shared, client| async move {
+            let mut answers = Vec::with_capacity(fires.len());
+            for fire in &fires {
+                answers.push(schedules::fire(&shared, &client, fire).await?);
+            }
+            Ok(answers)
+        })
+    }
+
+    fn declare_schedules(&self, rows: Vec<ScheduleRow>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run("declare schedules", move |shared, client| async move {
+            schedules::declare(&shared, &client, &rows).await
+        })
+    }
+
+    fn add_schedule(&self, row: ScheduleRow) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.run("add a schedule", move |shared, client| async move {
+            schedules::add(&shared, &client, &row).await
+        })
+    }
+
+    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_owned();
+        self.run("remove a schedule", move |shared, client| async move {
+            schedules::remove(&shared, &client, &name).await
+        })
+    }
+
+    fn set_schedule_paused<'a>(
+        &'a self,
+        name: &'a str,
+        paused: bool,
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_owned();
+        self.run(
+            "pause or resume a schedule",
+            move |shared, client| async move {
+                schedules::set_paused(&shared, &client, &name, paused, now).await
+            },
+        )
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRead>, StoreError>> {
+        self.run("read schedules", |shared, client| async move {
+            schedules::list(&shared, &client).await
+        })
+    }
 }
 
 /// Applies `changes` in order. Changes to distinct tasks go in one
@@ -916,6 +968,15 @@ async fn list(shared: &Shared, client: &Object, filter: &TaskFilter) -> Result<L
     }
     if let Some(before) = filter.created_before {
         bind("created_at < ?", Box::new(before));
+    }
+    if let Some(after) = filter.run_after {
+        bind("run_at >= ?", Box::new(after));
+    }
+    if let Some(before) = filter.run_before {
+        bind("run_at < ?", Box::new(before));
+    }
+    if let Some(schedule) = &filter.schedule {
+        bind("schedule = ?", Box::new(schedule.clone()));
     }
     if let Some(cursor) = filter.before {
         bind("id < ?", Box::new(cursor.as_uuid()));

@@ -14,6 +14,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use crate::record::TaskRecord;
+use crate::schedule::Tick;
 use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags};
 
 /// Reads a row selected with [`COLUMNS`](super::sql::COLUMNS): the task,
@@ -101,6 +102,13 @@ impl Columns<'_> {
             logs: Vec::new(),
             logs_dropped: u32::try_from(self.get::<i64>(21, "dropped log count")?.max(0))
                 .unwrap_or(u32::MAX),
+            scheduled: match (
+                self.get::<Option<String>>(22, "schedule")?,
+                self.get::<Option<SystemTime>>(23, "tick")?,
+            ) {
+                (Some(schedule), Some(at)) => Some(Tick::new(schedule, at)),
+                _ => None,
+            },
         };
         Ok(StoredTask {
             record,

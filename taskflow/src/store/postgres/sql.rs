@@ -17,7 +17,7 @@ use std::fmt::Write;
 /// Every column a row is read from, in the order `rows::read` expects.
 pub(super) const COLUMNS: &str = "id, name, executor, status, args, tags, attempts, created_at, \
      started_at, finished_at, error_kind, error_message, output, seq, queue, priority, run_at, \
-     idempotency_key, owner, cancel_requested, codec, logs_dropped";
+     idempotency_key, owner, cancel_requested, codec, logs_dropped, schedule, tick";
 
 /// The columns of a log line, as `rows::read_log` expects them.
 const LOG_COLUMNS: &str = "attempt, at, level, target, message, fields";
@@ -406,6 +406,11 @@ impl Sql {
         }
         sql.push_str(&q.fill(&CLAIM_TAKE.replace("{picked}", &picked.join(" UNION ALL "))));
         sql
+    }
+
+    /// `template` for this store's schema (`{s}` and `{COLUMNS}` filled).
+    pub(super) fn fill(&self, template: &str) -> String {
+        Quoted(&self.schema).fill(template)
     }
 
     /// `SELECT {COLUMNS} FROM tasks {condition} ORDER BY id DESC LIMIT $n`.

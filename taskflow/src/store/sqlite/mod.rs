@@ -19,6 +19,7 @@
 //! `PRAGMA user_version`; a file from a newer taskflow is refused.
 
 mod rows;
+mod schedules;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -35,8 +36,9 @@ use taskflow_worker::{Executor, LogRecord, TaskId};
 use self::rows::{COLUMNS, LOG_COLUMNS, micros, status_text, time};
 use self::writer::{FileIdentity, Jobs, Writer, backend};
 use super::{
-    BoxFuture, Change, Claimed, Demand, Expect, Heartbeat, Inserted, InstanceInfo, Listed, LogLine,
-    NewTask, QueueRow, Row, Store, StoreError, queue_rows,
+    BoxFuture, Change, Claimed, Demand, Expect, Fire, Fired, Heartbeat, Inserted, InstanceInfo,
+    Listed, LogLine, NewTask, QueueRow, Row, ScheduleRead, ScheduleRow, Store, StoreError,
+    queue_rows,
 };
 use crate::error::Error;
 use crate::lifecycle::TaskStatus;
@@ -47,6 +49,7 @@ use crate::store::encode_tags;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_tasks.sql"),
     include_str!("migrations/0002_queues_leases_logs.sql"),
+    include_str!("migrations/0003_schedules.sql"),
 ];
 
 /// How the manager opens its store.
@@ -428,6 +431,50 @@ impl Store for SqliteStore {
             )?;
             Ok(())
         }))
+    }
+
+    fn fire(&self, fires: Vec<Fire>) -> BoxFuture<'_, Result<Vec<Fired>, StoreError>> {
+        Box::pin(self.jobs.run("fire schedules", move |db| {
+            fires.iter().map(|fire| schedules::fire(db, fire)).collect()
+        }))
+    }
+
+    fn declare_schedules(&self, rows: Vec<ScheduleRow>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(
+            self.jobs
+                .run("declare schedules", move |db| schedules::declare(db, &rows)),
+        )
+    }
+
+    fn add_schedule(&self, row: ScheduleRow) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(
+            self.jobs
+                .run("add a schedule", move |db| schedules::add(db, &row)),
+        )
+    }
+
+    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(
+            self.jobs
+                .run("remove a schedule", move |db| schedules::remove(db, &name)),
+        )
+    }
+
+    fn set_schedule_paused<'a>(
+        &'a self,
+        name: &'a str,
+        paused: bool,
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let name = name.to_owned();
+        Box::pin(self.jobs.run("pause or resume a schedule", move |db| {
+            schedules::set_paused(db, &name, paused, micros(now))
+        }))
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRead>, StoreError>> {
+        Box::pin(self.read("read schedules", schedules::list))
     }
 }
 
@@ -819,6 +866,18 @@ fn list(db: &Connection, filter: &TaskFilter) -> rusqlite::Result<Listed> {
     if let Some(before) = filter.created_before {
         clauses.push("created_at < ?");
         values.push(Box::new(micros(before)));
+    }
+    if let Some(after) = filter.run_after {
+        clauses.push("run_at >= ?");
+        values.push(Box::new(micros(after)));
+    }
+    if let Some(before) = filter.run_before {
+        clauses.push("run_at < ?");
+        values.push(Box::new(micros(before)));
+    }
+    if let Some(schedule) = &filter.schedule {
+        clauses.push("schedule = ?");
+        values.push(Box::new(schedule.clone()));
     }
     if let Some(cursor) = filter.before {
         clauses.push("id < ?");

@@ -15,12 +15,13 @@ use taskflow_worker::{ErrorKind, Executor, LogLevel, LogRecord, TaskError, TaskI
 
 use crate::lifecycle::TaskStatus;
 use crate::record::TaskRecord;
+use crate::schedule::Tick;
 use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags};
 
 /// The columns [`read`] expects, in order.
 pub(super) const COLUMNS: &str = "id, name, executor, status, args, tags, attempts, created_at, \
      started_at, finished_at, error_kind, error_message, output, rowid, queue, priority, run_at, \
-     idempotency_key, owner, cancel_requested, codec, logs_dropped";
+     idempotency_key, owner, cancel_requested, codec, logs_dropped, schedule, tick";
 
 /// Microseconds since the epoch, as stored.
 pub(super) fn micros(time: SystemTime) -> i64 {
@@ -155,6 +156,10 @@ impl Columns<'_, '_> {
                 .integer(21, "dropped log count")?
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(u32::MAX),
+            scheduled: match (self.text(22, "schedule")?, self.time(23, "tick")?) {
+                (Some(schedule), Some(at)) => Some(Tick::new(schedule, at)),
+                _ => None,
+            },
         };
         Ok(StoredTask {
             record,
