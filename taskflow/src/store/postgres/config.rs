@@ -73,12 +73,21 @@ impl PostgresConfig {
     /// listen on ([`listen_url`](Self::listen_url)).
     ///
     /// Connections the pool opens for the store are driven by the store's
-    /// thread, so they stop with it: make the pool recycle closed ones
-    /// (deadpool does by default).
+    /// thread, so they stop with it: when the store is dropped, the pool's
+    /// idle connections are taken out of it, and its next `get` opens a
+    /// fresh one rather than hand out one that is closing.
     pub fn with_pool(pool: Pool) -> Self {
         PostgresConfig {
             source: Source::Pool(pool),
             ..PostgresConfig::new(String::new())
+        }
+    }
+
+    /// The application's pool, when the store was lent one.
+    pub(super) fn lent_pool(&self) -> Option<&Pool> {
+        match &self.source {
+            Source::Pool(pool) => Some(pool),
+            Source::Url(_) => None,
         }
     }
 

@@ -155,7 +155,7 @@ impl PostgresStore {
     pub async fn open(config: PostgresConfig) -> Result<Self, Error> {
         let schema = config.checked_schema()?.to_owned();
         let target = config.target()?;
-        let (driver, handle) = Driver::start()?;
+        let (driver, handle) = Driver::start(config.lent_pool().cloned())?;
         let server = target.server.clone();
         let setup = {
             let schema = schema.clone();
@@ -254,11 +254,18 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 /// The runtime the store's connections live on; stopped with the store.
-struct Driver(Option<Runtime>);
+/// A connection's driver runs where it was opened, so connections the store
+/// opens in an application's pool (`lent`) die with this runtime: they are
+/// taken out of that pool first, and the application's next `get` opens
+/// fresh ones instead of receiving one that is about to close.
+struct Driver {
+    runtime: Option<Runtime>,
+    lent: Option<Pool>,
+}
 
 impl Driver {
     /// Starts the runtime; a handle to spawn on it.
-    fn start() -> Result<(Self, Handle), Error> {
+    fn start(lent: Option<Pool>) -> Result<(Self, Handle), Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("taskflow-postgres")
@@ -269,15 +276,23 @@ impl Driver {
                 source,
             })?;
         let handle = runtime.handle().clone();
-        Ok((Driver(Some(runtime)), handle))
+        let runtime = Some(runtime);
+        Ok((Driver { runtime, lent }, handle))
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(pool) = self.lent.take() {
+            // Idle connections, whoever opened them: those the application
+            // opened cost a reconnect, which is cheaper than telling them
+            // apart. One checked out now closes under its user (its next
+            // query fails once) and is discarded when it is returned.
+            drop(pool.retain(|_, _| false));
+        }
         // Without waiting: a store may be dropped on an async runtime's
         // thread, where blocking is not allowed.
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
     }
