@@ -298,6 +298,8 @@
 //! `name::call(…).enqueue_in(&transaction)` enqueues inside the
 //! application's own transaction, the task existing only if it commits.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod call;
 mod core;
 mod durable;
@@ -329,7 +331,7 @@ pub use handle::TaskHandle;
 pub use lifecycle::{ParseStatusError, TaskStatus};
 pub use manager::{ShutdownReport, TaskManager, TaskManagerBuilder};
 pub use queue::{DEFAULT_QUEUE, QueueConfig, QueueStats};
-pub use record::{Metrics, TaskFilter, TaskRecord};
+pub use record::{Metrics, RETRY_OF_TAG, TaskFilter, TaskRecord};
 pub use taskflow_macros::{main, task};
 pub use taskflow_worker::log::log;
 pub use taskflow_worker::{
