@@ -297,6 +297,11 @@
 //! `#[task]` code share one queue, each task running once; and
 //! `name::call(…).enqueue_in(&transaction)` enqueues inside the
 //! application's own transaction, the task existing only if it commits.
+//!
+//! With feature `admin`, `taskflow::admin::router(&manager, config)` is an
+//! `axum::Router` to nest in a web app: a JSON API (with an OpenAPI
+//! document), a live stream of task changes and an audit log, behind bearer
+//! tokens or a login.
 
 #[cfg(feature = "admin")]
 pub mod admin;

@@ -166,8 +166,11 @@ pub(crate) async fn list_tasks(
         .filter(|q| !q.is_empty())
         .map(str::to_lowercase);
     let Some(needle) = needle else {
-        let records = admin.manager.list(&filter.limit(limit)).await?;
-        let next_cursor = (records.len() == limit)
+        // One more than the page, to know whether another page follows.
+        let mut records = admin.manager.list(&filter.limit(limit + 1)).await?;
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next_cursor = more
             .then(|| records.last().map(|record| record.id.to_string()))
             .flatten();
         return Ok(Json(TaskPage {
@@ -751,8 +754,8 @@ pub(crate) async fn session(Extension(actor): Extension<Actor>) -> Json<SessionV
 }
 
 /// Any other path.
-pub(crate) async fn not_found() -> AdminError {
-    AdminError::NotFound("no such route".into())
+pub(crate) async fn not_found(uri: OriginalUri) -> AdminError {
+    AdminError::NoRoute(uri.path().to_owned())
 }
 
 #[derive(OpenApi)]

@@ -26,15 +26,15 @@ pub enum AdminError {
     /// No task has this id (404).
     #[error("no task with id {0}")]
     NotFound(String),
+    /// No route has this path (404).
+    #[error("no route for `{0}`")]
+    NoRoute(String),
     /// The task is in a state that does not allow this (409).
     #[error("{0}")]
     Conflict(String),
     /// The request body is not what the endpoint takes (422).
     #[error("{0}")]
     InvalidBody(String),
-    /// Too many login attempts (429).
-    #[error("too many attempts; wait and try again")]
-    TooManyRequests,
     /// The manager failed: the task store cannot be read or written (500).
     #[error("task manager failed")]
     Manager(#[source] Error),
@@ -47,10 +47,9 @@ impl AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::NotFound(_) | AdminError::NoRoute(_) => StatusCode::NOT_FOUND,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AdminError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             AdminError::Manager(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,10 +60,9 @@ impl AdminError {
             AdminError::BadRequest(_) => "bad_request",
             AdminError::Unauthorized => "unauthorized",
             AdminError::Forbidden(_) => "forbidden",
-            AdminError::NotFound(_) => "not_found",
+            AdminError::NotFound(_) | AdminError::NoRoute(_) => "not_found",
             AdminError::Conflict(_) => "conflict",
             AdminError::InvalidBody(_) => "invalid_body",
-            AdminError::TooManyRequests => "too_many_requests",
             AdminError::Manager(_) => "internal",
         }
     }
@@ -89,8 +87,7 @@ pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
     /// What went wrong, for a program: `bad_request`, `unauthorized`,
-    /// `forbidden`, `not_found`, `conflict`, `invalid_body`,
-    /// `too_many_requests` or `internal`.
+    /// `forbidden`, `not_found`, `conflict`, `invalid_body` or `internal`.
     pub code: String,
 }
 
