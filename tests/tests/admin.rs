@@ -49,6 +49,12 @@ async fn streamed() -> bool {
     STREAMED_RELEASE.wait().await
 }
 
+/// Fails with a long message: stream batches that weigh.
+#[task]
+async fn wordy(n: u32) -> Result<(), String> {
+    Err(format!("{n}: {}", "x".repeat(64 * 1024)))
+}
+
 #[task]
 async fn parked() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -1294,5 +1300,60 @@ async fn a_burst_of_transitions_is_coalesced_per_task() {
         }
     }
     assert!(messages < 200, "{messages} messages for 2000 tasks");
+    manager.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_not_buffered() {
+    let manager = TaskManager::builder()
+        .event_capacity(16_384)
+        .build()
+        .await
+        .unwrap();
+    let served = serve(
+        &manager,
+        config()
+            .stream_interval(Duration::from_millis(1))
+            .stream_client_buffer(2),
+    )
+    .await;
+    let mut stalled = SseReader::open(&served, None).await;
+    assert_eq!(stalled.next().await.event, "snapshot");
+    // About 64 MB of changes while the client reads nothing: more than the
+    // sockets can hold (at most 36 MB here, buffers fully grown), so the
+    // server's buffer for it fills.
+    let handles: Vec<_> = (0..1000)
+        .map(|n| wordy::call(n).enqueue_on(&manager).unwrap())
+        .collect();
+    within("the burst", async {
+        for handle in handles {
+            assert!(handle.await.is_err());
+        }
+    })
+    .await;
+    // A client connecting now is served as usual.
+    let mut fresh = SseReader::open(&served, None).await;
+    assert_eq!(fresh.next().await.event, "snapshot");
+    drop(fresh);
+
+    // The stalled one gets what was already on its way, then the end.
+    let mut failed_seen = 0usize;
+    let ended = within("the stalled stream to end", async {
+        loop {
+            match stalled.response.chunk().await {
+                Ok(Some(chunk)) => {
+                    failed_seen += chunk.windows(8).filter(|w| w == b"\"FAILED\"").count();
+                }
+                Ok(None) => return true,
+                Err(_) => return true,
+            }
+        }
+    })
+    .await;
+    assert!(ended);
+    assert!(
+        failed_seen < 1000,
+        "the stalled client missed changes ({failed_seen} of 1000 seen) rather than the server keeping them"
+    );
     manager.shutdown().await;
 }
