@@ -303,6 +303,29 @@ async fn state_changes_need_the_csrf_header_and_their_own_origin() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+
+    // Behind a proxy, the public origin is allowed by name.
+    let proxied = serve(
+        &manager,
+        config()
+            .insecure_no_auth()
+            .allow_origin("https://admin.example.com"),
+    )
+    .await;
+    for (origin, expected) in [
+        ("https://admin.example.com", StatusCode::OK),
+        ("https://evil.example.com", StatusCode::FORBIDDEN),
+    ] {
+        let response = proxied
+            .client
+            .post(proxied.url("/api/queues/default/resume"))
+            .header(CSRF_HEADER, "1")
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{origin}");
+    }
     manager.shutdown().await;
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
@@ -678,10 +678,9 @@ fn cookie(admin: &Admin, path: &str, value: &str, max_age: u64) -> Result<Header
 pub(crate) async fn login(
     State(admin): Shared,
     uri: OriginalUri,
-    headers: HeaderMap,
     request: Request,
 ) -> Result<Response, AdminError> {
-    auth::check_csrf(request.method(), &headers, None)?;
+    auth::check_csrf(&request, &admin.config.origins, None)?;
     let Body(login): Body<LoginRequest> = Body::from_request(request, &()).await?;
     if admin.secret.is_empty() {
         return Err(AdminError::Forbidden(

@@ -355,27 +355,43 @@ pub(crate) fn authenticate(admin: &Admin, headers: &HeaderMap) -> Result<Actor, 
         .ok_or(AdminError::Unauthorized)
 }
 
-/// Refuses a state-changing request from another site: a foreign `Origin`,
-/// or no (or the wrong) CSRF header.
+/// Refuses a state-changing request from another site: an `Origin` that is
+/// neither the request's own host nor one of `allowed`, or no (or the
+/// wrong) CSRF header.
 pub(crate) fn check_csrf(
-    method: &Method,
-    headers: &HeaderMap,
+    request: &Request,
+    allowed: &[String],
     csrf: Option<&str>,
 ) -> Result<(), AdminError> {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
         return Ok(());
     }
+    let headers = request.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
         let origin_host = origin
             .split_once("://")
             .map_or(origin, |(_, rest)| rest)
             .trim_end_matches('/');
+        // HTTP/1 names the host in `Host`, HTTP/2 in the URI's authority.
         let host = headers
             .get(header::HOST)
             .and_then(|host| host.to_str().ok())
+            .or_else(|| {
+                request
+                    .uri()
+                    .authority()
+                    .map(|authority| authority.as_str())
+            })
             .unwrap_or_default();
-        if host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        let same_host = !host.is_empty() && origin_host.eq_ignore_ascii_case(host);
+        let allowed = allowed
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        if !same_host && !allowed {
             return Err(AdminError::Forbidden(format!(
                 "cross-origin request from `{origin}` refused"
             )));
@@ -402,7 +418,7 @@ pub(crate) async fn guard(
     next: Next,
 ) -> Result<Response, AdminError> {
     let actor = authenticate(&admin, request.headers())?;
-    check_csrf(request.method(), request.headers(), actor.csrf.as_deref())?;
+    check_csrf(&request, &admin.config.origins, actor.csrf.as_deref())?;
     request.extensions_mut().insert(actor);
     Ok(next.run(request).await)
 }

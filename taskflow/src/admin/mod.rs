@@ -95,6 +95,7 @@ use auth::{Credentials, PasswordHash};
 pub struct AdminConfig {
     pub(crate) credentials: Credentials,
     pub(crate) insecure: bool,
+    pub(crate) origins: Vec<String>,
     pub(crate) secret: Option<Vec<u8>>,
     pub(crate) session_ttl: Duration,
     pub(crate) secure_cookie: bool,
@@ -120,6 +121,7 @@ impl AdminConfig {
         AdminConfig {
             credentials: Credentials::default(),
             insecure: false,
+            origins: Vec::new(),
             secret: None,
             session_ttl: Duration::from_secs(12 * 3600),
             secure_cookie: false,
@@ -161,6 +163,14 @@ impl AdminConfig {
     /// private network behind another gate). CSRF protection stays on.
     pub fn insecure_no_auth(mut self) -> Self {
         self.insecure = true;
+        self
+    }
+
+    /// Also accepts state-changing requests whose `Origin` is `origin`
+    /// (`https://admin.example.com`), besides the request's own host: for
+    /// a reverse proxy that rewrites `Host`. May be given several times.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origins.push(origin.into());
         self
     }
 
@@ -227,6 +237,7 @@ impl fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("credentials", &self.credentials)
             .field("insecure", &self.insecure)
+            .field("origins", &self.origins)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("session_ttl", &self.session_ttl)
             .field("secure_cookie", &self.secure_cookie)
