@@ -1380,3 +1380,100 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered() {
     );
     manager.shutdown().await;
 }
+
+// --- many processes -------------------------------------------------------------------
+
+async fn postgres_manager(url: &str, schema: &taskflow_tests::postgres::Schema) -> TaskManager {
+    TaskManager::builder()
+        .postgres(
+            taskflow::store::PostgresConfig::new(url)
+                .schema(schema.name())
+                .pool_size(4),
+        )
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_postgres_store_the_admin_acts_on_every_hosts_tasks() {
+    let test = "with_a_shared_postgres_store_the_admin_acts_on_every_hosts_tasks";
+    let Some(url) = taskflow_tests::postgres::server(test).await else {
+        return;
+    };
+    let schema = taskflow_tests::postgres::Schema::new(&url, "admin_hosts").await;
+    let worker = postgres_manager(&url, &schema).await;
+    let console = postgres_manager(&url, &schema).await;
+    let served = serve(&console, config()).await;
+
+    // Another host's tasks: 500 that succeed, 10 that fail.
+    let mut enqueued = HashSet::new();
+    let mut failures = Vec::new();
+    for n in 0..500 {
+        enqueued.insert(quick::call(n).enqueue_on(&worker).unwrap().id());
+    }
+    for n in 0..10 {
+        let id = doomed::call(n).enqueue_on(&worker).unwrap().id();
+        enqueued.insert(id);
+        failures.push(id);
+    }
+    for id in &enqueued {
+        let status = if failures.contains(id) {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Success
+        };
+        wait_for_status(&worker, *id, status).await;
+    }
+    worker.flush().await.unwrap();
+
+    // Paged through the console's API: every one, once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &cursor {
+            Some(cursor) => format!("/api/tasks?limit=97&cursor={cursor}"),
+            None => "/api/tasks?limit=97".to_owned(),
+        };
+        let page = served.ok(&path).await;
+        seen.extend(ids(&page));
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let expected: HashSet<String> = enqueued.iter().map(ToString::to_string).collect();
+    assert_eq!(seen.len(), expected.len(), "no repeats");
+    assert_eq!(
+        seen.into_iter().collect::<HashSet<_>>(),
+        expected,
+        "no gaps"
+    );
+    let detail = served.ok(&format!("/api/tasks/{}", failures[0])).await;
+    assert_eq!(detail["status"], "FAILED");
+    assert_eq!(
+        detail["logs"].as_array().unwrap().len(),
+        2,
+        "logs from the other host"
+    );
+
+    // Retry-all from the console: each failure once, however often.
+    let (status, body) = served
+        .post(
+            "/api/tasks/retry-failed",
+            json!({ "created_after": "2000-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["retried"].as_array().unwrap().len(), 10);
+    console.flush().await.unwrap();
+    let (_, again) = served
+        .post(
+            "/api/tasks/retry-failed",
+            json!({ "created_after": "2000-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(again["retried"], json!([]), "{again}");
+    worker.shutdown().await;
+    console.shutdown().await;
+}
