@@ -5,14 +5,16 @@
 //! cargo run --example admin
 //! ```
 //!
-//! It prints the URL and a bearer token (set `TASKFLOW_ADMIN_TOKEN` to
-//! choose one), then enqueues a few tasks every two seconds until Ctrl-C.
-//! Try the `curl` lines it prints: failed tasks with their errors and logs,
-//! metrics, a retry of every failure, the live stream.
+//! It prints the dashboard's URL and a token (set `TASKFLOW_ADMIN_TOKEN` to
+//! choose one): log in as `admin` with the token as password, or send it as
+//! a bearer token. It enqueues a few tasks every two seconds until Ctrl-C.
+//! Try the `curl` lines it prints too: failed tasks with their errors and
+//! logs, metrics, a retry of every failure, the live stream.
 
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::Redirect;
 use axum::routing::get;
 use taskflow::admin::{self, AdminConfig};
 use taskflow::{LogLevel, TaskManager, task};
@@ -63,10 +65,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(token) if !token.is_empty() => token,
         _ => random_token()?,
     };
-    let config = AdminConfig::new().bearer_token("operator", &token);
+    // A lighter work factor than `hash_password`'s, so logging in to an
+    // unoptimized build of this example stays quick.
+    let hash = admin::hash_password_with_rounds(&token, 50_000)?;
+    let config = AdminConfig::new()
+        .bearer_token("operator", &token)
+        .user("admin", &hash)?;
     let app = Router::new()
         .route("/", get(|| async { "the service itself\n" }))
-        .nest("/tasks", admin::router(&tasks, config));
+        .nest("/tasks", admin::router(&tasks, config))
+        // The nested router answers `/tasks`; send `/tasks/` there too.
+        .route("/tasks/", get(|| async { Redirect::permanent("/tasks") }));
 
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:8080").await {
         Ok(listener) => listener,
@@ -74,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     let base = format!("http://{}/tasks", listener.local_addr()?);
-    println!("taskflow admin API at {base}/api/tasks");
+    println!("taskflow dashboard at {base}/ (user admin, password: the token)");
     println!("token: {token}");
     println!();
     println!("  curl -H 'Authorization: Bearer {token}' '{base}/api/tasks?status=FAILED'");

@@ -166,6 +166,32 @@ async fn stored_manager(db: &Path) -> TaskManager {
         .unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_page_is_served_without_data_or_credentials() {
+    let manager = memory_manager().await;
+    let served = serve(&manager, config()).await;
+    for path in ["", "/index.html"] {
+        let response = served.client.get(served.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"));
+        let page = response.text().await.unwrap();
+        assert!(page.contains("<title>taskflow admin</title>"));
+        assert!(
+            !page.contains("http://") && !page.contains("https://"),
+            "no CDN, no absolute links"
+        );
+    }
+    manager.shutdown().await;
+}
+
 // --- auth and CSRF -------------------------------------------------------------
 
 const ROUTES: &[(&str, &str)] = &[

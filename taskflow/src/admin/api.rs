@@ -510,6 +510,21 @@ pub(crate) async fn metrics(
         let rank = (durations.len() * 95).div_ceil(100).max(1);
         millis(durations[rank - 1])
     });
+    let mut duration_buckets: Vec<DurationBucket> = [10.0, 100.0, 1000.0, 10_000.0, 60_000.0]
+        .into_iter()
+        .map(Some)
+        .chain([None])
+        .map(|up_to_ms| DurationBucket { up_to_ms, count: 0 })
+        .collect();
+    for duration in &durations {
+        let duration = millis(*duration);
+        let bucket = duration_buckets
+            .iter_mut()
+            .find(|bucket| bucket.up_to_ms.is_none_or(|bound| duration <= bound));
+        if let Some(bucket) = bucket {
+            bucket.count += 1;
+        }
+    }
     let finished = counts.success + counts.failed;
     let success_rate = (finished > 0).then(|| counts.success as f64 / finished as f64);
     let throughput = buckets
@@ -536,6 +551,7 @@ pub(crate) async fn metrics(
         success_rate,
         mean_duration_ms,
         p95_duration_ms,
+        duration_buckets,
         throughput,
         truncated,
         instance,

@@ -1,5 +1,5 @@
-//! The admin HTTP API (feature `admin`): an [`axum::Router`] to nest in the
-//! application's own app, built on exactly the public [`TaskManager`] API,
+//! The admin HTTP API and dashboard (feature `admin`): an [`axum::Router`]
+//! to nest in the application's own app, built on exactly the public [`TaskManager`] API,
 //! so with a shared task store it shows and steers every process's tasks.
 //!
 //! ```no_run
@@ -32,11 +32,14 @@
 //! | `POST /api/login`, `POST /api/logout`, `GET /api/session` | cookie sessions |
 //! | `GET /events` | server-sent events of task changes |
 //! | `GET /openapi.json` | the OpenAPI document of all this |
+//! | `GET /` | the dashboard: one page, no build step, no CDN |
 //!
 //! Errors are `{ "error": …, "code": … }` ([`ErrorBody`]) with status 400 (a
 //! bad filter), 401 (no or wrong credentials), 403 (a cross-site or
 //! CSRF-less state change), 404 (unknown id), 409 (wrong state) or 422 (a
 //! bad body). Nothing binds a port: the application serves the router.
+//! axum's `nest("/tasks", …)` answers `/tasks` but leaves `/tasks/` to the
+//! application: route it to a redirect if people will type it.
 //!
 //! Task arguments are not shown: they are stored in a binary encoding that
 //! only the task's own types can read, and they may hold personal data.
@@ -44,6 +47,7 @@
 mod api;
 mod audit;
 mod auth;
+mod dashboard;
 mod error;
 mod stream;
 mod types;
@@ -65,9 +69,9 @@ pub use auth::{
 pub use error::{AdminError, ErrorBody};
 pub use stream::StreamEvent;
 pub use types::{
-    AuditEntry, BulkRetry, Cancelled, ErrorView, LogView, MetricsView, MinuteCounts, PruneRequest,
-    Pruned, QueueState, RegisteredTaskView, Retried, RetryAll, RetryAllRequest, RetryIds,
-    RetryOutcome, StatusCounts, TaskDetail, TaskPage, TaskView,
+    AuditEntry, BulkRetry, Cancelled, DurationBucket, ErrorView, LogView, MetricsView,
+    MinuteCounts, PruneRequest, Pruned, QueueState, RegisteredTaskView, Retried, RetryAll,
+    RetryAllRequest, RetryIds, RetryOutcome, StatusCounts, TaskDetail, TaskPage, TaskView,
 };
 
 use auth::{Credentials, PasswordHash};
@@ -308,6 +312,8 @@ pub fn router(manager: &TaskManager, config: AdminConfig) -> Router {
             auth::guard,
         ));
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/index.html", get(dashboard::page))
         .route("/api/login", post(api::login))
         .merge(protected)
         .fallback(api::not_found)

@@ -339,6 +339,16 @@ impl StatusCounts {
     }
 }
 
+/// How many durations fell in one bucket.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DurationBucket {
+    /// The bucket's upper bound in milliseconds (inclusive); absent for the
+    /// last, unbounded one.
+    pub up_to_ms: Option<f64>,
+    /// Durations in it.
+    pub count: u64,
+}
+
 /// Counts and timings over a recent window.
 ///
 /// Computed from [`TaskManager::list`](crate::TaskManager::list): the tasks
@@ -360,6 +370,9 @@ pub struct MetricsView {
     /// Tasks finished per minute, oldest minute first, one entry per
     /// minute of the window.
     pub throughput: Vec<MinuteCounts>,
+    /// Those durations counted per bucket: up to 10 ms, 100 ms, 1 s, 10 s,
+    /// 1 min, and longer.
+    pub duration_buckets: Vec<DurationBucket>,
     /// Whether the window held more tasks than were scanned.
     pub truncated: bool,
     /// This instance's own counts since it started, from
