@@ -13,6 +13,7 @@
 // The helpers below are test code too: a failed step fails the test.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,9 @@ async fn broken(n: u32) -> Result<(), String> {
     Err(format!("broken {n}: the upstream answered 502"))
 }
 
-/// `chromedriver` on a free loopback port, killed and reaped on drop.
+/// `chromedriver` on a free loopback port, in a process group of its own
+/// with the browser it starts: the whole group is killed, and chromedriver
+/// reaped, on drop, even when a step failed before the session closed.
 struct Driver {
     child: Child,
     url: String,
@@ -52,7 +55,14 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let killed = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        if !killed.is_ok_and(|status| status.success()) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -95,6 +105,7 @@ async fn start_driver() -> Option<Driver> {
         .port();
     let child = Command::new(program)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -118,8 +129,10 @@ async fn browser(driver: &Driver) -> Client {
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".into(),
+        // No crash reporter: its handler leaves the process group.
         json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,900"] }),
+                         "--disable-dev-shm-usage", "--disable-breakpad",
+                         "--disable-crash-reporter", "--window-size=1280,900"] }),
     );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     within(
