@@ -37,7 +37,7 @@ use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::index::LiveIndex;
 use crate::lifecycle::{self, TaskStatus, Transition};
 use crate::queue::{DEFAULT_QUEUE, Scheduler};
-use crate::record::{Origin, Produced, SharedCell, TaskCell, TaskFilter, TaskRecord};
+use crate::record::{Origin, Produced, RETRY_OF_TAG, SharedCell, TaskCell, TaskFilter, TaskRecord};
 use crate::store::{Change, CorruptRow, Expect, Row, StoredTask, TaskState};
 
 pub(crate) struct Core {
@@ -520,6 +520,13 @@ impl Core {
         let entry = taskflow_worker::Registry::global()?
             .get(&name)
             .ok_or(Error::UnknownTask(name))?;
+        // The copy records its origin, so a caller can tell that a task was
+        // already retried (the admin's retry-all retries each task once).
+        let tags = Tags::from_pairs(
+            tags.iter()
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .chain([(RETRY_OF_TAG.to_owned(), id.to_string())]),
+        );
         let placement = Placement {
             queue: Some(queue),
             priority: Some(priority),

@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -243,6 +243,30 @@ impl LiveIndex {
         self.next_sweep
             .store(cutoff + max + max / 4 + 1, Ordering::Release);
         self.sweeping.store(false, Ordering::Release);
+    }
+
+    /// Drops every finished record that finished before `cutoff`; how many
+    /// went. Counts per status stay as they are (they count what ran).
+    pub(crate) fn forget_finished_before(&self, cutoff: SystemTime) -> u64 {
+        let mut forgotten = 0;
+        let mut evicted_keys = Vec::new();
+        self.records.retain(|_, cell| {
+            let old = {
+                let state = cell.lock();
+                state.status.is_finished() && state.finished_at.is_some_and(|at| at < cutoff)
+            };
+            if old {
+                forgotten += 1;
+                if let Some(key) = key_of(cell) {
+                    evicted_keys.push((key, cell.id));
+                }
+            }
+            !old
+        });
+        for (key, id) in evicted_keys {
+            self.keys.remove_if(&key, |_, holder| holder.id == id);
+        }
+        forgotten
     }
 
     pub(crate) fn count(&self, status: TaskStatus) -> u64 {

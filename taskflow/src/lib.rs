@@ -340,7 +340,14 @@
 //! `#[task]` code share one queue, each task running once; and
 //! `name::call(…).enqueue_in(&transaction)` enqueues inside the
 //! application's own transaction, the task existing only if it commits.
+//!
+//! With feature `admin`, `taskflow::admin::router(&manager, config)` is an
+//! `axum::Router` to nest in a web app: a JSON API (with an OpenAPI
+//! document), a live stream of task changes and an audit log, behind bearer
+//! tokens or a login.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod call;
 mod core;
 mod durable;
@@ -373,7 +380,7 @@ pub use handle::TaskHandle;
 pub use lifecycle::{ParseStatusError, TaskStatus};
 pub use manager::{ShutdownReport, TaskManager, TaskManagerBuilder};
 pub use queue::{DEFAULT_QUEUE, QueueConfig, QueueStats};
-pub use record::{Metrics, TaskFilter, TaskRecord};
+pub use record::{Metrics, RETRY_OF_TAG, TaskFilter, TaskRecord};
 pub use schedule::{CatchUp, Schedule, ScheduleError, ScheduleInfo, Tick};
 pub use taskflow_macros::{main, task};
 pub use taskflow_worker::log::log;

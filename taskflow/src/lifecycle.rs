@@ -36,7 +36,11 @@ use crate::record::Produced;
 use crate::store::StoredTask;
 
 /// Where a task is in its life.
+///
+/// In text formats (the admin API's JSON) it reads as displayed: `"PENDING"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
 pub enum TaskStatus {
     /// Enqueued, waiting for a slot or for its next attempt.
     Pending,

@@ -137,6 +137,8 @@ impl TaskManager {
     /// Enqueues a FAILED, INTERRUPTED or CANCELLED task again, as a new task
     /// with the original arguments, tags, queue and priority; returns the
     /// new task's id. With a task store, any process's task can be retried.
+    /// The new task also carries the tag [`RETRY_OF_TAG`](crate::RETRY_OF_TAG)
+    /// naming the original ([`TaskRecord::retry_of`](crate::TaskRecord::retry_of)), so its origin is kept.
     ///
     /// # Errors
     ///
@@ -145,6 +147,37 @@ impl TaskManager {
     /// register, and whatever enqueueing reports.
     pub async fn retry(&self, id: TaskId) -> Result<TaskId, Error> {
         self.inner.core.retry(id).await
+    }
+
+    /// Deletes the history of tasks that finished more than `age` ago: from
+    /// the task store (every process's tasks sharing it) and from this
+    /// instance's memory. PENDING and RUNNING tasks are never deleted, and
+    /// [`metrics`](Self::metrics) keeps counting what was deleted. Returns
+    /// how many records went: from the store when there is one, else from
+    /// memory.
+    ///
+    /// ```
+    /// # async fn f(tasks: &taskflow::TaskManager) -> Result<(), taskflow::Error> {
+    /// use std::time::Duration;
+    /// let deleted = tasks.prune(Duration::from_secs(7 * 24 * 3600)).await?;
+    /// # let _ = deleted;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StoreFailed`] when the task store cannot be written.
+    pub async fn prune(&self, age: Duration) -> Result<u64, Error> {
+        let core = &self.inner.core;
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let forgotten = core.index.forget_finished_before(cutoff);
+        match &core.durable {
+            Some(durable) => durable.store.prune(cutoff).await.map_err(Error::from_store),
+            None => Ok(forgotten),
+        }
     }
 
     /// Counts per status and the mean duration, of the tasks this

@@ -96,7 +96,8 @@ impl QueueConfig {
 }
 
 /// One queue's numbers, from [`TaskManager::queue_stats`](crate::TaskManager::queue_stats).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "admin", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct QueueStats {
     /// The queue's name.

@@ -466,7 +466,26 @@ pub struct TaskRecord {
     pub scheduled: Option<Tick>,
 }
 
+/// The tag a task made by [`TaskManager::retry`](crate::TaskManager::retry)
+/// carries: the id of the task it retries.
+pub const RETRY_OF_TAG: &str = "taskflow.retry_of";
+
 impl TaskRecord {
+    /// The task this one retries, when [`TaskManager::retry`](crate::TaskManager::retry)
+    /// made it (from its [`RETRY_OF_TAG`] tag).
+    ///
+    /// ```
+    /// # async fn f(tasks: &taskflow::TaskManager, failed: taskflow::TaskId) -> Result<(), taskflow::Error> {
+    /// let copy = tasks.retry(failed).await?;
+    /// let record = tasks.get(copy).await?.expect("just enqueued");
+    /// assert_eq!(record.retry_of(), Some(failed));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retry_of(&self) -> Option<TaskId> {
+        self.tags.get(RETRY_OF_TAG)?.parse().ok()
+    }
+
     /// Time from the first attempt's start to the final status, once finished
     /// (retry waits included).
     pub fn duration(&self) -> Option<Duration> {

@@ -721,6 +721,11 @@ fn retry_enqueues_a_copy_with_the_original_arguments_and_tags() -> Result<(), Fa
         assert_eq!(copy.name, fails_until::NAME);
         assert_eq!(copy.tags.get("batch"), Some("7"));
         assert_eq!(
+            copy.retry_of(),
+            Some(failed_id),
+            "the copy records its origin"
+        );
+        assert_eq!(
             record(&manager, failed_id).status,
             TaskStatus::Failed,
             "the original stays as it was"

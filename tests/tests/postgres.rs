@@ -533,6 +533,11 @@ fn a_manager_runs_every_executor_and_answers_every_query() -> Result<(), Failed>
         let retried = tasks.retry(failed_id).await.unwrap();
         let record = wait_for_status(&tasks, retried, TaskStatus::Success).await;
         assert_ne!(record.id, failed_id);
+        assert_eq!(
+            record.retry_of(),
+            Some(failed_id),
+            "the copy records its origin"
+        );
 
         // pause and resume, seen in queue_stats.
         tasks.pause("slow").await.unwrap();

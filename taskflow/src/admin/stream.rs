@@ -1,0 +1,311 @@
+//! `GET …/events`: server-sent events of task changes.
+//!
+//! One hub per router follows the manager's event bus (from the first
+//! client on). It keeps only the latest change of each task and, once per
+//! interval (`AdminConfig::stream_interval`), sends what changed as one
+//! batch: an SSE message `event: tasks`, `id: <batch number>`, whose data is
+//! a JSON array of [`StreamEvent`]s, one per task. A burst of 10 000
+//! transitions is so a few messages, not 10 000.
+//!
+//! Batches go to clients through one bounded broadcast ring, so a client
+//! costs at most `stream_client_buffer` batches of memory; a client that
+//! falls further behind is disconnected, not buffered. A reconnecting
+//! client's `Last-Event-ID` replays the batches it missed from the last
+//! 1024 kept; a client without one, or too far behind, first gets
+//! `event: snapshot`: the newest 200 tasks ([`TaskView`](super::TaskView)s).
+//! When the hub itself fell behind the bus, it sends `event: resync`: the
+//! client should fetch the list again. Comments (`: keep-alive`) keep idle
+//! connections open. The stream shows the changes this instance sees: its
+//! own tasks, and tasks of other processes that it follows.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_core::Stream;
+use serde::Serialize;
+use taskflow_worker::TaskId;
+use tokio::sync::{broadcast, mpsc};
+use utoipa::ToSchema;
+
+use super::types::{TaskView, rfc3339};
+use super::{Admin, AdminConfig};
+use crate::{EventKind, RecvError, TaskEvent, TaskFilter, TaskManager, TaskStatus};
+
+/// Tasks a snapshot holds.
+const SNAPSHOT: usize = 200;
+
+/// A task's latest change, as the stream sends it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct StreamEvent {
+    /// The task's id.
+    pub id: String,
+    /// Its registered name.
+    pub name: String,
+    /// Its status after the change.
+    pub status: TaskStatus,
+    /// The latest change: `enqueued`, `requeued`, `started`, `retrying`,
+    /// `succeeded`, `failed`, `cancelled`, `interrupted`, `log`, `lost` or
+    /// `observed`.
+    pub change: String,
+    /// Its attempt then (from 0 before the first starts).
+    pub attempt: u32,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The error, for `retrying` and `failed`.
+    pub error: Option<String>,
+}
+
+impl StreamEvent {
+    fn of(event: &TaskEvent) -> Option<Self> {
+        let (change, error) = match &event.kind {
+            EventKind::Enqueued => ("enqueued", None),
+            EventKind::Requeued => ("requeued", None),
+            EventKind::Started => ("started", None),
+            EventKind::Retrying { error, .. } => ("retrying", Some(error.to_string())),
+            EventKind::Succeeded => ("succeeded", None),
+            EventKind::Failed(error) => ("failed", Some(error.to_string())),
+            EventKind::Cancelled => ("cancelled", None),
+            EventKind::Interrupted => ("interrupted", None),
+            EventKind::Log(_) => ("log", None),
+            EventKind::Lost => ("lost", None),
+            EventKind::Observed => ("observed", None),
+            // Store trouble names no task change.
+            _ => return None,
+        };
+        Some(StreamEvent {
+            id: event.id.to_string(),
+            name: event.name.to_owned(),
+            status: event.status,
+            change: change.to_owned(),
+            attempt: event.attempt,
+            at: rfc3339(event.at),
+            error,
+        })
+    }
+}
+
+/// One message of the hub: a batch of changes, or a call to resync.
+#[derive(Clone, Debug)]
+enum Batch {
+    Changes { seq: u64, data: Arc<str> },
+    Resync { seq: u64 },
+}
+
+impl Batch {
+    fn seq(&self) -> u64 {
+        match self {
+            Batch::Changes { seq, .. } | Batch::Resync { seq } => *seq,
+        }
+    }
+
+    fn event(&self) -> Event {
+        match self {
+            Batch::Changes { seq, data } => Event::default()
+                .event("tasks")
+                .id(seq.to_string())
+                .data(&**data),
+            Batch::Resync { seq } => Event::default()
+                .event("resync")
+                .id(seq.to_string())
+                .data("{}"),
+        }
+    }
+}
+
+struct Shared {
+    sender: broadcast::Sender<Batch>,
+    /// The latest batches, for `Last-Event-ID`, and the last batch number.
+    replay: Mutex<(u64, VecDeque<Batch>)>,
+    replay_len: usize,
+}
+
+/// The stream's hub: started with the first client.
+pub(crate) struct Hub {
+    manager: TaskManager,
+    interval: Duration,
+    shared: Arc<Shared>,
+    started: OnceLock<()>,
+}
+
+impl Hub {
+    pub(crate) fn new(manager: &TaskManager, config: &AdminConfig) -> Self {
+        let (sender, _) = broadcast::channel(config.client_buffer);
+        Hub {
+            manager: manager.clone(),
+            interval: config.coalesce,
+            shared: Arc::new(Shared {
+                sender,
+                replay: Mutex::new((0, VecDeque::new())),
+                replay_len: config.replay,
+            }),
+            started: OnceLock::new(),
+        }
+    }
+
+    fn start(&self) {
+        self.started.get_or_init(|| {
+            let events = self.manager.subscribe();
+            tokio::spawn(coalesce(events, self.interval, self.shared.clone()));
+        });
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<Batch>)> {
+        self.replay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Numbers, keeps and sends one batch.
+    fn publish(&self, make: impl FnOnce(u64) -> Batch) {
+        let mut replay = self.lock();
+        replay.0 += 1;
+        let batch = make(replay.0);
+        if replay.1.len() == self.replay_len {
+            replay.1.pop_front();
+        }
+        replay.1.push_back(batch.clone());
+        // Sent under the lock, so a client subscribing under it sees every
+        // batch after those it read from the replay, in order.
+        let _ = self.sender.send(batch);
+    }
+}
+
+/// The hub's loop: latest change per task, flushed once per interval.
+async fn coalesce(mut events: crate::EventStream, interval: Duration, shared: Arc<Shared>) {
+    let mut latest: HashMap<TaskId, StreamEvent> = HashMap::new();
+    let mut order: Vec<TaskId> = Vec::new();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            received = events.recv() => match received {
+                Ok(event) => {
+                    if let Some(change) = StreamEvent::of(&event)
+                        && latest.insert(event.id, change).is_none()
+                    {
+                        order.push(event.id);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    latest.clear();
+                    order.clear();
+                    shared.publish(|seq| Batch::Resync { seq });
+                }
+                Err(_) => return,
+            },
+            _ = ticker.tick() => {
+                if order.is_empty() {
+                    continue;
+                }
+                let changes: Vec<StreamEvent> = order
+                    .drain(..)
+                    .filter_map(|id| latest.remove(&id))
+                    .collect();
+                match serde_json::to_string(&changes) {
+                    Ok(data) => shared.publish(|seq| Batch::Changes { seq, data: data.into() }),
+                    Err(error) => tracing::warn!("cannot encode admin stream batch: {error}"),
+                }
+            }
+        }
+    }
+}
+
+/// A client's messages: what it missed first, then live batches.
+struct ClientStream(mpsc::Receiver<Event>);
+
+impl Stream for ClientStream {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().0.poll_recv(cx).map(|event| event.map(Ok))
+    }
+}
+
+/// Server-sent events of task changes; see the [module docs](self).
+#[utoipa::path(get, path = "/events",
+    params(("Last-Event-ID" = Option<String>, Header, description = "the last batch number received")),
+    responses((status = 200, content_type = "text/event-stream", description = "batches of `StreamEvent`s"),
+        (status = 401, body = super::ErrorBody)))]
+pub(crate) async fn events(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let hub = &admin.stream;
+    hub.start();
+    let last: Option<u64> = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse().ok());
+    let buffer = admin.config.client_buffer;
+    let (missed, current, mut receiver) = {
+        let replay = hub.shared.lock();
+        let missed: Option<Vec<Batch>> = last.and_then(|last| {
+            let first_kept = replay.1.front().map_or(replay.0 + 1, Batch::seq);
+            let missed: Vec<Batch> = replay
+                .1
+                .iter()
+                .filter(|batch| batch.seq() > last)
+                .cloned()
+                .collect();
+            (last <= replay.0 && last + 1 >= first_kept && missed.len() <= buffer).then_some(missed)
+        });
+        (missed, replay.0, hub.shared.sender.subscribe())
+    };
+    let (sender, client) = mpsc::channel(buffer + 1);
+    let keep_alive = admin.config.keep_alive;
+    let admin = admin.clone();
+    tokio::spawn(async move {
+        let first: Vec<Event> = match missed {
+            Some(missed) => missed.iter().map(Batch::event).collect(),
+            None => snapshot(&admin, current).await.into_iter().collect(),
+        };
+        for event in first {
+            if sender.send(event).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                received = receiver.recv() => match received {
+                    Ok(batch) => match sender.try_send(batch.event()) {
+                        Ok(()) => {}
+                        // Slow or gone: disconnect; it resumes with its last id.
+                        Err(_) => return,
+                    },
+                    Err(_) => return,
+                },
+                () = sender.closed() => return,
+            }
+        }
+    });
+    Sse::new(ClientStream(client))
+        .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
+}
+
+/// `event: snapshot` of the newest tasks, as of batch `seq`.
+async fn snapshot(admin: &Admin, seq: u64) -> Option<Event> {
+    let records = match admin.manager.list(&TaskFilter::new().limit(SNAPSHOT)).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!("admin stream snapshot failed: {error}");
+            Vec::new()
+        }
+    };
+    let views: Vec<TaskView> = records.iter().map(TaskView::from).collect();
+    let data = serde_json::to_string(&views).ok()?;
+    Some(
+        Event::default()
+            .event("snapshot")
+            .id(seq.to_string())
+            .data(data),
+    )
+}
