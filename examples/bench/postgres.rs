@@ -297,8 +297,9 @@ async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<Result<T, 
 }
 
 /// Enqueue→start of the raw primitive, `probes` times: an `INSERT` that
-/// notifies at commit, a connection `LISTEN`ing that hears it, and the
-/// claim `UPDATE` on a third connection, as a host would run it.
+/// notifies at commit, in a transaction (as the outbox `enqueue_in` is),
+/// a connection `LISTEN`ing that hears it, and the claim `UPDATE` on a
+/// third connection, as a host would run it.
 async fn raw_latency(url: &str, schema: &Schema, probes: usize) -> Result<Vec<u64>, BoxError> {
     let channel = format!("{}_raw", schema.name);
     let (listener, mut connection) = tokio_postgres::connect(url, NoTls).await?;
@@ -317,7 +318,7 @@ async fn raw_latency(url: &str, schema: &Schema, probes: usize) -> Result<Vec<u6
         }
     });
     listener.batch_execute(&format!("LISTEN {channel}")).await?;
-    let enqueuer = connect(url).await?;
+    let mut enqueuer = connect(url).await?;
     let insert = enqueuer
         .prepare(&format!(
             "WITH new AS (INSERT INTO {} (id, name, executor, queue, priority, status, args, \
@@ -335,11 +336,15 @@ async fn raw_latency(url: &str, schema: &Schema, probes: usize) -> Result<Vec<u6
     let owner = "raw-latency".to_owned();
     let mut latencies = Vec::with_capacity(probes);
     for at in 0..probes + WARM_UP {
+        // In a transaction, as `enqueue_in` is measured: the clock starts
+        // after BEGIN and includes the COMMIT.
+        let transaction = enqueuer.transaction().await?;
         let sent = Instant::now();
         let id = TaskId::new().to_string();
-        enqueuer
+        transaction
             .query(&insert, &[&id, &name, &CODEC, &channel])
             .await?;
+        transaction.commit().await?;
         tokio::time::timeout(PATIENCE, hear.recv())
             .await?
             .ok_or("the listening connection closed")?;
@@ -829,7 +834,7 @@ pub(crate) async fn b12(
             );
             row.taskflow = Some(micros(ours));
             row.raw = Some(micros(theirs));
-            row.raw_name = "INSERT + NOTIFY → LISTEN → claim UPDATE".to_owned();
+            row.raw_name = "INSERT + NOTIFY, COMMIT → LISTEN → claim UPDATE".to_owned();
             row.ratio_meaning = "taskflow / raw latency";
             row.ratio = Some(ours / theirs);
             row.note = format!(
@@ -891,6 +896,9 @@ fn percentiles(samples: &[u64]) -> (f64, f64, f64) {
 
 fn spread_of(runs: &[(f64, f64, f64)], which: fn(&(f64, f64, f64)) -> f64) -> String {
     let values: Vec<f64> = runs.iter().map(which).collect();
+    if values.is_empty() {
+        return "—".to_owned();
+    }
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
     let text = |us: f64| Measure::Time(Duration::from_secs_f64(us / 1e6)).text();
