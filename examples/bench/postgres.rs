@@ -63,7 +63,7 @@ const RAW_INSERT_BATCH: usize = 4096;
 /// the column; it is set so the rows are alike).
 const CODEC: i32 = 2;
 /// Longest wait for anything here: a stuck run fails rather than hangs.
-const PATIENCE: Duration = Duration::from_secs(600);
+const PATIENCE: Duration = Duration::from_secs(120);
 
 /// B12's latency probe: how long after `sent_micros` (microseconds since
 /// the epoch) it started.
@@ -187,6 +187,26 @@ async fn tally(url: &str, schema: &Schema) -> Result<(i64, i64, i32), BoxError> 
         )
         .await?;
     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+}
+
+/// The rows of `schema` per status and owner, for a message.
+async fn statuses(url: &str, schema: &Schema) -> Result<String, BoxError> {
+    let client = connect(url).await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT status || ' ' || coalesce(owner, '-') || ' ' || count(*) FROM {} \
+                 GROUP BY status, owner ORDER BY 1",
+                schema.table()
+            ),
+            &[],
+        )
+        .await?;
+    let parts = rows
+        .iter()
+        .map(|row| row.try_get::<_, String>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(parts.join(", "))
 }
 
 /// Checks that all `tasks` rows ran once and succeeded.
@@ -431,7 +451,16 @@ async fn taskflow_burn(
             break;
         }
         if start.elapsed() > PATIENCE {
-            return Err(format!("{done} of {tasks} tasks ran within {PATIENCE:?}").into());
+            let mut each = Vec::new();
+            for host in &mut started {
+                each.push(host.ask("metrics", "metrics").await?);
+            }
+            return Err(format!(
+                "{done} of {tasks} tasks ran within {PATIENCE:?} (per host: {}); the store holds {}",
+                each.join("; "),
+                statuses(url, schema).await?
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -516,8 +545,8 @@ async fn latency_elsewhere(
 ///
 /// It prints `ready` once built, then `done N` whenever the number of
 /// tasks it ran changed (looked at every 2 ms), and answers `flush` with
-/// `flushed` once its writes are in the store, and `latencies` with the
-/// probes' latencies it measured. It shuts down when its stdin closes, and
+/// `flushed` once its writes are in the store, `metrics` with its
+/// metrics, and `latencies` with the probes' latencies it measured. It shuts down when its stdin closes, and
 /// is killed if it does not exit.
 struct Host {
     child: Child,
@@ -648,6 +677,7 @@ pub(crate) async fn host() -> Result<(), BoxError> {
                 Ok(()) => println!("flushed"),
                 Err(error) => println!("error {error}"),
             },
+            "metrics" => println!("metrics {:?}", manager.metrics()),
             "latencies" => {
                 let probes = take_probes();
                 let text: Vec<String> = probes.iter().map(u64::to_string).collect();
