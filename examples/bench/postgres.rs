@@ -97,7 +97,14 @@ async fn server() -> Result<Result<String, String>, BoxError> {
             "skipped: set {URL_ENV} (or {TEST_URL_ENV}), e.g. postgres://postgres@127.0.0.1:5432/test"
         )));
     };
-    match tokio_postgres::connect(&url, NoTls).await {
+    let answered =
+        tokio_postgres::connect(&url, NoTls).await.map_err(
+            |error| match std::error::Error::source(&error) {
+                Some(cause) => format!("{error}: {cause}"),
+                None => error.to_string(),
+            },
+        );
+    match answered {
         Ok(_) => Ok(Ok(url)),
         Err(error) if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") => Err(format!(
             "{REQUIRE_ENV}=1 but the PostgreSQL server does not answer: {error}"
