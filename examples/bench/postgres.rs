@@ -823,6 +823,7 @@ pub(crate) async fn b12(
         Target::AtLeast(Measure::Rate(20_000.0)),
     );
     absolute.taskflow = one.taskflow;
+    absolute.samples = one.samples.clone();
     absolute.note = "the same runs' rate against the issue's absolute target".to_owned();
     let mut four = crate::rate_row(
         "B12",
@@ -852,7 +853,7 @@ pub(crate) async fn b12(
     rows.extend([one, absolute, four, fill]);
 
     let micros = |us: f64| Measure::Time(Duration::from_secs_f64(us / 1e6));
-    let (raw_p50, raw_p99, _) = percentiles(&raw_late);
+    let raw_all = percentiles(&raw_late);
     for (label, samples, runs) in [
         ("enqueued and run by the same host", &here, &spreads.0),
         (
@@ -861,9 +862,11 @@ pub(crate) async fn b12(
             &spreads.1,
         ),
     ] {
-        let (p50, p99, max) = percentiles(samples);
-        for (quantile, ours, theirs, limit) in [("p50", p50, raw_p50, 5), ("p99", p99, raw_p99, 25)]
-        {
+        let all = percentiles(samples);
+        let max = all.2;
+        for (quantile, limit) in [("p50", 5), ("p99", 25)] {
+            let pick = |r: &Percentiles| if quantile == "p50" { r.0 } else { r.1 };
+            let (ours, theirs) = (pick(&all), pick(&raw_all));
             let mut row = Row::new(
                 "B12",
                 format!("enqueue→start {quantile}, idle host, {label}"),
@@ -882,6 +885,12 @@ pub(crate) async fn b12(
                 spread_of(runs, |r| r.0),
                 spread_of(runs, |r| r.1),
             );
+            // Each run's quantile (seconds), and the raw run's beside it.
+            row.samples = runs
+                .iter()
+                .zip(&spreads.2)
+                .map(|(ours, raw)| (pick(ours) / 1e6, pick(raw) / 1e6))
+                .collect();
             rows.push(row);
         }
     }
@@ -900,6 +909,12 @@ pub(crate) async fn b12(
     trips.raw_name = "the raw inserts and claim loop".to_owned();
     trips.ratio_meaning = "taskflow / raw statements";
     trips.ratio = Some(total(&ours1) / total(&raw1));
+    let per_run = |runs: &Runs, at: usize| {
+        (runs.fill_counts[at].statements + runs.burn_counts[at].statements) as f64 / tasks as f64
+    };
+    trips.samples = (0..ours1.fill_counts.len().min(raw1.fill_counts.len()))
+        .map(|at| (per_run(&ours1, at), per_run(&raw1, at)))
+        .collect();
     trips.note = format!(
         "counted on the wire (Execute and Query messages); enqueue {:.4} + burn-down {:.4} (raw {:.4} + {:.4}); \
          round trips (Sync and Query) {:.4}, prepares {:.4} per task",
@@ -926,12 +941,15 @@ fn per_task(counts: &[Counts], tasks: usize, what: fn(&Counts) -> u64) -> f64 {
     )
 }
 
+/// A run's p50, p99 and max, in microseconds.
+type Percentiles = (f64, f64, f64);
+
 /// p50, p99 and max of microsecond samples.
-fn percentiles(samples: &[u64]) -> (f64, f64, f64) {
+fn percentiles(samples: &[u64]) -> Percentiles {
     crate::percentiles(samples)
 }
 
-fn spread_of(runs: &[(f64, f64, f64)], which: fn(&(f64, f64, f64)) -> f64) -> String {
+fn spread_of(runs: &[Percentiles], which: fn(&Percentiles) -> f64) -> String {
     let values: Vec<f64> = runs.iter().map(which).collect();
     if values.is_empty() {
         return "—".to_owned();
