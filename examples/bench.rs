@@ -1,5 +1,7 @@
 //! Every executor against the raw primitive beneath it, in the same run
-//! (workloads B1–B6, B8–B11 and B13; B7 is the `burst_latency` example).
+//! (workloads B1–B6 and B8–B13; B7 is the `burst_latency` example; B12,
+//! the PostgreSQL store, runs when `TASKFLOW_BENCH_POSTGRES_URL` or
+//! `TASKFLOW_TEST_POSTGRES_URL` names a server).
 //!
 //! ```text
 //! cargo run --release --example bench                  # the full table, a few minutes
@@ -29,12 +31,16 @@ use taskflow::{TaskHandle, TaskManager, TaskManagerBuilder, task};
 mod memory;
 #[path = "bench/persistence.rs"]
 mod persistence;
+#[path = "bench/postgres.rs"]
+mod postgres;
 #[path = "bench/raw.rs"]
 mod raw;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/schedules.rs"]
 mod schedules;
+#[path = "bench/wire.rs"]
+mod wire;
 
 use report::{Measure, Row, Target, median, median_time, spread};
 
@@ -107,8 +113,8 @@ fn crunch(rounds: u32) -> u64 {
 
 const USAGE: &str =
     "usage: bench [--quick] [--runs N] [--only B1,B4,…] [--markdown PATH] [--json PATH]
-       bench --only B4 --side taskflow|raw[-throughput|-latency] [--runs N]
-             (one side of B4 alone, for a profiler; the other side's figures are dummies)";
+       bench --only B4|B12 --side taskflow|raw[-throughput|-latency] [--runs N]
+             (one side of B4 or B12 alone, for a profiler; the other side's figures are dummies)";
 
 struct Options {
     quick: bool,
@@ -116,7 +122,7 @@ struct Options {
     only: Option<Vec<String>>,
     markdown: Option<PathBuf>,
     json: Option<PathBuf>,
-    /// Only this side of B4, for profiling.
+    /// Only this side of B4 or B12, for profiling.
     side: Option<String>,
 }
 
@@ -190,6 +196,9 @@ struct Scale {
     delayed_tasks: usize,
     /// B13: schedules, and the seconds they fire for.
     schedules: (usize, u64),
+    /// B12: tasks queued in PostgreSQL, and latency probes per run.
+    pg_tasks: usize,
+    pg_probes: usize,
 }
 
 impl Scale {
@@ -210,6 +219,8 @@ impl Scale {
                 priority_tasks: 10_000,
                 delayed_tasks: 10_000,
                 schedules: (500, 1),
+                pg_tasks: 5_000,
+                pg_probes: 50,
             }
         } else {
             Scale {
@@ -227,6 +238,8 @@ impl Scale {
                 priority_tasks: 100_000,
                 delayed_tasks: 100_000,
                 schedules: (10_000, 10),
+                pg_tasks: 100_000,
+                pg_probes: 500,
             }
         };
         if let Some(runs) = options.runs {
@@ -1016,6 +1029,7 @@ async fn main() -> Result<(), BoxError> {
         Ok(spec) if spec.starts_with("memory:") => {
             return memory::child(&spec["memory:".len()..]).await;
         }
+        Ok("pg-host") => return postgres::host().await,
         _ => {}
     }
     let options = match Options::parse(std::env::args().skip(1)) {
@@ -1041,7 +1055,7 @@ async fn main() -> Result<(), BoxError> {
     // B6 first, while this process is small: a worker is started with
     // fork(), whose cost grows with the parent's mapped memory.
     let order = [
-        "B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B13", "B9",
+        "B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B12", "B13", "B9",
     ];
     for id in order {
         if !options.wants(id) {
@@ -1061,6 +1075,15 @@ async fn main() -> Result<(), BoxError> {
             "B13" => {
                 let (n, seconds) = scale.schedules;
                 schedules::b13(n, seconds, scale.runs.min(3)).await
+            }
+            "B12" => {
+                postgres::b12(
+                    scale.pg_tasks,
+                    scale.pg_probes,
+                    scale.runs,
+                    options.side.as_deref(),
+                )
+                .await
             }
             _ => b9(&scale).await,
         };

@@ -4,7 +4,8 @@
 //! A row holds the median taskflow figure, the median raw figure measured in
 //! the same runs, their ratio, and the target. The ratio is what the
 //! target is checked against, except for targets on an absolute value
-//! (cold start, memory), which are checked against the taskflow figure.
+//! (cold start, memory, PostgreSQL rates, latencies and statement counts),
+//! which are checked against the taskflow figure.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub(crate) enum Measure {
     Time(Duration),
     /// Bytes (per task).
     Bytes(f64),
+    /// A plain number (per task), e.g. statements.
+    Count(f64),
 }
 
 impl Measure {
@@ -28,6 +31,7 @@ impl Measure {
             Measure::Rate(rate) => rate,
             Measure::Time(time) => time.as_secs_f64(),
             Measure::Bytes(bytes) => bytes,
+            Measure::Count(count) => count,
         }
     }
 
@@ -36,6 +40,7 @@ impl Measure {
             Measure::Rate(_) => "per_second",
             Measure::Time(_) => "seconds",
             Measure::Bytes(_) => "bytes",
+            Measure::Count(_) => "count",
         }
     }
 
@@ -47,6 +52,7 @@ impl Measure {
             Measure::Rate(rate) => format!("{rate:.1}/s"),
             Measure::Time(time) => duration_text(time),
             Measure::Bytes(bytes) => format!("{bytes:.0} B"),
+            Measure::Count(count) => format!("{count:.3}"),
         }
     }
 }
@@ -71,6 +77,8 @@ pub(crate) enum Target {
     RatioAtMost(f64),
     /// The taskflow figure is at most this.
     AtMost(Measure),
+    /// The taskflow figure is at least this.
+    AtLeast(Measure),
     /// Reported, with no target.
     Report,
 }
@@ -81,6 +89,7 @@ impl Target {
             Target::RatioAtLeast(x) => format!("≥ {x:.2}"),
             Target::RatioAtMost(x) => format!("≤ {x:.2}"),
             Target::AtMost(limit) => format!("≤ {}", limit.text()),
+            Target::AtLeast(limit) => format!("≥ {}", limit.text()),
             Target::Report => "report".to_owned(),
         }
     }
@@ -137,6 +146,7 @@ impl Row {
             (Target::RatioAtLeast(x), Some(_), Some(ratio)) => Some(ratio >= *x),
             (Target::RatioAtMost(x), Some(_), Some(ratio)) => Some(ratio <= *x),
             (Target::AtMost(limit), Some(value), _) => Some(value.value() <= limit.value()),
+            (Target::AtLeast(limit), Some(value), _) => Some(value.value() >= limit.value()),
             _ => None,
         }
     }

@@ -1353,6 +1353,14 @@ async fn follow_some(core: &Arc<Core>, durable: &Durable, followed: &[SharedCell
         }
     };
     for cell in followed {
+        // A task of this instance that left PENDING here since it was
+        // picked to follow: this instance claimed it (and may have run it
+        // to its end already, the row then unowned), or ended it itself.
+        // The row is its own writing: following it would count the task
+        // as another instance's.
+        if !cell.is_mirror() && cell.status() != TaskStatus::Pending {
+            continue;
+        }
         let row = rows.iter().find_map(|row| match row {
             Ok(task) if task.record.id == cell.id => Some(task),
             _ => None,

@@ -2,8 +2,9 @@
 //! `TASKFLOW_TEST_POSTGRES_URL`: what `build` says when the server, the
 //! user, the database or the schema is wrong; migrations when hosts start
 //! at once; the upkeep lease; the transactional enqueue; a manager running
-//! async, thread and process tasks with its whole query API; an
-//! application's pool; connections the server kills.
+//! async, thread and process tasks with its whole query API; two hosts
+//! sharing a burst, each counting what it ran; an application's pool;
+//! connections the server kills.
 //!
 //! Like `process.rs`, this binary enters worker mode first and runs its
 //! tests with libtest-mimic, one at a time. Each test works in a schema of
@@ -612,6 +613,73 @@ fn a_second_host_runs_what_the_first_queued() -> Result<(), Failed> {
     })
 }
 
+fn hosts_count_every_task_they_ran() -> Result<(), Failed> {
+    trial(async {
+        let Some(url) = postgres::server("hosts_count_every_task_they_ran").await else {
+            return;
+        };
+        let schema = Schema::new(&url, "counts").await;
+        const TASKS: u64 = 20_000;
+        let host = |slots: usize| {
+            TaskManager::builder()
+                .postgres(
+                    PostgresConfig::new(url.as_str())
+                        .schema(schema.name())
+                        .pool_size(4),
+                )
+                .max_concurrent_tasks(slots)
+                .poll_interval(Duration::from_millis(50))
+                .lease(Duration::from_secs(2))
+                .build()
+        };
+        // The other host first, so the enqueuing host knows from its start
+        // that its tasks may run elsewhere, and follows them.
+        let other = host(1_000).await.unwrap();
+        let enqueuer = host(256).await.unwrap();
+        // Fewer slots here than tasks, so most wait in the store, where
+        // both hosts claim them in batches, while the enqueuing host
+        // follows the tasks its handles await, including those it has just
+        // claimed itself: those it runs, it must count as its own.
+        let handles: Vec<_> = (0..TASKS)
+            .map(|n| add::call(n, 1).enqueue_on(&enqueuer).unwrap())
+            .collect();
+        for (n, handle) in handles.into_iter().enumerate() {
+            assert_eq!(
+                within("a task's handle", handle).await.unwrap(),
+                n as u64 + 1
+            );
+        }
+        let burned_down = || async {
+            let stats = enqueuer.queue_stats().await.unwrap();
+            stats
+                .iter()
+                .all(|queue| queue.pending == 0 && queue.running == 0)
+        };
+        assert!(wait_for(PATIENCE, burned_down).await, "tasks were left");
+        enqueuer.flush().await.unwrap();
+        other.flush().await.unwrap();
+        let (here, there) = (enqueuer.metrics(), other.metrics());
+        assert_eq!(
+            here.success + there.success,
+            TASKS,
+            "each host counts the tasks it ran, and only those: {here:?} here, {there:?} there"
+        );
+        assert_eq!(
+            here.pending + here.running + there.pending + there.running,
+            0
+        );
+        let stored = schema
+            .query(&format!(
+                "SELECT count(*) FROM \"{}\".tasks WHERE status = 'SUCCESS' AND attempts = 1",
+                schema.name()
+            ))
+            .await;
+        assert_eq!(stored[0].get::<_, i64>(0), TASKS as i64, "each ran once");
+        enqueuer.shutdown().await;
+        other.shutdown().await;
+    })
+}
+
 fn an_applications_pool_works_without_listening() -> Result<(), Failed> {
     trial(async {
         let Some(url) = postgres::server("an_applications_pool_works_without_listening").await
@@ -766,6 +834,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_second_host_runs_what_the_first_queued",
             a_second_host_runs_what_the_first_queued,
+        ),
+        Trial::test(
+            "hosts_count_every_task_they_ran",
+            hosts_count_every_task_they_ran,
         ),
         Trial::test(
             "an_applications_pool_works_without_listening",

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use taskflow_worker::TaskId;
-use tokio_postgres::{GenericClient, Statement};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, Row, Statement};
 
 use super::rows;
 use super::sql::InsertSql;
@@ -27,31 +28,22 @@ pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 /// inserted are tried again before the insert gives up.
 const RETRIES: usize = 3;
 
-/// The insert's statements, prepared on the connection that runs them.
-pub(crate) struct Prepared {
-    insert: Statement,
-    stored_ids: Statement,
-    key_holders: Statement,
+/// The insert's statements, as the connection that runs them takes them.
+pub(crate) enum Prepared<'a> {
+    /// Prepared, from a pooled connection's statement cache.
+    Cached {
+        insert: Statement,
+        stored_ids: Statement,
+        key_holders: Statement,
+    },
+    /// As text with their parameters' types, each parsed, bound and run in
+    /// one round trip: for the application's transaction, whose connection
+    /// keeps no statement of the store's, so that an `enqueue_in` costs
+    /// one round trip (the insert) rather than two (a prepare, then it).
+    Typed(&'a InsertSql),
 }
 
-impl Prepared {
-    /// Prepares `sql` on `client`, the three at once.
-    pub(crate) async fn on<C>(client: &C, sql: &InsertSql) -> Result<Self, Failure>
-    where
-        C: GenericClient + Sync,
-    {
-        let (insert, stored_ids, key_holders) = tokio::try_join!(
-            client.prepare(&sql.insert),
-            client.prepare(&sql.stored_ids),
-            client.prepare(&sql.key_holders),
-        )?;
-        Ok(Prepared {
-            insert,
-            stored_ids,
-            key_holders,
-        })
-    }
-
+impl Prepared<'static> {
     /// `sql` from the statement cache of a pooled connection.
     pub(super) async fn cached(
         client: &deadpool_postgres::ClientWrapper,
@@ -62,11 +54,111 @@ impl Prepared {
             client.prepare_cached(&sql.stored_ids),
             client.prepare_cached(&sql.key_holders),
         )?;
-        Ok(Prepared {
+        Ok(Prepared::Cached {
             insert,
             stored_ids,
             key_holders,
         })
+    }
+}
+
+/// The insert statement's parameter types, in order (`sql::INSERT`).
+const INSERT_TYPES: [Type; 26] = [
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT2_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT4_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+/// Runs `text` with `params` of `types`: parsed, bound and run in one
+/// round trip.
+async fn query_typed<C>(
+    client: &C,
+    text: &str,
+    params: &[&(dyn ToSql + Sync)],
+    types: &[Type],
+) -> Result<Vec<Row>, tokio_postgres::Error>
+where
+    C: GenericClient + Sync,
+{
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+        params.iter().copied().zip(types.iter().cloned()).collect();
+    client.query_typed(text, &typed).await
+}
+
+impl Prepared<'_> {
+    /// The insert, as `sql::INSERT` binds it.
+    async fn insert<C>(
+        &self,
+        client: &C,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>
+    where
+        C: GenericClient + Sync,
+    {
+        match self {
+            Prepared::Cached { insert, .. } => client.query(insert, params).await,
+            Prepared::Typed(sql) => query_typed(client, &sql.insert, params, &INSERT_TYPES).await,
+        }
+    }
+
+    /// Which of `ids` are stored.
+    async fn stored_ids<C>(
+        &self,
+        client: &C,
+        ids: &[uuid::Uuid],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>
+    where
+        C: GenericClient + Sync,
+    {
+        match self {
+            Prepared::Cached { stored_ids, .. } => client.query(stored_ids, &[&ids]).await,
+            Prepared::Typed(sql) => {
+                query_typed(client, &sql.stored_ids, &[&ids], &[Type::UUID_ARRAY]).await
+            }
+        }
+    }
+
+    /// The tasks holding these (name, key) pairs.
+    async fn key_holders<C>(
+        &self,
+        client: &C,
+        names: &[&str],
+        keys: &[&str],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>
+    where
+        C: GenericClient + Sync,
+    {
+        let params: [&(dyn ToSql + Sync); 2] = [&names, &keys];
+        match self {
+            Prepared::Cached { key_holders, .. } => client.query(key_holders, &params).await,
+            Prepared::Typed(sql) => {
+                let types = [Type::TEXT_ARRAY, Type::TEXT_ARRAY];
+                query_typed(client, &sql.key_holders, &params, &types).await
+            }
+        }
     }
 }
 
@@ -76,7 +168,7 @@ impl Prepared {
 /// [`Store::insert`]: crate::store::Store::insert
 pub(crate) async fn insert_tasks<C>(
     client: &C,
-    sql: &Prepared,
+    sql: &Prepared<'_>,
     (channel, token): (&str, &str),
     tasks: &[NewTask],
 ) -> Result<Vec<Inserted>, Failure>
@@ -129,7 +221,7 @@ where
 /// in with, by id.
 async fn write<C>(
     client: &C,
-    sql: &Prepared,
+    sql: &Prepared<'_>,
     (channel, token): (&str, &str),
     batch: &[&NewTask],
 ) -> Result<HashMap<TaskId, String>, Failure>
@@ -139,9 +231,10 @@ where
     let columns = Columns::of(batch);
     let now = SystemTime::now();
     let codec = super::codec_version();
-    let rows = client
-        .query(
-            &sql.insert,
+    let claim = columns.claim(now);
+    let rows = sql
+        .insert(
+            client,
             &[
                 &columns.id,
                 &columns.name,
@@ -161,7 +254,7 @@ where
                 &columns.idempotency_key,
                 &columns.owner,
                 &columns.output,
-                &columns.claim(now),
+                &claim,
                 &now,
                 &codec,
                 &columns.tag_task,
@@ -186,7 +279,7 @@ where
 /// whose key was released meanwhile: they can go in now.
 async fn explain<C>(
     client: &C,
-    sql: &Prepared,
+    sql: &Prepared<'_>,
     tasks: &[NewTask],
     missing: &[usize],
     answers: &mut [Option<Inserted>],
@@ -198,8 +291,8 @@ where
         return Ok(Vec::new());
     }
     let ids: Vec<uuid::Uuid> = missing.iter().map(|&at| tasks[at].id.as_uuid()).collect();
-    let stored: Vec<TaskId> = client
-        .query(&sql.stored_ids, &[&ids])
+    let stored: Vec<TaskId> = sql
+        .stored_ids(client, &ids)
         .await?
         .iter()
         .filter_map(|row| rows::id(row, 0))
@@ -216,8 +309,8 @@ where
         .collect();
     let holders = match keyed.is_empty() {
         true => Vec::new(),
-        false => client
-            .query(&sql.key_holders, &[&names, &keys])
+        false => sql
+            .key_holders(client, &names, &keys)
             .await?
             .iter()
             .map(|row| {

@@ -314,7 +314,7 @@ pub(crate) async fn insert_in(
         })
     };
     let sql = InsertSql::new(schema);
-    let prepared = Prepared::on(transaction, &sql).await.map_err(failed)?;
+    let prepared = Prepared::Typed(&sql);
     // Marked by no store: every listener takes it as another's.
     let channel = listen::channel(schema);
     let mut answers = insert_tasks(transaction, &prepared, (&channel, ""), &[task])

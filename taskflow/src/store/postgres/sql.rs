@@ -36,6 +36,13 @@ const LOG_COLUMNS: &str = "attempt, at, level, target, message, fields";
 /// of new PENDING rows when the statement's transaction commits; each
 /// notification carries the notifying store's token, so a store can tell
 /// its own from other hosts'.
+///
+/// Each row learns whether it is claimed by a join with `granted` (one row
+/// per queue, executor and claimer), not by a subquery per row: the planner costs
+/// a subquery once per use per row, and a batch of a few hundred rows
+/// then looked expensive enough for PostgreSQL to JIT-compile the
+/// statement, which took over a second per execution (B12 in
+/// `BENCHMARKS.md`).
 const INSERT: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[],
@@ -59,11 +66,9 @@ granted AS (
       AND NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = g.queue AND q.paused)
 ),
 decided AS (
-    SELECT i.*, i.claim IS NOT NULL AND EXISTS (
-               SELECT 1 FROM granted g
-               WHERE g.queue = i.queue AND g.executor = i.executor AND g.claim = i.claim
-           ) AS claimed
-    FROM input i
+    SELECT i.*, i.claim IS NOT NULL AND g.queue IS NOT NULL AS claimed
+    FROM input i LEFT JOIN granted g
+        ON g.queue = i.queue AND g.executor = i.executor AND g.claim = i.claim
 ),
 new AS (
     INSERT INTO {s}.tasks (id, name, executor, queue, priority, status, args, tags, attempts,
@@ -108,6 +113,11 @@ WHERE (name, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 /// clears a cancel request; a change without output keeps the stored one.
 /// Listeners learn of tasks made PENDING (ready work) and of tasks that
 /// finished (for handles following them) at commit.
+///
+/// `t.id = ANY($1)` repeats the join's key as an index condition: without
+/// it the planner, seeing a few thousand changes, joins them by hashing
+/// the whole table, live and dead rows alike, on every batch (four times
+/// slower at 100 000 rows, and growing with the table).
 const APPLY: &str = "
 WITH c AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[],
@@ -124,7 +134,8 @@ done AS (
         error_message = c.error_message, owner = c.owner, output = coalesce(c.output, t.output),
         cancel_requested = t.cancel_requested AND c.status IN ('PENDING', 'RUNNING')
     FROM c
-    WHERE t.id = c.id AND t.status = c.was_status AND t.attempts = c.was_attempts
+    WHERE t.id = ANY($1) AND t.id = c.id AND t.status = c.was_status
+      AND t.attempts = c.was_attempts
       AND (c.was_owner IS NULL OR t.owner = c.was_owner)
     RETURNING c.ord, c.status
 ),
