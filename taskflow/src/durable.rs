@@ -774,11 +774,14 @@ async fn claimer(core: Weak<Core>) {
     let mut backoff = Duration::ZERO;
     let mut next_follow = tokio::time::Instant::now();
     let mut next_full_follow = next_follow;
+    // When an idle claimer looks for work again (a poll interval after its
+    // last claim).
+    let mut next_poll = next_follow;
     // The store's wake-ups for other processes' changes, if it sends any.
     let store_wake = core
         .upgrade()
         .and_then(|core| core.durable.as_ref()?.store.notifications());
-    let mut only_follow = false;
+    let mut woke = Woke::ToClaim;
     loop {
         let Some(strong) = core.upgrade() else {
             return;
@@ -794,16 +797,18 @@ async fn claimer(core: Weak<Core>) {
             return;
         }
         let poll = durable.settings.poll;
-        // Woken because another instance finished tasks: the store is
-        // shared (whatever the last heartbeat saw), and there is nothing
-        // new to claim, only tasks to follow.
-        let (again, due) = match std::mem::take(&mut only_follow) {
-            true => {
+        let (again, due) = match std::mem::replace(&mut woke, Woke::ToClaim) {
+            // Another instance finished tasks: the store is shared
+            // (whatever the last heartbeat saw), and there is nothing new
+            // to claim, only tasks to follow.
+            Woke::Changed => {
                 durable.shared.store(true, Ordering::Release);
                 (false, None)
             }
-            false => {
+            Woke::ToFollow => (false, None),
+            Woke::ToClaim => {
                 let (again, due) = claim_once(&strong, durable).await;
+                next_poll = tokio::time::Instant::now() + poll;
                 (again, Some(due))
             }
         };
@@ -829,25 +834,53 @@ async fn claimer(core: Weak<Core>) {
             }
             None => {}
         }
+        // With a poll interval longer than the heartbeat, the claimer still
+        // wakes once per heartbeat to follow (without claiming) while tasks
+        // may run elsewhere: a handle first awaited after the notification
+        // that would have woken it, or a task nobody awaits, is brought up
+        // to date within a heartbeat rather than a poll interval.
+        let following = durable.shared.load(Ordering::Acquire) || strong.index.mirrors() > 0;
         drop(strong);
         if again && backoff.is_zero() {
             continue;
         }
+        let now = tokio::time::Instant::now();
+        let until_poll = next_poll.saturating_duration_since(now);
         let until_due = next_due
             .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
-            .unwrap_or(poll);
-        let wait = until_due.min(poll).max(backoff);
+            .unwrap_or(until_poll);
+        let mut wait = until_due.min(until_poll).max(backoff);
+        let mut then = Woke::ToClaim;
+        if following && backoff.is_zero() {
+            let until_follow = next_full_follow.saturating_duration_since(now);
+            if until_follow < wait {
+                wait = until_follow;
+                then = Woke::ToFollow;
+            }
+        }
         let Some(store_wake) = &store_wake else {
-            let _ = tokio::time::timeout(wait, notified).await;
+            if tokio::time::timeout(wait, notified).await.is_err() {
+                woke = then;
+            }
             continue;
         };
         tokio::select! {
             _ = notified => {}
             _ = store_wake.ready.notified() => {}
-            _ = store_wake.changed.notified() => only_follow = true,
-            _ = tokio::time::sleep(wait) => {}
+            _ = store_wake.changed.notified() => woke = Woke::Changed,
+            _ = tokio::time::sleep(wait) => woke = then,
         }
     }
+}
+
+/// Why the claimer woke.
+enum Woke {
+    /// Work may be ready: claim, then follow if a poll interval passed.
+    ToClaim,
+    /// Another instance finished tasks: follow those awaited here.
+    Changed,
+    /// A heartbeat passed: follow every task enqueued here.
+    ToFollow,
 }
 
 /// One claim round: reserves free slots, asks the store, runs what it got.
