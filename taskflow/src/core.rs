@@ -323,11 +323,7 @@ impl Core {
     pub(crate) fn claimed_cell(self: &Arc<Self>, task: &StoredTask) -> Option<SharedCell> {
         let record = &task.record;
         if let Some(cell) = self.index.get(&record.id) {
-            if cell.is_mirror() {
-                cell.set_mirror(false);
-                self.index.recount(&cell);
-            }
-            return Some(cell);
+            return Some(self.own(cell));
         }
         let entry = taskflow_worker::Registry::global()
             .ok()?
@@ -352,12 +348,26 @@ impl Core {
             origin,
         ));
         cell.set_foreign();
+        let present = self.index.insert_new(cell.clone());
+        if !Arc::ptr_eq(&present, &cell) {
+            // A keyed enqueue here made its view of the task meanwhile.
+            return Some(self.own(present));
+        }
         cell.queue.reserve_pending_unchecked();
-        self.index.insert(cell.clone());
         if cell.key.is_some() {
             self.index.set_key_holder(&cell);
         }
         Some(cell)
+    }
+
+    /// Makes a cell of the index this instance's own to run: a view of
+    /// the task (a mirror) no longer, since this instance claimed it.
+    fn own(&self, cell: SharedCell) -> SharedCell {
+        if cell.is_mirror() {
+            cell.set_mirror(false);
+            self.index.recount(&cell);
+        }
+        cell
     }
 
     /// A handle's view of a task that another instance (or an earlier run)
@@ -385,11 +395,21 @@ impl Core {
             (self.scheduler.queue(&record.queue), record.priority),
             origin,
         ));
-        self.transition(&cell, Transition::Observe(Box::new(row)));
-        if !cell.status().is_finished() {
-            self.index.insert(cell.clone());
+        // A row this instance has just claimed (its claim and this
+        // enqueue's look-up crossed): the claimer runs it on this cell, so
+        // the cell stays PENDING until then rather than take the claim's
+        // RUNNING for an attempt already started.
+        let claimed_here = self.durable.as_ref().is_some_and(|durable| {
+            row.record.status == TaskStatus::Running
+                && row.owner.as_deref() == Some(durable.instance_id())
+        });
+        if !claimed_here {
+            self.transition(&cell, Transition::Observe(Box::new(row)));
         }
-        cell
+        if cell.status().is_finished() {
+            return cell;
+        }
+        self.index.insert_new(cell)
     }
 
     /// A snapshot of a task: from memory while it is live here, else from
