@@ -863,8 +863,16 @@ async fn claim_ready(
                     &limits[at],
                 ]);
             }
-            let (rows, next) = tokio::try_join!(client.query(&statement, &params), next_run_at)?;
-            claimed.next_run_at = next.try_get(0)?;
+            // The claim commits on its own: once it answered, its rows are
+            // this instance's, whatever happens to the look-up sent with
+            // it (a connection lost between the two). Without that answer,
+            // the claimer looks again at once.
+            let (rows, next) = tokio::join!(client.query(&statement, &params), next_run_at);
+            let rows = rows?;
+            claimed.next_run_at = match next.and_then(|next| next.try_get(0)) {
+                Ok(next) => next,
+                Err(_) => Some(now),
+            };
             rows
         }
     };
