@@ -92,6 +92,11 @@ pub(crate) struct Durable {
     names: [Arc<[String]>; 3],
     /// A run of store failures is being reported (once).
     failing: AtomicBool,
+    /// When the latest store failure was met: the store counts as back
+    /// once it has answered for a heartbeat since.
+    last_failure: Mutex<Option<tokio::time::Instant>>,
+    /// The writer holds changes it could not write yet.
+    behind: AtomicBool,
     /// Wakes the keeper early (shutdown).
     keeper: Arc<Notify>,
     closed: AtomicBool,
@@ -128,6 +133,8 @@ impl Durable {
             inbox: Mutex::new(Some(inbox)),
             names: names.map(Into::into),
             failing: AtomicBool::new(false),
+            last_failure: Mutex::new(None),
+            behind: AtomicBool::new(false),
             keeper: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             lost: AtomicBool::new(false),
@@ -286,8 +293,13 @@ impl Durable {
         }
     }
 
-    /// Reports the first failure of a run of them.
+    /// Reports the first failure of a run of them: one log line and one
+    /// [`EventKind::StoreFailed`] per outage, however many calls fail in it
+    /// (a server that drops every connection fails each call that was
+    /// using one, while new connections already work).
     fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now());
         if !self.failing.swap(true, Ordering::AcqRel) {
             let message = crate::error::chain(error);
             tracing::error!(
@@ -297,9 +309,19 @@ impl Durable {
         }
     }
 
-    /// The store answered again.
+    /// The store answered again. The outage is over once the writer has
+    /// written what waited and no call has failed for a heartbeat: then it
+    /// is said, once.
     fn recovered(&self) {
-        if self.failing.swap(false, Ordering::AcqRel) {
+        if !self.failing.load(Ordering::Acquire) || self.behind.load(Ordering::Acquire) {
+            return;
+        }
+        let settled = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= self.settings.heartbeat);
+        if settled && self.failing.swap(false, Ordering::AcqRel) {
             tracing::info!("the task store is writable again; pending changes are written");
         }
     }
@@ -488,6 +510,7 @@ async fn writer(core: Weak<Core>, mut inbox: mpsc::UnboundedReceiver<Write>) {
         };
         match written {
             Ok(()) => {
+                durable.behind.store(false, Ordering::Release);
                 durable.recovered();
                 backoff = None;
                 flushes.drain(..).for_each(|reply| drop(reply.send(Ok(()))));
@@ -507,6 +530,7 @@ async fn writer(core: Weak<Core>, mut inbox: mpsc::UnboundedReceiver<Write>) {
                 lost = Some(reason);
             }
             Err(error) => {
+                durable.behind.store(true, Ordering::Release);
                 durable.failed(&core, cells.first(), &error);
                 // A waiting flush learns of it now rather than hang.
                 let message = crate::error::chain(&error);
