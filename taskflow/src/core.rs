@@ -264,6 +264,10 @@ impl Core {
         match inserted? {
             None => {
                 self.index.set_key_holder(cell);
+                // Its row is in, PENDING: the claimer takes it now rather
+                // than at its next poll (the store's own notifications do
+                // not wake the instance that sent them).
+                self.scheduler.claimer().notify_one();
                 Ok(None)
             }
             Some(Ok(row)) => Ok(Some(match self.index.get(&row.record.id) {
