@@ -687,7 +687,13 @@ impl Core {
                 state.started_at = record.started_at;
                 state.last_error = record.last_error.map(Box::new);
                 if let Some(bytes) = row.output {
-                    state.output = Some(Produced::Encoded(bytes));
+                    if cell.key.is_some() {
+                        // Every handle to a keyed task reads its output,
+                        // here too: kept, not taken by the first.
+                        state.extra().output_bytes = Some(bytes.into());
+                    } else {
+                        state.output = Some(Produced::Encoded(bytes));
+                    }
                 }
                 observed_finish = record.finished_at;
                 EventKind::Observed
