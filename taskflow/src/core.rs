@@ -904,6 +904,23 @@ impl Core {
                 }
                 TaskStatus::Running => {
                     // Ours, claimed a moment ago: its cell is about to run.
+                    // A cell of this instance's own is cancelled once the
+                    // claim reaches it, as a claimed task, so the store (and
+                    // the key) says CANCELLED before this returns.
+                    let claim_landed = || {
+                        local.as_ref().is_none_or(|cell| {
+                            cell.lock()
+                                .written
+                                .is_none_or(|w| w.status != TaskStatus::Pending)
+                        })
+                    };
+                    let patience = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+                    while !claim_landed() && tokio::time::Instant::now() < patience {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    if local.is_some() && claim_landed() {
+                        continue;
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
                 status => return Err(Error::AlreadyFinished { id, status }),
