@@ -370,8 +370,23 @@ impl Core {
         if cell.is_mirror() {
             cell.set_mirror(false);
             self.index.recount(&cell);
+            if cell.status() == TaskStatus::Running {
+                self.running.add(executor_index(cell.entry.executor()), 1);
+            }
         }
         cell
+    }
+
+    /// Makes a cell of this instance a view of the task, which another
+    /// instance runs (or decided) now: it no longer counts here, not even
+    /// as running, so a shutdown does not wait for it.
+    pub(crate) fn follow(&self, cell: &TaskCell) {
+        if self.index.follow(cell) == Some(TaskStatus::Running) {
+            self.running.add(executor_index(cell.entry.executor()), -1);
+            if self.is_closed() {
+                self.idle.notify_waiters();
+            }
+        }
     }
 
     /// A handle's view of a task that another instance (or an earlier run)
@@ -719,14 +734,17 @@ impl Core {
         if release {
             state.admitted = false;
         }
+        // A view of a task another instance runs counts nowhere here: not
+        // in the metrics, and not as running (a shutdown waits only for
+        // what runs here).
         if !cell.is_mirror() {
             self.index.count_transition(cell, from, to, duration);
-        }
-        let executor = executor_index(cell.entry.executor());
-        if to == TaskStatus::Running {
-            self.running.add(executor, 1);
-        } else if from == TaskStatus::Running {
-            self.running.add(executor, -1);
+            let executor = executor_index(cell.entry.executor());
+            if to == TaskStatus::Running {
+                self.running.add(executor, 1);
+            } else if from == TaskStatus::Running {
+                self.running.add(executor, -1);
+            }
         }
         let attempt = state.attempts.saturating_sub(1);
         self.bus.publish(|| TaskEvent {

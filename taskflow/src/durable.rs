@@ -789,7 +789,7 @@ fn refused(core: &Arc<Core>, cell: &SharedCell, before: Option<Written>) {
         });
     }
     cell.lock().written = None;
-    core.index.follow(cell);
+    core.follow(cell);
 }
 
 /// The claimer's task.
@@ -1204,7 +1204,7 @@ async fn lost_lease(core: &Arc<Core>, durable: &Durable) {
         if let Some(abort) = abort {
             abort.abort();
         }
-        core.index.follow(&cell);
+        core.follow(&cell);
         match row {
             Some(task) => {
                 core.transition(&cell, Transition::Observe(Box::new(task.clone())));
@@ -1354,7 +1354,7 @@ async fn follow_some(core: &Arc<Core>, durable: &Durable, followed: &[SharedCell
             Some(task) if task.owner.as_deref() == Some(durable.instance_id()) => {}
             Some(task) => {
                 if !cell.is_mirror() {
-                    core.index.follow(cell);
+                    core.follow(cell);
                 }
                 core.transition(cell, Transition::Observe(Box::new(task.clone())));
                 if cell.status().is_finished() {
@@ -1362,7 +1362,7 @@ async fn follow_some(core: &Arc<Core>, durable: &Durable, followed: &[SharedCell
                 }
             }
             None => {
-                core.index.follow(cell);
+                core.follow(cell);
                 core.transition(cell, Transition::Interrupt);
             }
         }

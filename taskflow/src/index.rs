@@ -111,18 +111,21 @@ impl LiveIndex {
     }
 
     /// Makes a cell a view of a task another instance runs: it stops
-    /// counting here and is followed through the store.
-    pub(crate) fn follow(&self, cell: &TaskCell) {
-        if !cell.is_mirror() {
-            cell.set_mirror(true);
-            self.mirrors.fetch_add(1, Ordering::AcqRel);
-            let status = cell.status();
-            self.counts.add(status.index(), -1);
-            count_queue(cell, status, -1);
-            if status == TaskStatus::Pending {
-                cell.queue.unreserve_pending();
-            }
+    /// counting here and is followed through the store. The status it had
+    /// when it stopped counting, if it was counted until now.
+    pub(crate) fn follow(&self, cell: &TaskCell) -> Option<TaskStatus> {
+        if cell.is_mirror() {
+            return None;
         }
+        cell.set_mirror(true);
+        self.mirrors.fetch_add(1, Ordering::AcqRel);
+        let status = cell.status();
+        self.counts.add(status.index(), -1);
+        count_queue(cell, status, -1);
+        if status == TaskStatus::Pending {
+            cell.queue.unreserve_pending();
+        }
+        Some(status)
     }
 
     /// Makes a followed cell this instance's own again (it claimed it).
