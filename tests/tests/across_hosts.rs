@@ -699,6 +699,51 @@ fn a_handle_awaited_on_one_host_resolves_with_another_hosts_output() -> Result<(
     })
 }
 
+/// A host whose tasks another host is running shuts down at once: it
+/// drains what runs here, not what it only follows, and the other host
+/// finishes the task.
+fn a_host_shuts_down_without_waiting_for_what_another_host_runs() -> Result<(), Failed> {
+    const LABEL: &str = "shutdown";
+    trial(async {
+        let Some(url) = postgres::server(LABEL).await else {
+            return;
+        };
+        let schema = Schema::new(&url, LABEL).await;
+        let a = host(&url, &schema, "A")
+            .max_concurrent_tasks(1)
+            .shutdown_timeout(Duration::from_secs(5))
+            .build()
+            .await
+            .unwrap();
+        let mine = format!("{LABEL}-a");
+        let theirs = format!("{LABEL}-b");
+        // A's one slot is taken before B starts: B runs what A queues next.
+        let blocker = wait_at::call(mine.clone()).enqueue_on(&a).unwrap();
+        wait_for_status(&a, blocker.id(), TaskStatus::Running).await;
+        let b = host(&url, &schema, "B").build().await.unwrap();
+        let elsewhere = wait_at::call(theirs.clone()).enqueue_on(&a).unwrap();
+        let id = elsewhere.id();
+        // A follows it, and sees it running (on B).
+        assert!(
+            wait_until(PATIENCE, || elsewhere.status() == TaskStatus::Running).await,
+            "A sees B run its task"
+        );
+        GATES.open(&mine);
+        within("A's own task", blocker).await.unwrap();
+        let report = a.shutdown().await;
+        assert!(report.drained, "nothing ran here at shutdown: {report:?}");
+        assert_eq!(
+            (report.pending_interrupted, report.running_interrupted),
+            (0, 0),
+            "B's task is not A's to interrupt"
+        );
+        GATES.open(&theirs);
+        let record = wait_for_status(&b, id, TaskStatus::Success).await;
+        assert_eq!(record.attempts, 1);
+        b.shutdown().await;
+    })
+}
+
 /// `get` and `list` give the same records on every host, whoever enqueued
 /// or ran the tasks, and paging through the cursor visits each once.
 fn get_and_list_agree_on_every_host() -> Result<(), Failed> {
@@ -1168,6 +1213,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_handle_awaited_on_one_host_resolves_with_another_hosts_output",
             a_handle_awaited_on_one_host_resolves_with_another_hosts_output,
+        ),
+        Trial::test(
+            "a_host_shuts_down_without_waiting_for_what_another_host_runs",
+            a_host_shuts_down_without_waiting_for_what_another_host_runs,
         ),
         Trial::test(
             "get_and_list_agree_on_every_host",
