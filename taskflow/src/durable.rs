@@ -24,7 +24,14 @@
 //!   retention.
 //!   The claimer also follows, once per poll interval (at once when the
 //!   store says another instance finished tasks), the tasks that handles
-//!   here await while another instance runs them.
+//!   here await while another instance runs them, and every task enqueued
+//!   here that may run elsewhere once per heartbeat, however long the poll
+//!   interval. Such a view of another instance's task never counts as
+//!   running here.
+//! - **Outages** are reported once each: the first failed call logs an
+//!   error and publishes `EventKind::StoreFailed`; the end is logged once
+//!   the writer has written what waited and no call failed for a
+//!   heartbeat.
 
 use std::collections::HashSet;
 use std::future::Future;
