@@ -266,6 +266,10 @@ impl Core {
         match inserted? {
             None => {
                 self.index.set_key_holder(cell);
+                // Its row is in, PENDING: the claimer takes it now rather
+                // than at its next poll (the store's own notifications do
+                // not wake the instance that sent them).
+                self.scheduler.claimer().notify_one();
                 Ok(None)
             }
             Some(Ok(row)) => Ok(Some(match self.index.get(&row.record.id) {
@@ -325,21 +329,7 @@ impl Core {
     pub(crate) fn claimed_cell(self: &Arc<Self>, task: &StoredTask) -> Option<SharedCell> {
         let record = &task.record;
         if let Some(cell) = self.index.get(&record.id) {
-            if cell.is_mirror() {
-                // The view may be stale: last seen RUNNING on another
-                // instance, which then died and had the task requeued. The
-                // claim found it PENDING, and starts it from there.
-                if cell.status() != TaskStatus::Pending {
-                    let mut requeued = task.clone();
-                    requeued.record.status = TaskStatus::Pending;
-                    requeued.record.attempts = record.attempts.saturating_sub(1);
-                    requeued.record.finished_at = None;
-                    self.transition(&cell, Transition::Observe(Box::new(requeued)));
-                }
-                cell.set_mirror(false);
-                self.index.recount(&cell);
-            }
-            return Some(cell);
+            return Some(self.own(cell, task));
         }
         let entry = taskflow_worker::Registry::global()
             .ok()?
@@ -365,12 +355,45 @@ impl Core {
             origin,
         ));
         cell.set_foreign();
+        let present = self.index.insert_new(cell.clone());
+        if !Arc::ptr_eq(&present, &cell) {
+            // A keyed enqueue here made its view of the task meanwhile.
+            return Some(self.own(present, task));
+        }
         cell.queue.reserve_pending_unchecked();
-        self.index.insert(cell.clone());
         if cell.key.is_some() {
             self.index.set_key_holder(&cell);
         }
         Some(cell)
+    }
+
+    /// Makes a cell of the index this instance's own to run: a view of
+    /// the task (a mirror) no longer, since this instance claimed it.
+    fn own(self: &Arc<Self>, cell: SharedCell, task: &StoredTask) -> SharedCell {
+        if cell.is_mirror() {
+            // The view may be stale: last seen RUNNING on another instance,
+            // which then died and had the task requeued. The claim found it
+            // PENDING, and starts it from there.
+            if cell.status() != TaskStatus::Pending {
+                let mut requeued = task.clone();
+                requeued.record.status = TaskStatus::Pending;
+                requeued.record.attempts = task.record.attempts.saturating_sub(1);
+                requeued.record.finished_at = None;
+                self.transition(&cell, Transition::Observe(Box::new(requeued)));
+            }
+            cell.set_mirror(false);
+            self.index.recount(&cell);
+        }
+        cell
+    }
+
+    /// Makes a cell of this instance a view of the task, which another
+    /// instance runs (or decided) now: it no longer counts here, not even
+    /// as running, so a shutdown does not wait for it.
+    pub(crate) fn follow(&self, cell: &TaskCell) {
+        if self.index.follow(cell) == Some(TaskStatus::Running) && self.is_closed() {
+            self.idle.notify_waiters();
+        }
     }
 
     /// A handle's view of a task that another instance (or an earlier run)
@@ -399,11 +422,21 @@ impl Core {
             (self.scheduler.queue(&record.queue), record.priority),
             origin,
         ));
-        self.transition(&cell, Transition::Observe(Box::new(row)));
-        if !cell.status().is_finished() {
-            self.index.insert(cell.clone());
+        // A row this instance has just claimed (its claim and this
+        // enqueue's look-up crossed): the claimer runs it on this cell, so
+        // the cell stays PENDING until then rather than take the claim's
+        // RUNNING for an attempt already started.
+        let claimed_here = self.durable.as_ref().is_some_and(|durable| {
+            row.record.status == TaskStatus::Running
+                && row.owner.as_deref() == Some(durable.instance_id())
+        });
+        if !claimed_here {
+            self.transition(&cell, Transition::Observe(Box::new(row)));
         }
-        cell
+        if cell.status().is_finished() {
+            return cell;
+        }
+        self.index.insert_new(cell)
     }
 
     /// A snapshot of a task: from memory while it is live here, else from
@@ -684,7 +717,13 @@ impl Core {
                 state.started_at = record.started_at;
                 state.last_error = record.last_error.map(Box::new);
                 if let Some(bytes) = row.output {
-                    state.output = Some(Produced::Encoded(bytes));
+                    if cell.key.is_some() {
+                        // Every handle to a keyed task reads its output,
+                        // here too: kept, not taken by the first.
+                        state.extra().output_bytes = Some(bytes.into());
+                    } else {
+                        state.output = Some(Produced::Encoded(bytes));
+                    }
                 }
                 observed_finish = record.finished_at;
                 EventKind::Observed
@@ -710,6 +749,9 @@ impl Core {
         if release {
             state.admitted = false;
         }
+        // A view of a task another instance runs counts nowhere here: not
+        // in the metrics, and not as running (a shutdown waits only for
+        // what runs here).
         if !cell.is_mirror() {
             self.index.count_transition(cell, from, to, duration);
         }
@@ -889,6 +931,23 @@ impl Core {
                 }
                 TaskStatus::Running => {
                     // Ours, claimed a moment ago: its cell is about to run.
+                    // A cell of this instance's own is cancelled once the
+                    // claim reaches it, as a claimed task, so the store (and
+                    // the key) says CANCELLED before this returns.
+                    let claim_landed = || {
+                        local.as_ref().is_none_or(|cell| {
+                            cell.lock()
+                                .written
+                                .is_none_or(|w| w.status != TaskStatus::Pending)
+                        })
+                    };
+                    let patience = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+                    while !claim_landed() && tokio::time::Instant::now() < patience {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    if local.is_some() && claim_landed() {
+                        continue;
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
                 status => return Err(Error::AlreadyFinished { id, status }),

@@ -26,7 +26,14 @@
 //!   each heartbeat).
 //!   The claimer also follows, once per poll interval (at once when the
 //!   store says another instance finished tasks), the tasks that handles
-//!   here await while another instance runs them.
+//!   here await while another instance runs them, and every task enqueued
+//!   here that may run elsewhere once per heartbeat, however long the poll
+//!   interval. Such a view of another instance's task never counts as
+//!   running here.
+//! - **Outages** are reported once each: the first failed call logs an
+//!   error and publishes `EventKind::StoreFailed`; the end is logged once
+//!   the writer has written what waited and no call failed for a
+//!   heartbeat.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -96,6 +103,11 @@ pub(crate) struct Durable {
     failing: AtomicBool,
     /// The loss of the store was reported (once, for good).
     loss_reported: AtomicBool,
+    /// When the latest store failure was met: the store counts as back
+    /// once it has answered for a heartbeat since.
+    last_failure: Mutex<Option<tokio::time::Instant>>,
+    /// The writer holds changes it could not write yet.
+    behind: AtomicBool,
     /// Wakes the keeper early (shutdown).
     keeper: Arc<Notify>,
     closed: AtomicBool,
@@ -139,6 +151,8 @@ impl Durable {
             names: names.map(Into::into),
             failing: AtomicBool::new(false),
             loss_reported: AtomicBool::new(false),
+            last_failure: Mutex::new(None),
+            behind: AtomicBool::new(false),
             keeper: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
             lost: AtomicBool::new(false),
@@ -319,10 +333,15 @@ impl Durable {
         }
     }
 
-    /// Reports the first failure of a run of them.
-    /// The loss of the store is reported once whatever noticed it first (a
-    /// write, a claim, a heartbeat), and no later answer clears it.
+    /// Reports the first failure of a run of them: one log line and one
+    /// [`EventKind::StoreFailed`] per outage, however many calls fail in it
+    /// (a server that drops every connection fails each call that was
+    /// using one, while new connections already work). The loss of the
+    /// store is reported once whatever noticed it first (a write, a claim,
+    /// a heartbeat), and no later answer clears it.
     pub(crate) fn failed(&self, core: &Core, first: Option<&SharedCell>, error: &StoreError) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now());
         let first_report = match error {
             StoreError::Lost(_) => {
                 self.failing.store(true, Ordering::Release);
@@ -339,13 +358,23 @@ impl Durable {
         }
     }
 
-    /// The store answered again. Not after a loss, which is for good: an
-    /// answer from before it, handled late, must not clear the report.
+    /// The store answered again. The outage is over once the writer has
+    /// written what waited and no call has failed for a heartbeat: then it
+    /// is said, once. Not after a loss, which is for good: an answer from
+    /// before it, handled late, must not clear the report.
     pub(crate) fn recovered(&self) {
-        if self.loss_reported.load(Ordering::Acquire) {
+        if self.loss_reported.load(Ordering::Acquire)
+            || !self.failing.load(Ordering::Acquire)
+            || self.behind.load(Ordering::Acquire)
+        {
             return;
         }
-        if self.failing.swap(false, Ordering::AcqRel) {
+        let settled = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= self.settings.heartbeat);
+        if settled && self.failing.swap(false, Ordering::AcqRel) {
             tracing::info!("the task store is writable again; pending changes are written");
         }
     }
@@ -534,6 +563,7 @@ async fn writer(core: Weak<Core>, mut inbox: mpsc::UnboundedReceiver<Write>) {
         };
         match written {
             Ok(()) => {
+                durable.behind.store(false, Ordering::Release);
                 durable.recovered();
                 backoff = None;
                 flushes.drain(..).for_each(|reply| drop(reply.send(Ok(()))));
@@ -553,6 +583,7 @@ async fn writer(core: Weak<Core>, mut inbox: mpsc::UnboundedReceiver<Write>) {
                 lost = Some(reason);
             }
             Err(error) => {
+                durable.behind.store(true, Ordering::Release);
                 durable.failed(&core, cells.first(), &error);
                 // A waiting flush learns of it now rather than hang.
                 let message = crate::error::chain(&error);
@@ -811,7 +842,7 @@ fn refused(core: &Arc<Core>, cell: &SharedCell, before: Option<Written>) {
         });
     }
     cell.lock().written = None;
-    core.index.follow(cell);
+    core.follow(cell);
 }
 
 /// The claimer's task.
@@ -820,11 +851,14 @@ async fn claimer(core: Weak<Core>) {
     let mut backoff = Duration::ZERO;
     let mut next_follow = tokio::time::Instant::now();
     let mut next_full_follow = next_follow;
+    // When an idle claimer looks for work again (a poll interval after its
+    // last claim).
+    let mut next_poll = next_follow;
     // The store's wake-ups for other processes' changes, if it sends any.
     let store_wake = core
         .upgrade()
         .and_then(|core| core.durable.as_ref()?.store.notifications());
-    let mut only_follow = false;
+    let mut woke = Woke::ToClaim;
     loop {
         let Some(strong) = core.upgrade() else {
             return;
@@ -840,16 +874,18 @@ async fn claimer(core: Weak<Core>) {
             return;
         }
         let poll = durable.settings.poll;
-        // Woken because another instance finished tasks: the store is
-        // shared (whatever the last heartbeat saw), and there is nothing
-        // new to claim, only tasks to follow.
-        let (again, due) = match std::mem::take(&mut only_follow) {
-            true => {
+        let (again, due) = match std::mem::replace(&mut woke, Woke::ToClaim) {
+            // Another instance finished tasks: the store is shared
+            // (whatever the last heartbeat saw), and there is nothing new
+            // to claim, only tasks to follow.
+            Woke::Changed => {
                 durable.shared.store(true, Ordering::Release);
                 (false, None)
             }
-            false => {
+            Woke::ToFollow => (false, None),
+            Woke::ToClaim => {
                 let (again, due) = claim_once(&strong, durable).await;
+                next_poll = tokio::time::Instant::now() + poll;
                 (again, Some(due))
             }
         };
@@ -875,25 +911,53 @@ async fn claimer(core: Weak<Core>) {
             }
             None => {}
         }
+        // With a poll interval longer than the heartbeat, the claimer still
+        // wakes once per heartbeat to follow (without claiming) while tasks
+        // may run elsewhere: a handle first awaited after the notification
+        // that would have woken it, or a task nobody awaits, is brought up
+        // to date within a heartbeat rather than a poll interval.
+        let following = durable.shared.load(Ordering::Acquire) || strong.index.mirrors() > 0;
         drop(strong);
         if again && backoff.is_zero() {
             continue;
         }
+        let now = tokio::time::Instant::now();
+        let until_poll = next_poll.saturating_duration_since(now);
         let until_due = next_due
             .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
-            .unwrap_or(poll);
-        let wait = until_due.min(poll).max(backoff);
+            .unwrap_or(until_poll);
+        let mut wait = until_due.min(until_poll).max(backoff);
+        let mut then = Woke::ToClaim;
+        if following && backoff.is_zero() {
+            let until_follow = next_full_follow.saturating_duration_since(now);
+            if until_follow < wait {
+                wait = until_follow;
+                then = Woke::ToFollow;
+            }
+        }
         let Some(store_wake) = &store_wake else {
-            let _ = tokio::time::timeout(wait, notified).await;
+            if tokio::time::timeout(wait, notified).await.is_err() {
+                woke = then;
+            }
             continue;
         };
         tokio::select! {
             _ = notified => {}
             _ = store_wake.ready.notified() => {}
-            _ = store_wake.changed.notified() => only_follow = true,
-            _ = tokio::time::sleep(wait) => {}
+            _ = store_wake.changed.notified() => woke = Woke::Changed,
+            _ = tokio::time::sleep(wait) => woke = then,
         }
     }
+}
+
+/// Why the claimer woke.
+enum Woke {
+    /// Work may be ready: claim, then follow if a poll interval passed.
+    ToClaim,
+    /// Another instance finished tasks: follow those awaited here.
+    Changed,
+    /// A heartbeat passed: follow every task enqueued here.
+    ToFollow,
 }
 
 /// One claim round: reserves free slots, asks the store, runs what it got.
@@ -1206,7 +1270,7 @@ async fn lost_lease(core: &Arc<Core>, durable: &Durable) {
         if let Some(abort) = abort {
             abort.abort();
         }
-        core.index.follow(&cell);
+        core.follow(&cell);
         match row {
             Some(task) => {
                 core.transition(&cell, Transition::Observe(Box::new(task.clone())));
@@ -1372,7 +1436,7 @@ async fn follow_some(core: &Arc<Core>, durable: &Durable, followed: &[SharedCell
             Some(task) if task.owner.as_deref() == Some(durable.instance_id()) => {}
             Some(task) => {
                 if !cell.is_mirror() {
-                    core.index.follow(cell);
+                    core.follow(cell);
                 }
                 core.transition(cell, Transition::Observe(Box::new(task.clone())));
                 if cell.status().is_finished() {
@@ -1380,7 +1444,7 @@ async fn follow_some(core: &Arc<Core>, durable: &Durable, followed: &[SharedCell
                 }
             }
             None => {
-                core.index.follow(cell);
+                core.follow(cell);
                 core.transition(cell, Transition::Interrupt);
             }
         }

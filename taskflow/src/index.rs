@@ -79,6 +79,27 @@ impl LiveIndex {
         self.records.insert(cell.id, cell);
     }
 
+    /// Adds `cell` unless the index holds a cell of its id already: the
+    /// cell now in the index for that id. The claimer and a keyed enqueue
+    /// may each make a cell for one task at the same moment; one wins, and
+    /// both use it.
+    pub(crate) fn insert_new(&self, cell: SharedCell) -> SharedCell {
+        match self.records.entry(cell.id) {
+            Entry::Occupied(present) => present.get().clone(),
+            Entry::Vacant(free) => {
+                if cell.is_mirror() {
+                    self.mirrors.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    let status = cell.status();
+                    self.counts.add(status.index(), 1);
+                    count_queue(&cell, status, 1);
+                }
+                free.insert(cell.clone());
+                cell
+            }
+        }
+    }
+
     /// Takes out a cell that never became a task (its key was held).
     pub(crate) fn remove_unborn(&self, cell: &TaskCell) {
         if self.records.remove(&cell.id).is_some() && !cell.is_mirror() {
@@ -93,17 +114,20 @@ impl LiveIndex {
     }
 
     /// Makes a cell a view of a task another instance runs: it stops
-    /// counting here and is followed through the store.
-    pub(crate) fn follow(&self, cell: &TaskCell) {
-        if !cell.is_mirror() {
-            cell.set_mirror(true);
-            self.mirrors.fetch_add(1, Ordering::AcqRel);
-            let status = cell.status();
-            self.tally(cell, status, -1);
-            if status == TaskStatus::Pending {
-                cell.queue.unreserve_pending();
-            }
+    /// counting here and is followed through the store. The status it had
+    /// when it stopped counting, if it was counted until now.
+    pub(crate) fn follow(&self, cell: &TaskCell) -> Option<TaskStatus> {
+        if cell.is_mirror() {
+            return None;
         }
+        cell.set_mirror(true);
+        self.mirrors.fetch_add(1, Ordering::AcqRel);
+        let status = cell.status();
+        self.tally(cell, status, -1);
+        if status == TaskStatus::Pending {
+            cell.queue.unreserve_pending();
+        }
+        Some(status)
     }
 
     /// Makes a followed cell this instance's own again (it claimed it).

@@ -899,7 +899,7 @@ async fn claim_ready(
     let next_params: &[&(dyn ToSql + Sync)] = &[&queues, &now, &owner];
     let next_run_at = client.query_one(&next, next_params);
     let (rows, next) = match wanted.is_empty() {
-        true => (Vec::new(), next_run_at.await?),
+        true => (Vec::new(), Some(next_run_at.await?)),
         false => {
             let statement = client
                 .prepare_cached(&shared.sql.claim(wanted.len()))
@@ -930,14 +930,30 @@ async fn claim_ready(
                     &limits[at],
                 ]);
             }
-            tokio::try_join!(client.query(&statement, &params), next_run_at)?
+            // The claim commits on its own: once it answered, its rows are
+            // this instance's, whatever happens to the look-up sent with
+            // it (a connection lost between the two). Without that answer,
+            // the claimer looks again at once.
+            // The claim commits on its own: once it answered, its rows are
+            // this instance's, whatever happens to the look-up sent with
+            // it (a connection lost between the two).
+            let (rows, next) = tokio::join!(client.query(&statement, &params), next_run_at);
+            (rows?, next.ok())
         }
     };
     // The claim checked the lease itself; the statement beside it only
-    // tells why nothing came (both read the lease, a moment apart).
-    let live: bool = next.try_get(1)?;
+    // tells why nothing came (both read the lease, a moment apart). Without
+    // its answer, the claimer looks again at once.
+    let read =
+        |next: &tokio_postgres::Row| -> Result<(Option<SystemTime>, bool), tokio_postgres::Error> {
+            Ok((next.try_get(0)?, next.try_get(1)?))
+        };
+    let (next_run_at, live) = next
+        .as_ref()
+        .and_then(|next| read(next).ok())
+        .unwrap_or((Some(now), true));
     let mut claimed = Claimed {
-        next_run_at: next.try_get(0)?,
+        next_run_at,
         lapsed: !live && rows.is_empty(),
         ..Claimed::default()
     };
