@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod harness;
+pub mod logs;
 pub mod postgres;
 
 use std::future::Future;

@@ -925,36 +925,6 @@ fn every_handle_here_of_a_keyed_task_run_elsewhere_reads_its_output() -> Result<
 /// by a minimal `tracing` subscriber.
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-struct CaptureLogs;
-
-impl tracing::Subscriber for CaptureLogs {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() <= tracing::Level::INFO && metadata.target().starts_with("taskflow")
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        LOGS.lock()
-            .unwrap()
-            .push(format!("{} {}", event.metadata().level(), message.0));
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 /// Terminates every server process whose connection is named
 /// `application`, but for the caller's; how many.
 async fn terminate(control: &tokio_postgres::Client, application: &str) -> usize {
@@ -1192,7 +1162,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let _ = tracing::subscriber::set_global_default(CaptureLogs);
+    taskflow_tests::logs::LogCapture::new(&LOGS, tracing::Level::INFO)
+        .target("taskflow")
+        .with_level()
+        .install();
     harness::run(vec![
         Trial::test(
             "a_pending_task_cancelled_from_another_host_never_runs",

@@ -224,34 +224,6 @@ fn scenario(name: &str, db: &Path, side: &Path) -> Command {
 /// Warnings the runtime logged, captured by a minimal `tracing` subscriber.
 static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-struct CaptureWarnings;
-
-impl tracing::Subscriber for CaptureWarnings {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() <= tracing::Level::WARN
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        WARNINGS.lock().unwrap().push(message.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 // ---------------------------------------------------------------- in-process
 
 fn every_stored_field_round_trips_through_a_restart() -> Result<(), Failed> {
@@ -1315,7 +1287,7 @@ async fn keyed() -> ExitCode {
 
 fn main() -> ExitCode {
     taskflow::init();
-    let _ = tracing::subscriber::set_global_default(CaptureWarnings);
+    taskflow_tests::logs::LogCapture::new(&WARNINGS, tracing::Level::WARN).install();
     if let Some(name) = scenario_name() {
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         return match name.as_str() {

@@ -53,34 +53,6 @@ async fn idempotent_note(n: u32, side: String) {
 /// Error-level log lines the runtime wrote, captured by a minimal subscriber.
 static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-struct CaptureErrors;
-
-impl tracing::Subscriber for CaptureErrors {
-    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        *metadata.level() <= tracing::Level::ERROR
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        ERRORS.lock().unwrap().push(message.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 /// How many captured error lines mention `text`.
 fn errors_mentioning(text: &str) -> usize {
     ERRORS
@@ -377,7 +349,7 @@ fn a_new_store_file_is_private() -> Result<(), Failed> {
 
 fn main() -> ExitCode {
     taskflow::init();
-    let _ = tracing::subscriber::set_global_default(CaptureErrors);
+    taskflow_tests::logs::LogCapture::new(&ERRORS, tracing::Level::ERROR).install();
     harness::run(vec![
         Trial::test(
             "corrupt_rows_are_reported_once_and_every_good_row_still_works",
