@@ -237,13 +237,7 @@ async fn enqueue_and_serve() -> ExitCode {
 /// Runs plain and requeue-able tasks that take long, and waits to be killed.
 async fn long_tasks() -> ExitCode {
     let (db, side) = paths();
-    let manager = TaskManager::builder()
-        .snapshot_db(&db)
-        .lease(Duration::from_millis(lease_ms()))
-        .poll_interval(Duration::from_millis(50))
-        .build()
-        .await
-        .unwrap();
+    let manager = manager(&db, Duration::from_millis(lease_ms())).await;
     let mut ids = Vec::new();
     for n in 0..3 {
         let plain = step::call(n, side.clone(), 60_000)
@@ -268,13 +262,7 @@ async fn long_tasks() -> ExitCode {
 /// for a minute (`running <id>`), then serves.
 async fn owned_tasks() -> ExitCode {
     let (db, side) = paths();
-    let manager = TaskManager::builder()
-        .snapshot_db(&db)
-        .lease(Duration::from_millis(lease_ms()))
-        .poll_interval(Duration::from_millis(50))
-        .build()
-        .await
-        .unwrap();
+    let manager = manager(&db, Duration::from_millis(lease_ms())).await;
     let pending = step::call(1, side.clone(), 10)
         .delay(Duration::from_secs(2))
         .enqueue_on(&manager)
@@ -295,13 +283,7 @@ async fn owned_tasks() -> ExitCode {
 /// key and prints `got <key> <id>`.
 async fn enqueue_keys() -> ExitCode {
     let (db, _) = paths();
-    let manager = TaskManager::builder()
-        .snapshot_db(&db)
-        .lease(Duration::from_millis(lease_ms()))
-        .poll_interval(Duration::from_millis(50))
-        .build()
-        .await
-        .unwrap();
+    let manager = manager(&db, Duration::from_millis(lease_ms())).await;
     println!("ready");
     let (lines_in, mut lines_out) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {

@@ -850,6 +850,35 @@ pub(crate) fn queue_rows(
     queues.into_values().collect()
 }
 
+/// A stored log line, from its columns as any backend keeps them: the level
+/// as text (an unknown one reads as INFO) and the fields' encoding (an
+/// undecodable one becomes a field saying so, so one bad line never hides a
+/// task's other lines).
+pub(crate) fn log_line(
+    attempt: u32,
+    at: SystemTime,
+    level: &str,
+    target: String,
+    message: String,
+    fields: Option<&[u8]>,
+) -> LogRecord {
+    use taskflow_worker::LogLevel;
+    let level = match level {
+        "ERROR" => LogLevel::Error,
+        "WARN" => LogLevel::Warn,
+        "DEBUG" => LogLevel::Debug,
+        "TRACE" => LogLevel::Trace,
+        _ => LogLevel::Info,
+    };
+    let mut record = LogRecord::new(level, target, message).in_attempt(attempt);
+    record.at = at;
+    if let Some(bytes) = fields {
+        record.fields = taskflow_worker::codec::decode::<Vec<(String, String)>>(bytes)
+            .unwrap_or_else(|error| vec![("taskflow.corrupt".into(), error.to_string())]);
+    }
+    record
+}
+
 /// A row's tags: none, or their encoding.
 pub(crate) fn decode_tags(bytes: Option<Vec<u8>>) -> Result<Tags, String> {
     match bytes {

@@ -8,14 +8,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use taskflow_worker::codec::{self, CODEC_VERSION};
-use taskflow_worker::{ErrorKind, Executor, LogLevel, LogRecord, TaskError, TaskId};
+use taskflow_worker::codec::CODEC_VERSION;
+use taskflow_worker::{ErrorKind, Executor, LogRecord, TaskError, TaskId};
 use tokio_postgres::Row;
 use tokio_postgres::types::FromSql;
 
 use crate::record::TaskRecord;
 use crate::schedule::Tick;
-use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags};
+use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags, log_line};
 
 /// Reads a row selected with [`COLUMNS`](super::sql::COLUMNS): the task,
 /// or why it is not one.
@@ -124,24 +124,14 @@ impl Columns<'_> {
 /// Reads a log line; a malformed one becomes a line saying so, so one bad
 /// line never hides a task's other lines.
 pub(super) fn read_log(row: &Row) -> LogRecord {
-    let attempt = row.try_get::<_, i32>(0).unwrap_or(0);
-    let at = row.try_get::<_, SystemTime>(1).unwrap_or(UNIX_EPOCH);
     let text = |index: usize| row.try_get::<_, String>(index).unwrap_or_default();
-    let level = match text(2).as_str() {
-        "ERROR" => LogLevel::Error,
-        "WARN" => LogLevel::Warn,
-        "DEBUG" => LogLevel::Debug,
-        "TRACE" => LogLevel::Trace,
-        _ => LogLevel::Info,
-    };
-    let mut record =
-        LogRecord::new(level, text(3), text(4)).in_attempt(u32::try_from(attempt).unwrap_or(0));
-    record.at = at;
-    if let Ok(Some(bytes)) = row.try_get::<_, Option<Vec<u8>>>(5) {
-        match codec::decode::<Vec<(String, String)>>(&bytes) {
-            Ok(fields) => record.fields = fields,
-            Err(error) => record.fields = vec![("taskflow.corrupt".into(), error.to_string())],
-        }
-    }
-    record
+    let fields = row.try_get::<_, Option<Vec<u8>>>(5).ok().flatten();
+    log_line(
+        u32::try_from(row.try_get::<_, i32>(0).unwrap_or(0)).unwrap_or(0),
+        row.try_get::<_, SystemTime>(1).unwrap_or(UNIX_EPOCH),
+        &text(2),
+        text(3),
+        text(4),
+        fields.as_deref(),
+    )
 }

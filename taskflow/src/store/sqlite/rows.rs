@@ -10,13 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Row;
 use rusqlite::types::ValueRef;
-use taskflow_worker::codec::{self, CODEC_VERSION};
-use taskflow_worker::{ErrorKind, Executor, LogLevel, LogRecord, TaskError, TaskId};
+use taskflow_worker::codec::CODEC_VERSION;
+use taskflow_worker::{ErrorKind, Executor, LogRecord, TaskError, TaskId};
 
 use crate::lifecycle::TaskStatus;
 use crate::record::TaskRecord;
 use crate::schedule::Tick;
-use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags};
+use crate::store::{CorruptRow, Row as StoredRow, StoredTask, decode_tags, log_line};
 
 /// The columns [`read`] expects, in order.
 pub(super) const COLUMNS: &str = "id, name, executor, status, args, tags, attempts, created_at, \
@@ -186,23 +186,18 @@ pub(super) fn read_log(row: &Row<'_>) -> rusqlite::Result<LogRecord> {
             _ => String::new(),
         }
     };
-    let level = match text(2).as_str() {
-        "ERROR" => LogLevel::Error,
-        "WARN" => LogLevel::Warn,
-        "DEBUG" => LogLevel::Debug,
-        "TRACE" => LogLevel::Trace,
-        _ => LogLevel::Info,
+    let fields = match row.get_ref(5) {
+        Ok(ValueRef::Blob(bytes)) => Some(bytes),
+        _ => None,
     };
-    let mut record =
-        LogRecord::new(level, text(3), text(4)).in_attempt(u32::try_from(attempt).unwrap_or(0));
-    record.at = time(at);
-    if let Ok(ValueRef::Blob(bytes)) = row.get_ref(5) {
-        match codec::decode::<Vec<(String, String)>>(bytes) {
-            Ok(fields) => record.fields = fields,
-            Err(error) => record.fields = vec![("taskflow.corrupt".into(), error.to_string())],
-        }
-    }
-    Ok(record)
+    Ok(log_line(
+        u32::try_from(attempt).unwrap_or(0),
+        time(at),
+        &text(2),
+        text(3),
+        text(4),
+        fields,
+    ))
 }
 
 /// The stored text of a status.
