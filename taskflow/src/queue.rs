@@ -181,7 +181,11 @@ struct Ready {
     others: Mutex<BTreeMap<Reverse<i16>, VecDeque<SharedCell>>>,
     /// Tasks in `others`.
     others_len: AtomicUsize,
-    /// Tasks in both, so a release looks only where someone waits.
+    /// Tasks in both that no thread has claimed yet. A task is counted once
+    /// it is in, and a thread claims one (takes the count down) before it
+    /// takes one out: so a claim always finds a task, and a thread never
+    /// spins on a task another thread is taking, nor on one a pusher the OS
+    /// preempted has not finished putting in.
     len: AtomicUsize,
 }
 
@@ -198,32 +202,48 @@ impl Default for Ready {
 
 impl Ready {
     fn push(&self, cell: SharedCell) {
-        self.len.fetch_add(1, Ordering::AcqRel);
         if cell.priority == 0 {
             // Only fails if the receiver is gone, and this struct owns it.
             let _ = self.lane.0.send(cell);
-            return;
+        } else {
+            let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+            others
+                .entry(Reverse(cell.priority))
+                .or_default()
+                .push_back(cell);
+            self.others_len.fetch_add(1, Ordering::AcqRel);
         }
-        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
-        others
-            .entry(Reverse(cell.priority))
-            .or_default()
-            .push_back(cell);
-        self.others_len.fetch_add(1, Ordering::AcqRel);
+        self.len.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The best task that has not finished meanwhile (cancelled while it
     /// waited: dropped here).
     fn pop(&self) -> Option<SharedCell> {
         loop {
-            let cell = self
-                .pop_other(|priority| priority > 0)
-                .or_else(|| self.lane.1.try_recv().ok())
-                .or_else(|| self.pop_other(|_| true))?;
-            self.len.fetch_sub(1, Ordering::AcqRel);
+            self.len
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| len.checked_sub(1))
+                .ok()?;
+            let cell = self.take_claimed();
             if !cell.status().is_finished() {
                 return Some(cell);
             }
+        }
+    }
+
+    /// Takes out the best task after a claim. Claims never outnumber the
+    /// tasks in, so one is there; the look goes round again only while
+    /// another claimer's task is being taken out from under this one's
+    /// look (it then finds the one left for it).
+    fn take_claimed(&self) -> SharedCell {
+        loop {
+            let found = self
+                .pop_other(|priority| priority > 0)
+                .or_else(|| self.lane.1.try_recv().ok())
+                .or_else(|| self.pop_other(|_| true));
+            if let Some(cell) = found {
+                return cell;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -358,10 +378,14 @@ impl fmt::Debug for Queue {
 
 /// The admission structure of one manager.
 pub(crate) struct Scheduler {
+    /// The queue of tasks that name none, found without a look-up.
+    default: Arc<Queue>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     /// The same queues by name, rebuilt when one is added: what releases
     /// and claims walk, without locking the map or sorting.
     listed: RwLock<Arc<[Arc<Queue>]>>,
+    /// More than one queue exists: a release may serve another queue.
+    several: AtomicBool,
     /// Settings of queues named on the builder; others get defaults.
     configs: HashMap<Arc<str>, QueueConfig>,
     executors: [Slots; 3],
@@ -392,16 +416,22 @@ impl Scheduler {
         capacities: [Option<usize>; 3],
         durable: bool,
     ) -> Self {
+        let default: Arc<str> = DEFAULT_QUEUE.into();
+        let default = Arc::new(Queue::new(
+            default.clone(),
+            configs.get(&default).copied().unwrap_or_default(),
+        ));
         let scheduler = Scheduler {
-            queues: RwLock::new(HashMap::new()),
-            listed: RwLock::new(Arc::from(Vec::new())),
+            queues: RwLock::new(HashMap::from([(default.name.clone(), default.clone())])),
+            listed: RwLock::new(Arc::from(vec![default.clone()])),
+            several: AtomicBool::new(false),
+            default,
             configs,
             executors: capacities.map(Slots::new),
             timer: Timer::default(),
             claimer: Arc::new(Notify::new()),
             durable: AtomicBool::new(durable),
         };
-        scheduler.queue(DEFAULT_QUEUE);
         for name in scheduler.configs.keys() {
             scheduler.queue(name);
         }
@@ -410,6 +440,9 @@ impl Scheduler {
 
     /// The queue named `name`, created with its settings on first use.
     pub(crate) fn queue(&self, name: &str) -> Arc<Queue> {
+        if name == DEFAULT_QUEUE {
+            return self.default.clone();
+        }
         if let Some(queue) = self
             .queues
             .read()
@@ -427,6 +460,7 @@ impl Scheduler {
         queues.insert(queue.name.clone(), queue.clone());
         let mut listed: Vec<Arc<Queue>> = queues.values().cloned().collect();
         listed.sort_by(|a, b| a.name.cmp(&b.name));
+        self.several.store(listed.len() > 1, Ordering::Release);
         *self.listed.write().unwrap_or_else(|p| p.into_inner()) = listed.into();
         queue
     }
@@ -501,8 +535,8 @@ impl Scheduler {
                 None => {
                     slots.give(1);
                     queue.slots.give(1);
-                    // Only cancelled tasks were left, or another thread took
-                    // the last one; a task pushed meanwhile saw our slots
+                    // Only cancelled tasks were left, or other threads
+                    // claimed the rest; a task pushed meanwhile saw our slots
                     // taken and is looked at on the next turn.
                     if queue.ready[executor].len() == 0 {
                         return;
@@ -538,7 +572,7 @@ impl Scheduler {
                 self.pump(core, queue, other);
             }
         }
-        if self.executors[index].capacity.is_some() {
+        if self.executors[index].capacity.is_some() && self.several.load(Ordering::Acquire) {
             for other in self.listed().iter() {
                 if !Arc::ptr_eq(other, queue) {
                     self.pump(core, other, index);
