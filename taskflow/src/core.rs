@@ -213,6 +213,9 @@ impl Core {
         if cell.is_admitting() {
             self.admitted(&cell);
         }
+        if let (Some(durable), Some(run_at)) = (&self.durable, placement.run_at) {
+            durable.may_rest(self, &cell, run_at);
+        }
         Ok(cell)
     }
 
@@ -614,7 +617,7 @@ impl Core {
 
     /// Whether a task interrupted from `from` runs again at the next start
     /// (its row is released to PENDING rather than marked INTERRUPTED).
-    fn runs_again(&self, cell: &TaskCell, from: TaskStatus) -> bool {
+    pub(crate) fn runs_again(&self, cell: &TaskCell, from: TaskStatus) -> bool {
         let Some(durable) = &self.durable else {
             return false;
         };
@@ -796,6 +799,9 @@ impl Core {
         }
 
         waiters.into_iter().for_each(std::task::Waker::wake);
+        if let (Some(durable), Some(at), true) = (&self.durable, retry_at, durable_write) {
+            durable.may_rest(self, cell, at);
+        }
         if let Some(abort) = abort {
             abort.abort();
         }

@@ -51,7 +51,7 @@ use crate::error::Error;
 use crate::events::EventKind;
 use crate::lifecycle::{self, TaskStatus, Transition};
 use crate::queue::executor_index;
-use crate::record::{SharedCell, Written};
+use crate::record::{SharedCell, TaskCell, Written};
 use crate::store::{
     Change, Demand, Expect, Inserted, InstanceInfo, LogLine, NewTask, Row, Store, StoreError,
     StoredTask, TaskState,
@@ -77,6 +77,8 @@ pub(crate) struct Settings {
     pub(crate) retention: Option<Duration>,
     /// Log lines kept per task.
     pub(crate) max_logs: u32,
+    /// A PENDING task due further ahead than this waits in the store alone.
+    pub(crate) horizon: Duration,
 }
 
 /// What the writer is sent.
@@ -126,6 +128,9 @@ pub(crate) struct Durable {
     /// The store made this instance the one doing upkeep, at the last ask:
     /// it fires the schedules too.
     leading: AtomicBool,
+    /// Tasks due beyond the memory horizon, to leave memory once their row
+    /// is written and no handle holds them: looked at each heartbeat.
+    resting: Mutex<Vec<Weak<TaskCell>>>,
 }
 
 impl Durable {
@@ -160,6 +165,26 @@ impl Durable {
             lapsed: AtomicBool::new(false),
             unknown: Mutex::default(),
             leading: AtomicBool::new(false),
+            resting: Mutex::default(),
+        }
+    }
+
+    /// Notes a PENDING task of this instance that will not start before
+    /// `run_at`: if that is beyond the memory horizon, the task may wait in
+    /// the store alone (see [`rest_watched`]).
+    pub(crate) fn may_rest(&self, core: &Core, cell: &SharedCell, run_at: SystemTime) {
+        let far = SystemTime::now() + self.settings.horizon;
+        // A task a shutdown would interrupt stays: its end is this
+        // instance's to write. So does one of a queue with a `max_size`,
+        // counted in memory (and bounded by it).
+        if run_at > far
+            && core.runs_again(cell, TaskStatus::Pending)
+            && cell.queue.config().max_size.is_none()
+        {
+            self.resting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(cell));
         }
     }
 
@@ -1172,6 +1197,7 @@ async fn keeper(core: Weak<Core>) {
             }
             Err(error) => durable.failed(&strong, None, &error),
         }
+        rest_watched(&strong, durable);
         // Upkeep is one instance's job at a time, as the store decides.
         let leading = leads(&strong, durable).await;
         if leading {
@@ -1483,5 +1509,51 @@ fn block_on<F: Future>(future: F) -> F::Output {
             return output;
         }
         std::thread::park();
+    }
+}
+
+/// Lets the tasks noted by [`Durable::may_rest`] leave memory: each one
+/// still PENDING, due beyond the horizon, written to the store as it is
+/// now, and held by no handle (a handle follows its cell) leaves the live
+/// index; the claimer makes a new cell from its row when it is due. Those
+/// not written yet, or still held, are looked at again next time.
+fn rest_watched(core: &Arc<Core>, durable: &Durable) {
+    let watched = std::mem::take(&mut *durable.resting.lock().unwrap_or_else(|p| p.into_inner()));
+    if watched.is_empty() {
+        return;
+    }
+    let far = SystemTime::now() + durable.settings.horizon;
+    let mut again = Vec::new();
+    for weak in watched {
+        let Some(cell) = weak.upgrade() else {
+            continue;
+        };
+        let state = cell.lock();
+        if state.status != TaskStatus::Pending
+            || state.admitted
+            || state.run_at <= far
+            || cell.is_mirror()
+        {
+            continue;
+        }
+        let written = state.written
+            == Some(Written {
+                status: TaskStatus::Pending,
+                attempts: state.attempts,
+            });
+        let held = state.handles > 0 || cell.is_admitting();
+        drop(state);
+        if written && !held && !durable.is_lost() {
+            core.index.rest(&cell);
+        } else {
+            again.push(weak);
+        }
+    }
+    if !again.is_empty() {
+        durable
+            .resting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(again);
     }
 }

@@ -117,11 +117,33 @@ impl LiveIndex {
     /// counting here and is followed through the store. The status it had
     /// when it stopped counting, if it was counted until now.
     pub(crate) fn follow(&self, cell: &TaskCell) -> Option<TaskStatus> {
+        let status = self.uncount(cell)?;
+        self.mirrors.fetch_add(1, Ordering::AcqRel);
+        Some(status)
+    }
+
+    /// Lets a PENDING cell whose row waits in the store leave memory: it
+    /// stops counting, and leaves the map and the key holders (where it is
+    /// there itself, not a newer cell of its id).
+    pub(crate) fn rest(&self, cell: &SharedCell) {
+        if self.uncount(cell).is_none() {
+            return;
+        }
+        self.records
+            .remove_if(&cell.id, |_, present| Arc::ptr_eq(present, cell));
+        if let Some(key) = key_of(cell) {
+            self.keys
+                .remove_if(&key, |_, holder| Arc::ptr_eq(holder, cell));
+        }
+    }
+
+    /// Stops counting a cell here (its changes count nowhere from now on):
+    /// the status it was counted in, if it was.
+    fn uncount(&self, cell: &TaskCell) -> Option<TaskStatus> {
         if cell.is_mirror() {
             return None;
         }
         cell.set_mirror(true);
-        self.mirrors.fetch_add(1, Ordering::AcqRel);
         let status = cell.status();
         self.tally(cell, status, -1);
         if status == TaskStatus::Pending {

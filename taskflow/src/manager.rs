@@ -548,6 +548,7 @@ pub struct TaskManagerBuilder {
     lease: Duration,
     poll_interval: Duration,
     max_logs_per_task: usize,
+    memory_horizon: Duration,
     /// Created by the first `subscribe` on the builder.
     bus: Option<Bus>,
 }
@@ -582,6 +583,7 @@ impl Default for TaskManagerBuilder {
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_millis(250),
             max_logs_per_task: 1000,
+            memory_horizon: Duration::from_secs(60),
             bus: None,
         }
     }
@@ -832,6 +834,25 @@ impl TaskManagerBuilder {
         self
     }
 
+    /// With a task store: a PENDING task due further ahead than this (a
+    /// delayed task, a one-off run next week, a retry with a long backoff)
+    /// waits in the store alone once its row is written and no
+    /// [`TaskHandle`](crate::TaskHandle) to it is held here: it costs a row,
+    /// not memory, and the claimer takes it from the store when it is due,
+    /// like a task another process enqueued. Default 60 s.
+    ///
+    /// This applies to tasks a shutdown leaves queued
+    /// ([`requeue_pending`](Self::requeue_pending), `#[task(persist =
+    /// true)]`) in queues without a `max_size` (which are counted, and so
+    /// kept, in memory). While a task waits in the store alone,
+    /// [`TaskManager::metrics`](crate::TaskManager::metrics) does not count
+    /// it; [`queue_stats`](crate::TaskManager::queue_stats), `get` and
+    /// `list` read it from the store.
+    pub fn memory_horizon(mut self, horizon: Duration) -> Self {
+        self.memory_horizon = horizon;
+        self
+    }
+
     /// Events kept for a subscriber that falls behind. Default 4096. Set it
     /// before [`subscribe`](Self::subscribe).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
@@ -976,6 +997,7 @@ impl TaskManagerBuilder {
             poll: self.poll_interval,
             retention: self.retention,
             max_logs: u32::try_from(self.max_logs_per_task).unwrap_or(u32::MAX),
+            horizon: self.memory_horizon,
         };
         #[cfg(feature = "postgres")]
         let postgres = match (self.postgres, &self.snapshot_db) {

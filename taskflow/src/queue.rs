@@ -221,7 +221,9 @@ impl Ready {
     fn pop(&self) -> Option<SharedCell> {
         loop {
             self.len
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| len.checked_sub(1))
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| {
+                    len.checked_sub(1)
+                })
                 .ok()?;
             let cell = self.take_claimed();
             if !cell.status().is_finished() {

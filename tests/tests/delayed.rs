@@ -3,7 +3,8 @@
 //! task store and with one. A retry's backoff is a persisted `run_at` too: a
 //! process killed (SIGKILL) while its task waits for its retry leaves the
 //! task PENDING in the file, and the next instance runs the retry at the
-//! persisted time: not at once, and not never.
+//! persisted time: not at once, and not never. A task due beyond the
+//! memory horizon waits in the store alone, and still runs on time.
 //!
 //! Like `persistence.rs`, this binary runs its tests with libtest-mimic and
 //! starts itself again as a *scenario* process for the crash.
@@ -20,9 +21,13 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libtest_mimic::{Failed, Trial};
-use taskflow::{TaskFilter, TaskId, TaskManager, TaskStatus, task};
+use taskflow::store::PostgresConfig;
+use taskflow::{
+    QueueConfig, TaskFilter, TaskId, TaskManager, TaskManagerBuilder, TaskStatus, task,
+};
 use taskflow_tests::harness::{self, KillOnDrop, lines, read_until, scenario_name, trial};
-use taskflow_tests::{PATIENCE, wait_for_status, within};
+use taskflow_tests::postgres::{self, Schema};
+use taskflow_tests::{PATIENCE, wait_for, wait_for_status, within};
 
 const DB: &str = "TASKFLOW_TEST_DB";
 const SIDE: &str = "TASKFLOW_TEST_SIDE";
@@ -54,6 +59,16 @@ async fn fails_first(side: String) -> Result<u32, String> {
     file.write_all(format!("{attempt} {} {start} {end}\n", std::process::id()).as_bytes())
         .unwrap();
     match attempt {
+        0 => Err("the first attempt fails".into()),
+        n => Ok(n),
+    }
+}
+
+/// Fails its first attempt; the retry waits 10 s (beyond the horizon of
+/// `far_tasks_wait_in_the_store_alone`).
+#[task(retries = 1, delay = "10s")]
+async fn fails_then_waits() -> Result<u32, String> {
+    match taskflow::context().expect("inside a task").attempt {
         0 => Err("the first attempt fails".into()),
         n => Ok(n),
     }
@@ -203,6 +218,164 @@ fn stored_delayed_tasks_start_no_earlier_than_their_run_at() -> Result<(), Faile
     ))
 }
 
+/// Tasks due beyond the memory horizon leave memory once written (and no
+/// handle holds them): `metrics` stops counting them, the store still lists
+/// them, a cancel still reaches one, its key still holds, and each runs,
+/// once, no earlier than its `run_at`. A held handle keeps its task in
+/// memory, and so does a queue with a `max_size`. A retry whose backoff
+/// reaches beyond the horizon waits in the store alone too.
+async fn far_tasks_wait_in_the_store_alone(run: &str, store: TaskManagerBuilder) {
+    const RESTING: u32 = 300;
+    const CAPPED: u32 = 10;
+    let delay = Duration::from_secs(10);
+    let manager = store
+        .requeue_pending(true)
+        .memory_horizon(Duration::from_secs(2))
+        .lease(Duration::from_secs(2))
+        .queue("capped", QueueConfig::new().max_size(100))
+        .build()
+        .await
+        .unwrap();
+    let enqueued = SystemTime::now();
+    let mut ids = Vec::new();
+    for n in 0..RESTING {
+        let handle = punctual::call(run.to_owned(), n)
+            .delay(delay)
+            .enqueue_on(&manager)
+            .unwrap();
+        ids.push((n, handle.id()));
+    }
+    for n in RESTING..RESTING + CAPPED {
+        let handle = punctual::call(run.to_owned(), n)
+            .delay(delay)
+            .queue("capped")
+            .enqueue_on(&manager)
+            .unwrap();
+        ids.push((n, handle.id()));
+    }
+    let held = punctual::call(run.to_owned(), 1000)
+        .delay(delay)
+        .enqueue_on(&manager)
+        .unwrap();
+    let keyed = punctual::call(run.to_owned(), 1001)
+        .delay(delay)
+        .idempotency_key(format!("{run}-reminder"))
+        .enqueue_on(&manager)
+        .unwrap()
+        .id();
+    let retried = fails_then_waits::call().enqueue_on(&manager).unwrap().id();
+    let doomed = punctual::call(run.to_owned(), 1002)
+        .delay(delay)
+        .enqueue_on(&manager)
+        .unwrap()
+        .id();
+
+    // Only the held task and the capped queue's stay counted in memory.
+    let memory = u64::from(CAPPED) + 1;
+    let rested = wait_for(delay / 2, || {
+        let manager = manager.clone();
+        async move { manager.metrics().pending == memory }
+    })
+    .await;
+    assert!(
+        rested,
+        "tasks due beyond the horizon left memory within {:?}: {:?}",
+        delay / 2,
+        manager.metrics()
+    );
+    assert!(
+        SystemTime::now() < enqueued + delay,
+        "the machine was too slow for this test: the tasks are due already"
+    );
+    let stats = manager.queue_stats().await.unwrap();
+    let default = stats.iter().find(|q| q.name == "default").unwrap();
+    assert_eq!(default.pending, u64::from(RESTING) + 4, "{stats:?}");
+    let (_, first) = ids[0];
+    let record = manager.get(first).await.unwrap().unwrap();
+    assert_eq!(record.status, TaskStatus::Pending);
+    assert!(record.run_at >= enqueued + delay);
+    let listed = manager
+        .list(&TaskFilter::new().status(TaskStatus::Pending).limit(1000))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), (RESTING + CAPPED + 4) as usize);
+    let waiting = manager.get(retried).await.unwrap().unwrap();
+    assert_eq!((waiting.status, waiting.attempts), (TaskStatus::Pending, 1));
+    // The key still holds: the same task, from the store.
+    let again = punctual::call(run.to_owned(), 1003)
+        .delay(delay)
+        .idempotency_key(format!("{run}-reminder"))
+        .enqueue_on(&manager)
+        .unwrap();
+    assert_eq!(again.id(), keyed);
+    drop(again);
+    manager.cancel(doomed).await.unwrap();
+    assert_eq!(
+        manager.get(doomed).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+
+    within("the held task", held).await.unwrap();
+    let done = wait_for(PATIENCE, || {
+        let manager = manager.clone();
+        async move { manager.metrics().success == u64::from(RESTING + CAPPED + 3) }
+    })
+    .await;
+    assert!(done, "every task ran: {:?}", manager.metrics());
+    let started: HashMap<u32, usize> = STARTED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, ..)| name == run)
+        .fold(HashMap::new(), |mut runs, &(_, n, _)| {
+            *runs.entry(n).or_default() += 1;
+            runs
+        });
+    assert!(!started.contains_key(&1002), "the cancelled task never ran");
+    assert!(
+        !started.contains_key(&1003),
+        "a second task for the key never ran"
+    );
+    for (n, id) in ids.iter().copied().chain([(1000, keyed), (1001, keyed)]) {
+        if n == 1000 {
+            continue;
+        }
+        assert_eq!(started.get(&n), Some(&1), "task {n} ran once");
+        let record = manager.get(id).await.unwrap().unwrap();
+        assert_eq!(record.status, TaskStatus::Success);
+        assert!(
+            micros(record.started_at.unwrap()) >= micros(record.run_at),
+            "task {n} started before its run_at: {record:?}"
+        );
+    }
+    assert_eq!(started.get(&1000), Some(&1));
+    let retry = manager.get(retried).await.unwrap().unwrap();
+    assert_eq!((retry.status, retry.attempts), (TaskStatus::Success, 2));
+    manager.shutdown().await;
+}
+
+fn far_tasks_cost_a_row_not_memory() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tasks.db");
+    trial(far_tasks_wait_in_the_store_alone(
+        "far-sqlite",
+        TaskManager::builder().snapshot_db(db),
+    ))
+}
+
+fn far_tasks_cost_a_row_not_memory_on_postgres() -> Result<(), Failed> {
+    trial(async {
+        let test = "far_tasks_cost_a_row_not_memory_on_postgres";
+        let Some(url) = postgres::server(test).await else {
+            return;
+        };
+        let schema = Schema::new(&url, "far").await;
+        let config = PostgresConfig::new(url.as_str()).schema(schema.name());
+        far_tasks_wait_in_the_store_alone("far-postgres", TaskManager::builder().postgres(config))
+            .await;
+    })
+}
+
 /// One attempt as the side file tells it.
 #[derive(Debug)]
 struct Attempt {
@@ -348,6 +521,14 @@ fn main() -> ExitCode {
         Trial::test(
             "stored_delayed_tasks_start_no_earlier_than_their_run_at",
             stored_delayed_tasks_start_no_earlier_than_their_run_at,
+        ),
+        Trial::test(
+            "far_tasks_cost_a_row_not_memory",
+            far_tasks_cost_a_row_not_memory,
+        ),
+        Trial::test(
+            "far_tasks_cost_a_row_not_memory_on_postgres",
+            far_tasks_cost_a_row_not_memory_on_postgres,
         ),
         Trial::test(
             "a_retry_waiting_in_a_killed_process_runs_at_its_persisted_time",
