@@ -886,9 +886,12 @@ impl Core {
         // A few rounds: the row may change hands between a read and a write.
         for _ in 0..8 {
             if let Some(cell) = &local {
-                let (status, written) = {
+                let (status, written, before) = {
                     let state = cell.lock();
-                    (state.status, state.written)
+                    let mut before = TaskState::pending(state.run_at);
+                    before.started_at = state.started_at;
+                    before.last_error = state.last_error.as_deref().cloned();
+                    (state.status, state.written, before)
                 };
                 match (status, written) {
                     // Running here, or not yet written: ours to change.
@@ -899,7 +902,7 @@ impl Core {
                     (TaskStatus::Pending, Some(written)) => {
                         // Another instance may claim the row any moment:
                         // the store decides, then this view follows.
-                        let change = cancelled(id, written.status, written.attempts, None);
+                        let change = cancelled(id, written.status, written.attempts, before);
                         if durable.apply_now(cell, change).await? {
                             return self.cancel_here(cell);
                         }
@@ -914,7 +917,10 @@ impl Core {
             let record = &task.record;
             match record.status {
                 TaskStatus::Pending => {
-                    let change = cancelled(id, TaskStatus::Pending, record.attempts, None);
+                    let mut before = TaskState::pending(record.run_at);
+                    before.started_at = record.started_at;
+                    before.last_error = record.last_error.clone();
+                    let change = cancelled(id, TaskStatus::Pending, record.attempts, before);
                     let applied = durable
                         .store
                         .apply(vec![change])
@@ -1061,18 +1067,21 @@ impl Core {
 }
 
 /// A compare-and-set that cancels a task in `status` with `attempts`.
-fn cancelled(id: TaskId, status: TaskStatus, attempts: u32, owner: Option<String>) -> Change {
-    let now = SystemTime::now();
-    let mut state = TaskState::pending(now);
+/// The change that cancels a task whose row is `status` after `attempts`
+/// attempts, keeping what `before` says of it: when it was due, its first
+/// start, its last failure.
+fn cancelled(id: TaskId, status: TaskStatus, attempts: u32, before: TaskState) -> Change {
+    let mut state = before;
     state.status = TaskStatus::Cancelled;
     state.attempts = attempts;
-    state.finished_at = Some(now);
+    state.finished_at = Some(SystemTime::now());
+    state.owner = None;
     Change {
         id,
         expect: Expect::Status {
             status,
             attempts,
-            owner,
+            owner: None,
         },
         state,
     }

@@ -310,9 +310,11 @@ async fn far_tasks_wait_in_the_store_alone(run: &str, store: TaskManagerBuilder)
     assert_eq!(again.id(), keyed);
     drop(again);
     manager.cancel(doomed).await.unwrap();
-    assert_eq!(
-        manager.get(doomed).await.unwrap().unwrap().status,
-        TaskStatus::Cancelled
+    let cancelled = manager.get(doomed).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, TaskStatus::Cancelled);
+    assert!(
+        cancelled.run_at >= enqueued + delay,
+        "a cancelled task keeps the time it was due: {cancelled:?}"
     );
 
     within("the held task", held).await.unwrap();
