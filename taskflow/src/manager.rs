@@ -230,6 +230,48 @@ impl TaskManager {
         self.set_paused(queue, false).await
     }
 
+    /// Changes the concurrency cap of `queue` in this instance (`None`: no
+    /// cap), at once. A lower cap lets the tasks running now finish and
+    /// admits no more until fewer run; a higher one admits what waits. Like
+    /// [`QueueConfig::concurrency`](crate::QueueConfig::concurrency) it is
+    /// this instance's: other processes sharing the store keep theirs, and a
+    /// restart starts again from the builder's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = taskflow::TaskManager::builder().build().await?;
+    /// manager.set_queue_concurrency("emails", Some(2))?;
+    /// let stats = manager.queue_stats().await?;
+    /// let emails = stats.iter().find(|q| q.name == "emails").unwrap();
+    /// assert_eq!(emails.concurrency, Some(2));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidQueue`] for a malformed queue name or a cap of 0.
+    pub fn set_queue_concurrency(
+        &self,
+        queue: &str,
+        concurrency: Option<usize>,
+    ) -> Result<(), Error> {
+        let reason = match concurrency {
+            Some(0) => Some("its concurrency must be at least 1"),
+            _ => crate::queue::invalid_queue_name(queue),
+        };
+        if let Some(reason) = reason {
+            return Err(Error::InvalidQueue {
+                queue: queue.to_owned(),
+                reason,
+            });
+        }
+        let core = &self.inner.core;
+        core.scheduler.set_concurrency(core, queue, concurrency);
+        Ok(())
+    }
+
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), Error> {
         let core = &self.inner.core;
         if let Some(durable) = &core.durable {

@@ -18,7 +18,8 @@
 //! as many tasks as can start ([`Scheduler::reserve`]).
 //!
 //! A queue with no concurrency cap on an executor with no cap admits a ready
-//! task on the spot, without a lock: the common uncapped case costs nothing.
+//! task on the spot, without a lock: its queue counts it with one atomic add
+//! (so that a cap set at run time knows how many run), and nothing more.
 
 use std::cmp::Reverse;
 
@@ -114,37 +115,63 @@ pub struct QueueStats {
     pub max_size: Option<usize>,
 }
 
-/// Slots: a capacity and how many are taken. Unlimited slots are never
-/// counted, so the uncapped path touches no shared counter.
+/// No cap.
+const UNLIMITED: usize = usize::MAX;
+
+/// Slots: a capacity and how many are taken. An executor's slots are fixed
+/// at build time, and when unlimited never counted, so the uncapped path
+/// touches no shared counter. A queue's cap can change at run time, so its
+/// slots are always counted: a cap set later then knows how many run.
 struct Slots {
-    capacity: Option<usize>,
+    capacity: AtomicUsize,
     taken: AtomicUsize,
+    /// Counted even while unlimited.
+    adjustable: bool,
 }
 
 impl Slots {
-    fn new(capacity: Option<usize>) -> Self {
+    fn fixed(capacity: Option<usize>) -> Self {
         Slots {
-            capacity,
+            capacity: AtomicUsize::new(capacity.unwrap_or(UNLIMITED)),
             taken: AtomicUsize::new(0),
+            adjustable: false,
         }
     }
 
+    fn adjustable(capacity: Option<usize>) -> Self {
+        Slots {
+            adjustable: true,
+            ..Slots::fixed(capacity)
+        }
+    }
+
+    fn capacity(&self) -> Option<usize> {
+        Some(self.capacity.load(Ordering::Acquire)).filter(|&c| c != UNLIMITED)
+    }
+
+    fn is_unlimited(&self) -> bool {
+        self.capacity().is_none()
+    }
+
+    /// Changes the cap; slots taken stay taken until given back.
+    fn set_capacity(&self, capacity: Option<usize>) {
+        self.capacity
+            .store(capacity.unwrap_or(UNLIMITED), Ordering::Release);
+    }
+
     fn take(&self) -> bool {
-        let Some(capacity) = self.capacity else {
-            return true;
-        };
-        self.taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-                (taken < capacity).then_some(taken + 1)
-            })
-            .is_ok()
+        self.take_up_to(1) == 1
     }
 
     /// Takes up to `n`; how many it got.
     fn take_up_to(&self, n: usize) -> usize {
-        let Some(capacity) = self.capacity else {
+        let capacity = self.capacity.load(Ordering::Acquire);
+        if capacity == UNLIMITED {
+            if self.adjustable {
+                self.taken.fetch_add(n, Ordering::AcqRel);
+            }
             return n;
-        };
+        }
         let mut got = 0;
         let _ = self
             .taken
@@ -156,14 +183,14 @@ impl Slots {
     }
 
     fn give(&self, n: usize) {
-        if self.capacity.is_some() {
+        if self.adjustable || self.capacity.load(Ordering::Relaxed) != UNLIMITED {
             self.taken.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
     fn free(&self) -> usize {
-        match self.capacity {
-            None => usize::MAX,
+        match self.capacity() {
+            None => UNLIMITED,
             Some(capacity) => capacity.saturating_sub(self.taken.load(Ordering::Acquire)),
         }
     }
@@ -296,7 +323,7 @@ impl Queue {
         Queue {
             name,
             config,
-            slots: Slots::new(config.concurrency),
+            slots: Slots::adjustable(config.concurrency),
             paused: AtomicBool::new(false),
             ready: Default::default(),
             counts: Tally::default(),
@@ -340,8 +367,12 @@ impl Queue {
         &self.name
     }
 
+    /// Its settings now (its concurrency may have changed since build).
     pub(crate) fn config(&self) -> QueueConfig {
-        self.config
+        QueueConfig {
+            concurrency: self.slots.capacity(),
+            ..self.config
+        }
     }
 
     pub(crate) fn is_paused(&self) -> bool {
@@ -372,7 +403,7 @@ impl fmt::Debug for Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
             .field("name", &self.name)
-            .field("config", &self.config)
+            .field("config", &self.config())
             .field("paused", &self.is_paused())
             .finish_non_exhaustive()
     }
@@ -429,7 +460,7 @@ impl Scheduler {
             several: AtomicBool::new(false),
             default,
             configs,
-            executors: capacities.map(Slots::new),
+            executors: capacities.map(Slots::fixed),
             timer: Timer::default(),
             claimer: Arc::new(Notify::new()),
             durable: AtomicBool::new(durable),
@@ -501,18 +532,12 @@ impl Scheduler {
         let slots = &self.executors[executor];
         // Nothing of this queue and executor waits: if both have a slot, the
         // task starts without touching the ordered lists.
-        if !queue.is_paused() && queue.ready[executor].len() == 0 {
-            if queue.slots.capacity.is_none() && slots.capacity.is_none() {
+        if !queue.is_paused() && queue.ready[executor].len() == 0 && slots.take() {
+            if queue.slots.take() {
                 self.start(core, cell);
                 return;
             }
-            if slots.take() {
-                if queue.slots.take() {
-                    self.start(core, cell);
-                    return;
-                }
-                slots.give(1);
-            }
+            slots.give(1);
         }
         queue.ready[executor].push(cell);
         self.pump(core, &queue, executor);
@@ -569,12 +594,12 @@ impl Scheduler {
         // task, and a freed executor slot (a capped executor) another
         // queue's: only where tasks wait.
         self.pump(core, queue, index);
-        if queue.slots.capacity.is_some() {
+        if !queue.slots.is_unlimited() {
             for other in (0..3).filter(|&other| other != index) {
                 self.pump(core, queue, other);
             }
         }
-        if self.executors[index].capacity.is_some() && self.several.load(Ordering::Acquire) {
+        if !self.executors[index].is_unlimited() && self.several.load(Ordering::Acquire) {
             for other in self.listed().iter() {
                 if !Arc::ptr_eq(other, queue) {
                     self.pump(core, other, index);
@@ -588,12 +613,25 @@ impl Scheduler {
         let queue = self.queue(queue);
         let was = queue.paused.swap(paused, Ordering::AcqRel);
         if was && !paused {
-            if self.durable.load(Ordering::Acquire) {
-                self.claimer.notify_one();
-            } else {
-                for executor in 0..3 {
-                    self.pump(core, &queue, executor);
-                }
+            self.admit_waiting(core, &queue);
+        }
+    }
+
+    /// Changes the concurrency cap of `queue` in this instance. A lower cap
+    /// lets the tasks running now finish; a higher one admits what waits.
+    pub(crate) fn set_concurrency(&self, core: &Arc<Core>, queue: &str, cap: Option<usize>) {
+        let queue = self.queue(queue);
+        queue.slots.set_capacity(cap);
+        self.admit_waiting(core, &queue);
+    }
+
+    /// Admits the tasks of `queue` that can start now.
+    fn admit_waiting(&self, core: &Arc<Core>, queue: &Queue) {
+        if self.durable.load(Ordering::Acquire) {
+            self.claimer.notify_one();
+        } else {
+            for executor in 0..3 {
+                self.pump(core, queue, executor);
             }
         }
     }
@@ -677,7 +715,7 @@ impl Scheduler {
                 pending: queue.pending(),
                 running: queue.running(),
                 paused: queue.is_paused(),
-                concurrency: queue.config.concurrency,
+                concurrency: queue.slots.capacity(),
                 max_size: queue.config.max_size,
             })
             .collect()

@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskflow::admin::{self, AdminConfig, CSRF_HEADER};
 use taskflow::{LogLevel, TaskManager, TaskStatus, task};
-use taskflow_tests::{Latch, PATIENCE, wait_for_status, within};
+use taskflow_tests::{Latch, PATIENCE, wait_for, wait_for_status, within};
 
 const TOKEN: &str = "s3cret-token-for-tests";
 
@@ -220,6 +220,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/queues"),
     ("POST", "/api/queues/default/pause"),
     ("POST", "/api/queues/default/resume"),
+    ("POST", "/api/queues/default/concurrency"),
     ("GET", "/api/registered"),
     ("GET", "/api/audit"),
     ("GET", "/api/session"),
@@ -986,6 +987,100 @@ async fn queues_pause_and_resume_for_every_caller() {
     manager.shutdown().await;
 }
 
+/// A queue's concurrency changes here through the API: the new cap holds
+/// at once, is reported by `/api/queues`, is audited, and a bad body or
+/// name is refused with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_concurrency_changes_through_the_api() {
+    let manager = memory_manager().await;
+    let served = serve(&manager, config()).await;
+    let (status, body) = served
+        .post("/api/queues/slow/concurrency", json!({ "concurrency": 1 }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "queue": "slow", "concurrency": 1 }));
+    let handles: Vec<_> = (0..3)
+        .map(|_| parked::call().queue("slow").enqueue_on(&manager).unwrap())
+        .collect();
+    let slow = || async {
+        let queues = served.ok("/api/queues").await;
+        queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|queue| queue["name"] == "slow")
+            .unwrap()
+            .clone()
+    };
+    let one_running = wait_for(PATIENCE, || async {
+        let queue = slow().await;
+        (queue["running"].clone(), queue["pending"].clone()) == (json!(1), json!(2))
+    })
+    .await;
+    assert!(
+        one_running,
+        "one task runs under a cap of 1: {}",
+        slow().await
+    );
+    assert_eq!(slow().await["concurrency"], json!(1));
+
+    let (status, body) = served
+        .post(
+            "/api/queues/slow/concurrency",
+            json!({ "concurrency": null }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let all_running = wait_for(PATIENCE, || async { slow().await["running"] == json!(3) }).await;
+    assert!(all_running, "uncapped, all three run: {}", slow().await);
+    assert_eq!(slow().await["concurrency"], Value::Null);
+
+    for bad in [
+        json!({ "concurrency": 0 }),
+        json!({}),
+        json!({ "concurrency": "two" }),
+        json!({ "concurrency": 2, "queue": "slow" }),
+    ] {
+        let (status, body) = served.post("/api/queues/slow/concurrency", bad).await;
+        assert_error(
+            status,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        );
+    }
+    let (status, body) = served
+        .post("/api/queues/%20/concurrency", json!({ "concurrency": 2 }))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    let audit = served.ok("/api/audit").await;
+    let actions: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["action"].as_str().unwrap(),
+                entry["ids"][0].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("concurrency 2", " "),
+            ("concurrency none", "slow"),
+            ("concurrency 1", "slow"),
+        ],
+        "newest first; a refused body is no action"
+    );
+    for handle in &handles {
+        manager.cancel(handle.id()).await.unwrap();
+    }
+    manager.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_finished_history_older_than_an_age() {
     let dir = tempfile::tempdir().unwrap();
@@ -1128,6 +1223,7 @@ async fn metrics_registered_tasks_and_the_openapi_document() {
         "/api/queues",
         "/api/queues/{name}/pause",
         "/api/queues/{name}/resume",
+        "/api/queues/{name}/concurrency",
         "/api/registered",
         "/api/audit",
         "/api/login",

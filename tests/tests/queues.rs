@@ -2,7 +2,8 @@
 //! queues run freely; `max_size` refuses the enqueue past its cap with
 //! `Error::QueueFull` and records nothing, and accepts again once a PENDING
 //! task leaves; `pause` stops admissions and `resume` restarts them, also
-//! across processes sharing a task store; `queue_stats` reports all of it.
+//! across processes sharing a task store; a queue's concurrency changes at
+//! run time, up and down; `queue_stats` reports all of it.
 //! Each behaviour is checked without a task store and with one.
 //!
 //! Like `persistence.rs`, this binary runs its tests with libtest-mimic and
@@ -48,6 +49,15 @@ async fn narrow(mode: usize, gate: String) {
 #[task]
 async fn wide(mode: usize, gate: String) {
     let _executing = WIDE[mode].enter();
+    assert!(GATES.wait(&gate).await, "gate {gate} never opened");
+}
+
+static ELASTIC: [Gauge; 2] = [Gauge::new(), Gauge::new()];
+
+/// A task of a queue whose cap changes: waits for its own gate.
+#[task]
+async fn elastic(mode: usize, gate: String) {
+    let _executing = ELASTIC[mode].enter();
     assert!(GATES.wait(&gate).await, "gate {gate} never opened");
 }
 
@@ -181,6 +191,85 @@ fn a_queue_of_two_runs_two_while_the_default_queue_runs_ten() -> Result<(), Fail
             assert_eq!(WIDE[mode].peak(), 10, "mode {mode}: the default ran freely");
             let narrow_stats = queue_stats(&manager, "narrow").await;
             assert_eq!((narrow_stats.running, narrow_stats.pending), (0, 0));
+            manager.shutdown().await;
+        }
+    })
+}
+
+/// A cap set at run time holds from then on: raised, it admits what
+/// waits; lowered, it lets what runs finish and admits nothing until fewer
+/// run; removed, it admits everything. A cap of 0 or a blank name is an
+/// `InvalidQueue` error.
+fn a_queues_concurrency_changes_at_run_time() -> Result<(), Failed> {
+    trial(async {
+        for (mode, db, _dir) in modes() {
+            let manager = builder(db.as_deref()).build().await.unwrap();
+            manager.set_queue_concurrency("elastic", Some(2)).unwrap();
+            assert_eq!(queue_stats(&manager, "elastic").await.concurrency, Some(2));
+            let gates: Vec<String> = (0..8).map(|n| format!("elastic-{mode}-{n}")).collect();
+            let handles: Vec<_> = gates
+                .iter()
+                .map(|gate| {
+                    elastic::call(mode, gate.clone())
+                        .queue("elastic")
+                        .enqueue_on(&manager)
+                        .unwrap()
+                })
+                .collect();
+            let running = |n: usize| {
+                let gates = gates.clone();
+                move || {
+                    ELASTIC[mode].current() == n
+                        && gates
+                            .iter()
+                            .filter(|g| GATES.reached(g) && !GATES.is_open(g))
+                            .count()
+                            == n
+                }
+            };
+            eventually("2 bodies under a cap of 2", running(2)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(ELASTIC[mode].current(), 2, "mode {mode}: the cap held");
+
+            manager.set_queue_concurrency("elastic", Some(5)).unwrap();
+            eventually("5 bodies once the cap is 5", running(5)).await;
+            assert_eq!(queue_stats(&manager, "elastic").await.concurrency, Some(5));
+
+            manager.set_queue_concurrency("elastic", Some(1)).unwrap();
+            let started: Vec<&String> = gates.iter().filter(|g| GATES.reached(g)).collect();
+            assert_eq!(started.len(), 5, "mode {mode}");
+            for gate in &started[..4] {
+                GATES.open(gate);
+            }
+            eventually("one body left of the five", running(1)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                ELASTIC[mode].current(),
+                1,
+                "mode {mode}: nothing admitted while one runs under a cap of 1"
+            );
+            let stats = queue_stats(&manager, "elastic").await;
+            assert_eq!((stats.running, stats.pending), (1, 3), "mode {mode}");
+
+            manager.set_queue_concurrency("elastic", None).unwrap();
+            eventually("every waiting body once uncapped", running(4)).await;
+            assert_eq!(queue_stats(&manager, "elastic").await.concurrency, None);
+
+            for (cap, queue) in [(Some(0), "elastic"), (Some(3), " ")] {
+                let refused = manager.set_queue_concurrency(queue, cap);
+                assert!(
+                    matches!(refused, Err(Error::InvalidQueue { .. })),
+                    "{cap:?} for `{queue}`: {refused:?}"
+                );
+            }
+            for gate in &gates {
+                GATES.open(gate);
+            }
+            for handle in handles {
+                within("every elastic task", handle).await.unwrap();
+            }
+            assert_eq!(ELASTIC[mode].peak(), 5, "mode {mode}");
+            assert_eq!(ELASTIC[mode].entered(), 8, "mode {mode}");
             manager.shutdown().await;
         }
     })
@@ -583,6 +672,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_queue_of_two_runs_two_while_the_default_queue_runs_ten",
             a_queue_of_two_runs_two_while_the_default_queue_runs_ten,
+        ),
+        Trial::test(
+            "a_queues_concurrency_changes_at_run_time",
+            a_queues_concurrency_changes_at_run_time,
         ),
         Trial::test(
             "an_idle_queue_leaves_the_executor_to_a_busy_one",

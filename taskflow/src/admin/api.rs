@@ -604,6 +604,45 @@ pub(crate) async fn resume_queue(
     set_paused(&admin, &actor, name, false).await
 }
 
+/// Changes a queue's concurrency cap in the instance serving the API (not
+/// stored: other instances keep theirs, a restart starts from the
+/// builder's).
+#[utoipa::path(post, path = "/api/queues/{name}/concurrency", params(("name" = String, Path, description = "queue")),
+    request_body = ConcurrencyChange,
+    responses((status = 200, body = QueueConcurrency), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn set_concurrency(
+    State(admin): Shared,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    Body(change): Body<ConcurrencyChange>,
+) -> Result<Json<QueueConcurrency>, AdminError> {
+    if change.concurrency == Some(0) {
+        return Err(AdminError::InvalidBody(
+            "concurrency must be at least 1, or null for no cap".to_owned(),
+        ));
+    }
+    let result = admin
+        .manager
+        .set_queue_concurrency(&name, change.concurrency)
+        .map_err(AdminError::from);
+    let cap = change
+        .concurrency
+        .map_or_else(|| "none".to_owned(), |n| n.to_string());
+    admin.audit.record(
+        &actor.name,
+        &format!("concurrency {cap}"),
+        vec![name.clone()],
+        outcome(&result),
+    );
+    result.map(|()| {
+        Json(QueueConcurrency {
+            queue: name,
+            concurrency: change.concurrency,
+        })
+    })
+}
+
 /// The tasks this binary registers, with their declared options, by name.
 #[utoipa::path(get, path = "/api/registered", responses((status = 200, body = Vec<RegisteredTaskView>)))]
 pub(crate) async fn registered() -> Result<Json<Vec<RegisteredTaskView>>, AdminError> {
@@ -778,7 +817,7 @@ pub(crate) async fn not_found(uri: OriginalUri) -> AdminError {
     info(title = "taskflow admin", description = "Inspect and steer a taskflow task manager. \
         Paths are relative to where the router is nested; see `servers`."),
     paths(list_tasks, get_task, cancel_task, retry_task, bulk_retry, retry_all, prune, metrics,
-        queues, pause_queue, resume_queue, registered, audit, login, logout, session,
+        queues, pause_queue, resume_queue, set_concurrency, registered, audit, login, logout, session,
         super::stream::events),
     modifiers(&Security),
 )]

@@ -76,6 +76,7 @@ impl From<Error> for AdminError {
                 AdminError::Conflict(error.to_string())
             }
             Error::UnknownTask(_) => AdminError::Conflict(error.to_string()),
+            Error::InvalidQueue { .. } => AdminError::BadRequest(error.to_string()),
             other => AdminError::Manager(other),
         }
     }

@@ -27,6 +27,7 @@
 //! | `GET /api/metrics` | counts, success rate, durations, throughput ([`MetricsView`]) |
 //! | `GET /api/queues` | queues with their depth and paused flag |
 //! | `POST /api/queues/{name}/pause`, `…/resume` | pause or resume a queue |
+//! | `POST /api/queues/{name}/concurrency` | change a queue's concurrency cap here |
 //! | `GET /api/registered` | the tasks this binary registers, with their options |
 //! | `GET /api/audit` | the audit log, newest first |
 //! | `POST /api/login`, `POST /api/logout`, `GET /api/session` | cookie sessions |
@@ -69,9 +70,10 @@ pub use auth::{
 pub use error::{AdminError, ErrorBody};
 pub use stream::StreamEvent;
 pub use types::{
-    AuditEntry, BulkRetry, Cancelled, DurationBucket, ErrorView, LogView, MetricsView,
-    MinuteCounts, PruneRequest, Pruned, QueueState, RegisteredTaskView, Retried, RetryAll,
-    RetryAllRequest, RetryIds, RetryOutcome, StatusCounts, TaskDetail, TaskPage, TaskView,
+    AuditEntry, BulkRetry, Cancelled, ConcurrencyChange, DurationBucket, ErrorView, LogView,
+    MetricsView, MinuteCounts, PruneRequest, Pruned, QueueConcurrency, QueueState,
+    RegisteredTaskView, Retried, RetryAll, RetryAllRequest, RetryIds, RetryOutcome, StatusCounts,
+    TaskDetail, TaskPage, TaskView,
 };
 
 use auth::{Credentials, PasswordHash};
@@ -301,6 +303,7 @@ pub fn router(manager: &TaskManager, config: AdminConfig) -> Router {
         .route("/api/queues", get(api::queues))
         .route("/api/queues/{name}/pause", post(api::pause_queue))
         .route("/api/queues/{name}/resume", post(api::resume_queue))
+        .route("/api/queues/{name}/concurrency", post(api::set_concurrency))
         .route("/api/registered", get(api::registered))
         .route("/api/audit", get(api::audit))
         .route("/api/session", get(api::session))

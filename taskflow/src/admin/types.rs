@@ -247,6 +247,30 @@ pub struct QueueState {
     pub paused: bool,
 }
 
+/// A new concurrency cap for a queue, in the instance serving the API.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyChange {
+    /// At most this many of the queue's tasks run at once (at least 1);
+    /// `null` for no cap. Required.
+    #[serde(deserialize_with = "present")]
+    pub concurrency: Option<usize>,
+}
+
+/// A field that must be given, though it may be `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    <Option<usize> as Deserialize>::deserialize(d)
+}
+
+/// A queue's concurrency cap after a change.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct QueueConcurrency {
+    /// The queue.
+    pub queue: String,
+    /// Its cap in this instance now; `null`: none.
+    pub concurrency: Option<usize>,
+}
+
 /// A task registered in this binary, with its declared options.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct RegisteredTaskView {
