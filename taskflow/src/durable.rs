@@ -188,6 +188,11 @@ impl Durable {
         }
     }
 
+    /// Other live instances share the store (as of the last heartbeat).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Acquire)
+    }
+
     /// This instance's token: the owner of the tasks it claims.
     pub(crate) fn instance_id(&self) -> &str {
         &self.instance.id

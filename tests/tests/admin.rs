@@ -1339,6 +1339,48 @@ impl SseReader {
     }
 }
 
+/// With another instance on the same store, the stream shows the changes
+/// it makes too: here a task that instance enqueues and runs (this one has
+/// no free slot to claim it) appears live, up to SUCCESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_shows_what_another_instance_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tasks.db");
+    let shared = |slots: usize| {
+        TaskManager::builder()
+            .snapshot_db(&db)
+            .max_concurrent_tasks(slots)
+            .lease(Duration::from_secs(1))
+            .build()
+    };
+    let here = shared(1).await.unwrap();
+    let blocker = parked::call().enqueue_on(&here).unwrap();
+    wait_for_status(&here, blocker.id(), TaskStatus::Running).await;
+    let there = shared(4).await.unwrap();
+    let served = serve(&here, config()).await;
+    let mut stream = SseReader::open(&served, None).await;
+    assert_eq!(stream.next().await.event, "snapshot");
+    // Each instance learns of the other at its next heartbeat.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let handle = quick::call(21).enqueue_on(&there).unwrap();
+    let id = handle.id().to_string();
+    assert_eq!(within("the task there", handle).await.unwrap(), 21);
+    let seen = stream.until(&id, "SUCCESS").await;
+    let change: Value = seen
+        .iter()
+        .flat_map(|sse| serde_json::from_str::<Vec<Value>>(&sse.data).unwrap())
+        .find(|change| change["id"] == id.as_str() && change["status"] == "SUCCESS")
+        .unwrap();
+    assert_eq!(change["name"], quick::NAME);
+    assert_eq!(change["change"], "observed");
+    let record = here.get(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(record.status, TaskStatus::Success);
+    here.cancel(blocker.id()).await.unwrap();
+    there.shutdown().await;
+    here.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_shows_pending_to_success_live_and_resumes() {
     let manager = memory_manager().await;

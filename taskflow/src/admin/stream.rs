@@ -15,8 +15,15 @@
 //! `event: snapshot`: the newest 200 tasks ([`TaskView`](super::TaskView)s).
 //! When the hub itself fell behind the bus, it sends `event: resync`: the
 //! client should fetch the list again. Comments (`: keep-alive`) keep idle
-//! connections open. The stream shows the changes this instance sees: its
-//! own tasks, and tasks of other processes that it follows.
+//! connections open.
+//!
+//! The stream shows the changes this instance sees on its bus (its own
+//! tasks, and tasks of other processes that it follows) and, while other
+//! instances share its task store, what they change too: once a second the
+//! hub reads the newest tasks and the running ones from the store (two
+//! queries of at most 200 rows, and a look-up of each task it saw
+//! unfinished that left both), and sends each task whose status or
+//! attempts changed since as an `observed` change.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -36,10 +43,16 @@ use utoipa::ToSchema;
 
 use super::types::{TaskView, rfc3339};
 use super::{Admin, AdminConfig};
-use crate::{EventKind, RecvError, TaskEvent, TaskFilter, TaskManager, TaskStatus};
+use crate::{EventKind, RecvError, TaskEvent, TaskFilter, TaskManager, TaskRecord, TaskStatus};
 
 /// Tasks a snapshot holds.
 const SNAPSHOT: usize = 200;
+
+/// How often the hub reads the store for other instances' changes.
+const WATCH: Duration = Duration::from_secs(1);
+
+/// Tasks read per look: the newest, then the running ones.
+const WATCHED: usize = 200;
 
 /// A task's latest change, as the stream sends it.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -88,6 +101,31 @@ impl StreamEvent {
             at: rfc3339(event.at),
             error,
         })
+    }
+}
+
+impl StreamEvent {
+    /// A task as the store has it now: an `observed` change.
+    fn observed(record: &TaskRecord) -> Self {
+        let at = record
+            .finished_at
+            .or(record.started_at)
+            .unwrap_or(record.created_at);
+        let error = match record.status {
+            TaskStatus::Failed | TaskStatus::Pending => {
+                record.last_error.as_ref().map(ToString::to_string)
+            }
+            _ => None,
+        };
+        StreamEvent {
+            id: record.id.to_string(),
+            name: record.name.clone(),
+            status: record.status,
+            change: "observed".to_owned(),
+            attempt: record.attempts.saturating_sub(1),
+            at: rfc3339(at),
+            error,
+        }
     }
 }
 
@@ -152,7 +190,16 @@ impl Hub {
     fn start(&self) {
         self.started.get_or_init(|| {
             let events = self.manager.subscribe();
-            tokio::spawn(coalesce(events, self.interval, self.shared.clone()));
+            let (observed, watched) = mpsc::channel(WATCHED * 4);
+            if self.manager.core().durable.is_some() {
+                tokio::spawn(watch_store(self.manager.clone(), observed));
+            }
+            tokio::spawn(coalesce(
+                events,
+                watched,
+                self.interval,
+                self.shared.clone(),
+            ));
         });
     }
 }
@@ -179,8 +226,77 @@ impl Shared {
     }
 }
 
+/// Reads the store for what other instances change, while there are any
+/// (see the [module docs](self)); sends each task that changed since the
+/// last look. Ends when the hub is gone.
+async fn watch_store(manager: TaskManager, observed: mpsc::Sender<(TaskId, StreamEvent)>) {
+    let mut seen: HashMap<TaskId, (TaskStatus, u32)> = HashMap::new();
+    let mut first = true;
+    let mut ticker = tokio::time::interval(WATCH);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if observed.is_closed() {
+            return;
+        }
+        let shared = manager
+            .core()
+            .durable
+            .as_ref()
+            .is_some_and(|durable| durable.is_shared());
+        if !shared {
+            seen.clear();
+            first = true;
+            continue;
+        }
+        let newest = manager.list(&TaskFilter::new().limit(WATCHED)).await;
+        let running = manager
+            .list(&TaskFilter::new().status(TaskStatus::Running).limit(WATCHED))
+            .await;
+        let (Ok(newest), Ok(running)) = (newest, running) else {
+            // The store is failing: the manager reports that itself.
+            continue;
+        };
+        let mut now: HashMap<TaskId, TaskRecord> = newest
+            .into_iter()
+            .chain(running)
+            .map(|record| (record.id, record))
+            .collect();
+        let left: Vec<TaskId> = seen
+            .iter()
+            .filter(|(id, (status, _))| !status.is_finished() && !now.contains_key(id))
+            .map(|(id, _)| *id)
+            .take(WATCHED)
+            .collect();
+        for id in left {
+            if let Ok(Some(record)) = manager.get(id).await {
+                now.insert(id, record);
+            }
+        }
+        for record in now.values() {
+            let state = (record.status, record.attempts);
+            if !first && seen.get(&record.id) != Some(&state) {
+                let change = (record.id, StreamEvent::observed(record));
+                if observed.send(change).await.is_err() {
+                    return;
+                }
+            }
+        }
+        seen = now
+            .into_iter()
+            .map(|(id, record)| (id, (record.status, record.attempts)))
+            .collect();
+        first = false;
+    }
+}
+
 /// The hub's loop: latest change per task, flushed once per interval.
-async fn coalesce(mut events: crate::EventStream, interval: Duration, shared: Arc<Shared>) {
+async fn coalesce(
+    mut events: crate::EventStream,
+    mut watched: mpsc::Receiver<(TaskId, StreamEvent)>,
+    interval: Duration,
+    shared: Arc<Shared>,
+) {
     let mut latest: HashMap<TaskId, StreamEvent> = HashMap::new();
     let mut order: Vec<TaskId> = Vec::new();
     let mut ticker = tokio::time::interval(interval);
@@ -202,6 +318,13 @@ async fn coalesce(mut events: crate::EventStream, interval: Duration, shared: Ar
                 }
                 Err(_) => return,
             },
+            Some((id, change)) = watched.recv() => {
+                // What the bus said in this interval is as new or newer.
+                if let std::collections::hash_map::Entry::Vacant(free) = latest.entry(id) {
+                    free.insert(change);
+                    order.push(id);
+                }
+            }
             _ = ticker.tick() => {
                 if order.is_empty() {
                     continue;
