@@ -373,6 +373,71 @@ fn session_cookie(response: &reqwest::Response) -> (String, String) {
     (pair, set)
 }
 
+/// Five wrong passwords in a row for a user are free; then each try must
+/// wait (429 with `Retry-After`, the password not even checked, the right
+/// one included), and a right password once the wait is over starts the
+/// user afresh. Other users are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_passwords_make_the_next_login_wait() {
+    let manager = memory_manager().await;
+    let hash = admin::hash_password_with_rounds("correct horse", 1000).unwrap();
+    let config = config()
+        .user("alice", &hash)
+        .unwrap()
+        .user("bob", &hash)
+        .unwrap();
+    let served = serve(&manager, config).await;
+    let login = |user: &str, password: &str| {
+        served
+            .client
+            .post(served.url("/api/login"))
+            .header(CSRF_HEADER, "1")
+            .json(&json!({ "user": user, "password": password }))
+            .send()
+    };
+    for _ in 0..5 {
+        let response = login("alice", "wrong").await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // From now on, tries wait.
+    let response = login("alice", "correct horse").await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(wait, 1, "the first wait is a second");
+    assert!(response.headers().get("set-cookie").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+    );
+    let response = login("bob", "correct horse").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "another user logs in");
+
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let response = login("alice", "correct horse").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "after the wait");
+    // Afresh: five more wrong passwords are free again.
+    for _ in 0..5 {
+        let response = login("alice", "wrong").await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let audit = served.ok("/api/audit?limit=100").await;
+    let throttled = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["outcome"] == "too many failed logins: not checked")
+        .count();
+    assert_eq!(throttled, 1);
+    manager.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_gives_a_signed_httponly_cookie_that_needs_its_csrf_token() {
     let manager = memory_manager().await;

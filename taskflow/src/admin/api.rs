@@ -742,14 +742,28 @@ pub(crate) async fn login(
             "logins are disabled: no session secret".into(),
         ));
     }
+    if let Some(wait) = admin.logins.wait(&login.user) {
+        admin.audit.record(
+            &login.user,
+            "login",
+            Vec::new(),
+            "too many failed logins: not checked".into(),
+        );
+        return Err(AdminError::TooManyRequests(wait));
+    }
     let checking = admin.clone();
     let (user, password) = (login.user.clone(), login.password);
-    let valid = tokio::task::spawn_blocking(move || {
-        auth::check_password(&checking.config.credentials, &user, &password)
-    })
-    .await
-    .unwrap_or(false);
+    let valid = {
+        // Closed only if the router is dropped mid-request.
+        let _turn = admin.logins.hashing.acquire().await.ok();
+        tokio::task::spawn_blocking(move || {
+            auth::check_password(&checking.config.credentials, &user, &password)
+        })
+        .await
+        .unwrap_or(false)
+    };
     if !valid {
+        admin.logins.failed(&login.user);
         admin.audit.record(
             &login.user,
             "login",
@@ -758,6 +772,7 @@ pub(crate) async fn login(
         );
         return Err(AdminError::Unauthorized);
     }
+    admin.logins.succeeded(&login.user);
     let session = Session::issue(&admin.secret, &login.user, admin.config.session_ttl)?;
     admin
         .audit

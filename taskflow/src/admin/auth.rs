@@ -19,10 +19,18 @@
 //! session cookie the header's value must be the session's CSRF token
 //! (given at login and by `GET …/api/session`; an HMAC of the session, so
 //! it needs no server state).
+//!
+//! Logins are throttled per user name ([`LoginThrottle`]): after 5 wrong
+//! passwords in a row, each further try must wait, 1 s after the fifth
+//! failure and twice as long after each next, up to 5 minutes; a try too
+//! early is answered 429 with `Retry-After`, without checking the
+//! password. At most two password hashes are computed at once, so a flood
+//! of logins cannot take the machine's cores.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
@@ -462,4 +470,79 @@ mod tests {
         let expired = Session::issue(b"secret one", "ops", Duration::ZERO).unwrap();
         assert!(Session::verify(b"secret one", &expired.cookie).is_none());
     }
+}
+
+/// Wrong passwords in a row a user name may have without waiting.
+const FREE_FAILURES: u32 = 5;
+/// The longest wait between tries.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// User names tracked at most; the stalest leave first.
+const TRACKED: usize = 10_000;
+
+/// Failed logins per user name: how many in a row, and the last one's time.
+#[derive(Debug)]
+pub(crate) struct LoginThrottle {
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Password hashes computed at once.
+    pub(crate) hashing: tokio::sync::Semaphore,
+}
+
+impl LoginThrottle {
+    pub(crate) fn new() -> Self {
+        LoginThrottle {
+            failures: Mutex::default(),
+            hashing: tokio::sync::Semaphore::new(2),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Instant)>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long `user` must still wait before trying again, if at all.
+    pub(crate) fn wait(&self, user: &str) -> Option<Duration> {
+        let (count, last) = *self.lock().get(user)?;
+        let wait = penalty(count)?;
+        wait.checked_sub(last.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Counts a wrong password for `user`.
+    pub(crate) fn failed(&self, user: &str) {
+        let mut failures = self.lock();
+        if failures.len() >= TRACKED && !failures.contains_key(user) {
+            // Forget those whose wait is long over, else the stalest.
+            failures.retain(|_, (count, last)| {
+                last.elapsed() < penalty(*count).unwrap_or_default() + MAX_WAIT
+            });
+            if failures.len() >= TRACKED
+                && let Some(stalest) = failures
+                    .iter()
+                    .min_by_key(|(_, (_, last))| *last)
+                    .map(|(name, _)| name.clone())
+            {
+                failures.remove(&stalest);
+            }
+        }
+        let entry = failures
+            .entry(user.to_owned())
+            .or_insert((0, Instant::now()));
+        *entry = (entry.0.saturating_add(1), Instant::now());
+    }
+
+    /// A right password: `user` starts afresh.
+    pub(crate) fn succeeded(&self, user: &str) {
+        self.lock().remove(user);
+    }
+}
+
+/// The wait after `count` wrong passwords in a row, if any.
+fn penalty(count: u32) -> Option<Duration> {
+    let over = count.checked_sub(FREE_FAILURES)?;
+    Some(
+        Duration::from_secs(1)
+            .checked_mul(1 << over.min(16))
+            .unwrap_or(MAX_WAIT)
+            .min(MAX_WAIT),
+    )
 }

@@ -35,6 +35,10 @@ pub enum AdminError {
     /// The request body is not what the endpoint takes (422).
     #[error("{0}")]
     InvalidBody(String),
+    /// Too many wrong passwords for this user: try again after the
+    /// duration, sent as `Retry-After` (429).
+    #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
+    TooManyRequests(std::time::Duration),
     /// The manager failed: the task store cannot be read or written (500).
     #[error("task manager failed")]
     Manager(#[source] Error),
@@ -50,6 +54,7 @@ impl AdminError {
             AdminError::NotFound(_) | AdminError::NoRoute(_) => StatusCode::NOT_FOUND,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             AdminError::Manager(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -63,6 +68,7 @@ impl AdminError {
             AdminError::NotFound(_) | AdminError::NoRoute(_) => "not_found",
             AdminError::Conflict(_) => "conflict",
             AdminError::InvalidBody(_) => "invalid_body",
+            AdminError::TooManyRequests(_) => "too_many_requests",
             AdminError::Manager(_) => "internal",
         }
     }
@@ -88,7 +94,8 @@ pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
     /// What went wrong, for a program: `bad_request`, `unauthorized`,
-    /// `forbidden`, `not_found`, `conflict`, `invalid_body` or `internal`.
+    /// `forbidden`, `not_found`, `conflict`, `invalid_body`,
+    /// `too_many_requests` or `internal`.
     pub code: String,
 }
 
@@ -107,6 +114,14 @@ impl IntoResponse for AdminError {
             code: self.code().to_owned(),
         };
         let mut response = (self.status(), Json(body)).into_response();
+        if let AdminError::TooManyRequests(wait) = &self {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
         if matches!(self, AdminError::Unauthorized) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -265,6 +265,7 @@ pub(crate) struct Admin {
     /// Serializes retry-alls, so two at once cannot both retry a task.
     pub(crate) retry_all: tokio::sync::Mutex<()>,
     pub(crate) stream: stream::Hub,
+    pub(crate) logins: auth::LoginThrottle,
 }
 
 /// The admin API over `manager`, to nest in an application's router
@@ -288,6 +289,7 @@ pub fn router(manager: &TaskManager, config: AdminConfig) -> Router {
         audit: audit::AuditLog::new(config.audit_capacity),
         retry_all: tokio::sync::Mutex::new(()),
         stream: stream::Hub::new(manager, &config),
+        logins: auth::LoginThrottle::new(),
         secret,
         config,
     });
