@@ -9,7 +9,8 @@
 //! choose one): log in as `admin` with the token as password, or send it as
 //! a bearer token. It enqueues a few tasks every two seconds until Ctrl-C.
 //! Try the `curl` lines it prints too: failed tasks with their errors and
-//! logs, metrics, a retry of every failure, the live stream.
+//! logs, one task with its arguments, metrics, a retry of every failure,
+//! the live stream.
 
 use std::time::Duration;
 
@@ -70,7 +71,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hash = admin::hash_password_with_rounds(&token, 50_000)?;
     let config = AdminConfig::new()
         .bearer_token("operator", &token)
-        .user("admin", &hash)?;
+        .user("admin", &hash)?
+        // Off by default, since arguments can hold personal data; this
+        // example's are order numbers, shown in each task's detail.
+        .show_arguments(true);
     let app = Router::new()
         .route("/", get(|| async { "the service itself\n" }))
         .nest("/tasks", admin::router(&tasks, config))
@@ -87,6 +91,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("token: {token}");
     println!();
     println!("  curl -H 'Authorization: Bearer {token}' '{base}/api/tasks?status=FAILED'");
+    println!(
+        "  curl -H 'Authorization: Bearer {token}' {base}/api/tasks/<id>   # with its arguments"
+    );
     println!("  curl -H 'Authorization: Bearer {token}' {base}/api/metrics");
     println!("  curl -N -H 'Authorization: Bearer {token}' {base}/events");
     println!(

@@ -294,7 +294,8 @@ fn companion(
                 file: ::core::file!(),
                 line: ::core::line!(),
             })
-            .with_resources(&[#( #private::ResourceKey::of::<#resource_inners>() ),*]);
+            .with_resources(&[#( #private::ResourceKey::of::<#resource_inners>() ),*])
+            .with_arguments_json(__arguments_json);
 
             impl #ident {
                 /// The name the task is registered under.
@@ -331,6 +332,12 @@ fn companion(
 
             fn __encode_output(__output: &(dyn ::core::any::Any + ::core::marker::Send)) -> ::core::result::Result<::std::vec::Vec<u8>, #private::CodecError> {
                 __returns().encode(__output)
+            }
+
+            // The admin's view of a stored call: decoded with the same
+            // types `__args` proves the bounds of, keyed by the same names.
+            fn __arguments_json(__bytes: &[u8]) -> ::core::result::Result<::std::string::String, #private::CodecError> {
+                __args().json(__bytes)
             }
 
             // What the worker handshake compares: the same types `__args`

@@ -1,8 +1,9 @@
 //! The registry of tasks declared with `#[task]`.
 //!
 //! Each `#[task]` emits one `static` [`TaskEntry`] (const data: name, executor,
-//! defaults, source location, a type-erased entry point, and a function that
-//! names its argument and output types) and submits a reference to it through
+//! defaults, source location, a type-erased entry point, a function that
+//! names its argument and output types, and one that shows stored arguments
+//! as JSON) and submits a reference to it through
 //! `inventory`. [`Registry::global`] gathers them into a name → entry map the
 //! first time it is asked, and reports a name claimed by two declarations
 //! instead of picking one.
@@ -259,6 +260,14 @@ pub struct TaskEntry {
     encode_output: fn(&(dyn Any + Send)) -> Result<Vec<u8>, CodecError>,
     // A function, not data: `type_name` is not `const`, and an entry is.
     signature: fn() -> Signature,
+    arguments_json: fn(&[u8]) -> Result<String, CodecError>,
+}
+
+/// The [`TaskEntry::arguments_json`] of an entry built without one.
+fn no_arguments_json(_: &[u8]) -> Result<String, CodecError> {
+    Err(CodecError::Encode(
+        "this task's entry cannot show its arguments".into(),
+    ))
 }
 
 impl TaskEntry {
@@ -285,7 +294,19 @@ impl TaskEntry {
             body,
             encode_output,
             signature,
+            arguments_json: no_arguments_json,
         }
+    }
+
+    /// The entry with the function that shows its stored arguments as JSON
+    /// (see [`arguments_json`](Self::arguments_json)). Without it, showing
+    /// them is an error.
+    pub const fn with_arguments_json(
+        mut self,
+        arguments_json: fn(&[u8]) -> Result<String, CodecError>,
+    ) -> Self {
+        self.arguments_json = arguments_json;
+        self
     }
 
     /// The entry with its declared policy.
@@ -348,6 +369,26 @@ impl TaskEntry {
     /// When the value cannot be encoded.
     pub fn encode_output(&self, output: &(dyn Any + Send)) -> Result<Vec<u8>, CodecError> {
         (self.encode_output)(output)
+    }
+
+    /// Decodes a call's stored arguments (the bytes [`body`](Self::body)
+    /// runs from) with this task's own argument types and shows them as
+    /// JSON text, for people to read: an object with one member per
+    /// argument, keyed by parameter name, in declaration order (a
+    /// parameter that is a pattern is named `argument N`, from 1).
+    /// `Resource<T>` parameters are not arguments and do not appear.
+    ///
+    /// `#[task]` supplies the function; it writes JSON only when `taskflow`
+    /// is built with its `admin` feature, and fails otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Decode`] or [`CodecError::TrailingBytes`] for bytes
+    /// that are not this task's arguments; [`CodecError::Encode`] for
+    /// arguments that JSON cannot express (a map keyed by structs, tuples
+    /// or sequences), or without the `admin` feature.
+    pub fn arguments_json(&self, bytes: &[u8]) -> Result<String, CodecError> {
+        (self.arguments_json)(bytes)
     }
 }
 

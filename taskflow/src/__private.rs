@@ -91,13 +91,15 @@ pub trait TaskResource: Send + Sync + 'static {}
 #[diagnostic::do_not_recommend]
 impl<T: Send + Sync + 'static> TaskResource for T {}
 
-/// How a task's arguments, as a tuple, are written at enqueue and read back
-/// when it runs. Built by `args{N}`, where the bounds are proven once.
+/// How a task's arguments, as a tuple, are written at enqueue, read back
+/// when it runs, and shown by the admin API. Built by `args{N}`, where the
+/// bounds are proven once.
 // Not public API. Used by generated code.
 pub struct Args<T> {
     names: &'static [&'static str],
     write: fn(&'static [&'static str], &T) -> ArgsWriter,
     read: fn(&[u8]) -> Result<T, TaskError>,
+    json: fn(&'static [&'static str], &[u8]) -> Result<String, CodecError>,
 }
 
 impl<T: ArgTuple> Args<T> {
@@ -106,8 +108,44 @@ impl<T: ArgTuple> Args<T> {
             names,
             write: T::write,
             read: decode_args::<T>,
+            json: arguments_json::<T>,
         }
     }
+}
+
+/// The stored arguments `bytes` decoded as `T` and written as a JSON object
+/// keyed by `names`, in order: what `TaskEntry::arguments_json` promises.
+#[cfg(feature = "admin")]
+fn arguments_json<T: ArgTuple>(
+    names: &'static [&'static str],
+    bytes: &[u8],
+) -> Result<String, CodecError> {
+    /// The tuple as a map from parameter name to value.
+    struct Named<'a, T> {
+        names: &'static [&'static str],
+        values: &'a T,
+    }
+
+    impl<T: ArgTuple> Serialize for Named<'_, T> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.values.serialize_named(self.names, serializer)
+        }
+    }
+
+    let values: T = taskflow_worker::codec::decode(bytes)?;
+    serde_json::to_string(&Named {
+        names,
+        values: &values,
+    })
+    .map_err(|error| CodecError::Encode(Box::new(error)))
+}
+
+/// Without the admin API there is nothing to show arguments to, and no JSON.
+#[cfg(not(feature = "admin"))]
+fn arguments_json<T>(_: &'static [&'static str], _: &[u8]) -> Result<String, CodecError> {
+    Err(CodecError::Encode(
+        "showing arguments as JSON needs taskflow's `admin` feature".into(),
+    ))
 }
 
 impl<T> Args<T> {
@@ -119,6 +157,13 @@ impl<T> Args<T> {
     // Not public API. Used by generated code.
     pub fn read(&self, bytes: &[u8]) -> Result<T, TaskError> {
         (self.read)(bytes)
+    }
+
+    // Not public API. Used by generated code.
+    //
+    // Stored arguments as JSON text, for `TaskEntry::arguments_json`.
+    pub fn json(&self, bytes: &[u8]) -> Result<String, CodecError> {
+        (self.json)(self.names, bytes)
     }
 
     // Not public API. Used by generated code.
@@ -141,6 +186,17 @@ impl<T> std::fmt::Debug for Args<T> {
 pub trait ArgTuple: DeserializeOwned {
     /// Writes each value under its name.
     fn write(names: &'static [&'static str], values: &Self) -> ArgsWriter;
+
+    /// Serializes the values as a map from each one's name to it, in order.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the serializer or a value's `Serialize` reports.
+    fn serialize_named<S: serde::Serializer>(
+        &self,
+        names: &'static [&'static str],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error>;
 }
 
 macro_rules! arg_tuples {
@@ -152,6 +208,19 @@ macro_rules! arg_tuples {
                 let mut writer = ArgsWriter::new();
                 $( writer.push(names[$i], &values.$i); )*
                 writer
+            }
+
+            fn serialize_named<S: serde::Serializer>(
+                &self,
+                names: &'static [&'static str],
+                serializer: S,
+            ) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                // One name per value: `#[task]` passes them together.
+                #[allow(unused_mut, reason = "a task may take no argument")]
+                let mut map = serializer.serialize_map(Some(names.len()))?;
+                $( map.serialize_entry(names[$i], &self.$i)?; )*
+                map.end()
             }
         }
     )*};

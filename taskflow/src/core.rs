@@ -37,7 +37,9 @@ use crate::executor::{AsyncExecutor, SyncExecutor};
 use crate::index::LiveIndex;
 use crate::lifecycle::{self, TaskStatus, Transition};
 use crate::queue::{DEFAULT_QUEUE, Scheduler};
-use crate::record::{Origin, Produced, RETRY_OF_TAG, SharedCell, TaskCell, TaskFilter, TaskRecord};
+use crate::record::{
+    Origin, Produced, RETRY_OF_TAG, SharedCell, TaskArguments, TaskCell, TaskFilter, TaskRecord,
+};
 use crate::store::{Change, CorruptRow, Expect, Row, StoredTask, TaskState};
 
 pub(crate) struct Core {
@@ -456,6 +458,28 @@ impl Core {
                 Ok(self.readable(id, row)?.map(|task| task.record))
             }
             None => Ok(self.index.get(&id).map(|cell| cell.snapshot())),
+        }
+    }
+
+    /// The task's stored arguments: from memory while its cell is here
+    /// (and not a mirror), else from the task store. Read only on request:
+    /// enqueue and completion never come here.
+    pub(crate) async fn arguments(&self, id: TaskId) -> Result<Option<TaskArguments>, Error> {
+        let of_cell =
+            |cell: &TaskCell| TaskArguments::new(cell.entry.name().to_owned(), cell.args.to_vec());
+        if let Some(cell) = self.index.get(&id)
+            && !cell.is_mirror()
+        {
+            return Ok(Some(of_cell(&cell)));
+        }
+        match &self.durable {
+            Some(durable) => {
+                let row = durable.store.get(id).await.map_err(Error::from_store)?;
+                Ok(self
+                    .readable(id, row)?
+                    .map(|task| TaskArguments::new(task.record.name, task.args)))
+            }
+            None => Ok(self.index.get(&id).map(|cell| of_cell(&cell))),
         }
     }
 

@@ -202,6 +202,17 @@ pub enum Error {
     /// A stored task's name is not registered in this binary.
     #[error("no task named `{0}` is registered in this binary")]
     UnknownTask(String),
+    /// A task's stored arguments do not decode as the types asked for (the
+    /// task's own, for `TaskArguments::to_json`), or cannot be written as
+    /// JSON.
+    #[error("cannot read the stored arguments of task `{task}`")]
+    StoredArguments {
+        /// The task's name.
+        task: String,
+        /// What the codec said.
+        #[source]
+        source: CodecError,
+    },
     /// `retry` of a task that did not fail, get cancelled or get interrupted.
     #[error("task {id} is {status}; only FAILED, INTERRUPTED and CANCELLED tasks can be retried")]
     NotRetryable {

@@ -187,7 +187,9 @@
 //!
 //! Every task has a [`TaskRecord`]: [`TaskManager::get`], [`TaskManager::list`]
 //! (by status and name, newest first), [`TaskManager::metrics`], and
-//! [`TaskManager::subscribe`] for one [`TaskEvent`] per transition.
+//! [`TaskManager::subscribe`] for one [`TaskEvent`] per transition;
+//! [`TaskManager::arguments`] reads back the arguments a call was enqueued
+//! with ([`TaskArguments`]).
 //! [`TaskManager::cancel`] stops a task; [`TaskManager::shutdown`] stops
 //! admissions, lets running work finish within a timeout and marks the rest
 //! INTERRUPTED.
@@ -344,7 +346,8 @@
 //! With feature `admin`, `taskflow::admin::router(&manager, config)` is an
 //! `axum::Router` to nest in a web app: a JSON API (with an OpenAPI
 //! document), a live stream of task changes and an audit log, behind bearer
-//! tokens or a login.
+//! tokens or a login. Task arguments stay hidden unless
+//! `AdminConfig::show_arguments(true)` says otherwise.
 
 #[cfg(feature = "admin")]
 pub mod admin;
@@ -380,7 +383,7 @@ pub use handle::TaskHandle;
 pub use lifecycle::{ParseStatusError, TaskStatus};
 pub use manager::{ShutdownReport, TaskManager, TaskManagerBuilder};
 pub use queue::{DEFAULT_QUEUE, QueueConfig, QueueStats};
-pub use record::{Metrics, RETRY_OF_TAG, TaskFilter, TaskRecord};
+pub use record::{Metrics, RETRY_OF_TAG, TaskArguments, TaskFilter, TaskRecord};
 pub use schedule::{CatchUp, Schedule, ScheduleError, ScheduleInfo, Tick};
 pub use taskflow_macros::{main, task};
 pub use taskflow_worker::log::log;

@@ -24,7 +24,7 @@ use crate::executor::{ProcessConfig, ProcessExecutor};
 use crate::index::LiveIndex;
 use crate::lifecycle::TaskStatus;
 use crate::queue::{QueueConfig, QueueStats, Scheduler};
-use crate::record::{Metrics, TaskFilter, TaskRecord};
+use crate::record::{Metrics, TaskArguments, TaskFilter, TaskRecord};
 use crate::store::{SqliteStore, Store, StoreConfig};
 
 /// The installed default manager, read on every `name::enqueue`.
@@ -93,6 +93,18 @@ impl TaskManager {
     /// [`Error::CorruptRow`] when the task's row cannot be read as a task.
     pub async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, Error> {
         self.inner.core.get(id).await
+    }
+
+    /// The task's arguments as stored (see [`TaskArguments`]): from memory
+    /// while the task is live here or recently finished, else from the task
+    /// store, whichever process enqueued it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StoreFailed`] when the task store cannot be read,
+    /// [`Error::CorruptRow`] when the task's row cannot be read as a task.
+    pub async fn arguments(&self, id: TaskId) -> Result<Option<TaskArguments>, Error> {
+        self.inner.core.arguments(id).await
     }
 
     /// Records matching `filter`, newest first: with a task store, every

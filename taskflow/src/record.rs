@@ -470,6 +470,110 @@ pub struct TaskRecord {
 /// carries: the id of the task it retries.
 pub const RETRY_OF_TAG: &str = "taskflow.retry_of";
 
+/// One task's arguments as stored, from
+/// [`TaskManager::arguments`](crate::TaskManager::arguments): the tuple of
+/// the call's arguments (`Resource<T>` parameters are not arguments) in
+/// taskflow's binary encoding, which only the task's own argument types can
+/// read.
+///
+/// Arguments may hold personal data: its `Debug` shows the task's name and
+/// the encoding's length, never the values.
+///
+/// ```
+/// use taskflow::{TaskManager, task};
+///
+/// #[task]
+/// async fn greet(name: String, times: u32) {}
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let tasks = TaskManager::builder().build().await?;
+/// let id = greet::call("Ada".into(), 2).enqueue_on(&tasks)?.id();
+/// let arguments = tasks.arguments(id).await?.expect("just enqueued");
+/// assert_eq!(arguments.name(), greet::NAME);
+/// let (name, times): (String, u32) = arguments.decode()?;
+/// assert_eq!((name.as_str(), times), ("Ada", 2));
+/// # tasks.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct TaskArguments {
+    name: String,
+    bytes: Vec<u8>,
+}
+
+impl TaskArguments {
+    pub(crate) fn new(name: String, bytes: Vec<u8>) -> Self {
+        TaskArguments { name, bytes }
+    }
+
+    /// The registered name of the task they are for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Their encoding, as stored.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Decodes them as `T`: the tuple of the task's argument types, in
+    /// order (`(String, u32)` for `fn greet(name: String, times: u32)`,
+    /// `()` for none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StoredArguments`](crate::Error::StoredArguments) when they
+    /// are not a `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::Error> {
+        taskflow_worker::codec::decode(&self.bytes).map_err(|source| {
+            crate::Error::StoredArguments {
+                task: self.name.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Decodes them with the argument types the task registers in this
+    /// binary and writes them as JSON text: an object with one member per
+    /// argument, keyed by parameter name in declaration order (a parameter
+    /// that is a pattern is named `argument N`, from 1), such as
+    /// `{"name":"Ada","times":2}`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTask`](crate::Error::UnknownTask) when this binary
+    /// does not register the task,
+    /// [`Error::DuplicateTask`](crate::Error::DuplicateTask) when it
+    /// registers the name twice, and
+    /// [`Error::StoredArguments`](crate::Error::StoredArguments) when they
+    /// do not decode as its argument types (a task declared differently
+    /// when they were stored, a damaged row) or JSON cannot express them (a
+    /// map keyed by structs, tuples or sequences).
+    #[cfg(feature = "admin")]
+    pub fn to_json(&self) -> Result<String, crate::Error> {
+        let entry = taskflow_worker::Registry::global()?
+            .get(&self.name)
+            .ok_or_else(|| crate::Error::UnknownTask(self.name.clone()))?;
+        entry
+            .arguments_json(&self.bytes)
+            .map_err(|source| crate::Error::StoredArguments {
+                task: self.name.clone(),
+                source,
+            })
+    }
+}
+
+impl std::fmt::Debug for TaskArguments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskArguments")
+            .field("name", &self.name)
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl TaskRecord {
     /// The task this one retries, when [`TaskManager::retry`](crate::TaskManager::retry)
     /// made it (from its [`RETRY_OF_TAG`] tag).

@@ -14,9 +14,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use taskflow::admin::{self, AdminConfig, CSRF_HEADER};
-use taskflow::{LogLevel, TaskManager, TaskStatus, task};
+use taskflow::{LogLevel, Resource, TaskManager, TaskStatus, task};
 use taskflow_tests::{Latch, PATIENCE, wait_for, wait_for_status, within};
 
 const TOKEN: &str = "s3cret-token-for-tests";
@@ -67,6 +68,34 @@ async fn wordy(n: u32) -> Result<(), String> {
 async fn parked() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
 }
+
+/// An argument that is a struct, with a list and an absent option.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Address {
+    street: String,
+    zip: u32,
+    lines: Vec<String>,
+    note: Option<String>,
+}
+
+/// Parameters declared out of alphabetical order: the admin keeps theirs.
+#[task]
+async fn deliver(recipient: String, count: i64, address: Address) -> usize {
+    recipient.len() + address.lines.len() + usize::try_from(count).unwrap_or(0)
+}
+
+/// What `mail` takes as a resource: not one of its arguments.
+#[derive(Debug)]
+struct Mailer;
+
+#[task]
+async fn mail(user: u64, mailer: Resource<Mailer>, subject: String) -> u64 {
+    let _: &Mailer = &mailer;
+    user + subject.len() as u64
+}
+
+#[task]
+async fn bare() {}
 
 // --- the server and client ---------------------------------------------------
 
@@ -695,8 +724,8 @@ async fn tasks_list_by_every_filter_and_show_their_logs_and_errors() {
         .collect();
     assert_eq!(logs, [(0, "doomed 7 attempt 0"), (1, "doomed 7 attempt 1")]);
     assert!(
-        detail.get("arguments").is_none(),
-        "arguments are never shown"
+        detail.get("arguments").is_none() && detail.get("arguments_error").is_none(),
+        "arguments are hidden by default: {detail}"
     );
 
     let (status, body) = served
@@ -1313,6 +1342,183 @@ async fn metrics_registered_tasks_and_the_openapi_document() {
     manager.shutdown().await;
 }
 
+// --- task arguments ------------------------------------------------------------------
+
+fn address() -> Address {
+    Address {
+        street: "1 Rue de l'Église".into(),
+        zip: 75001,
+        lines: vec!["3rd floor".into(), "door \"B\"".into()],
+        note: None,
+    }
+}
+
+/// How `deliver("Ada Lovelace", -3, address())` shows.
+fn delivered_json() -> Value {
+    json!({
+        "recipient": "Ada Lovelace",
+        "count": -3,
+        "address": {
+            "street": "1 Rue de l'Église",
+            "zip": 75001,
+            "lines": ["3rd floor", "door \"B\""],
+            "note": null,
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_are_hidden_by_default_and_shown_by_name_when_allowed() {
+    let manager = TaskManager::builder()
+        .resource(Mailer)
+        .build()
+        .await
+        .unwrap();
+    let hidden = serve(&manager, config()).await;
+    let shown = serve(&manager, config().show_arguments(true)).await;
+    let delivered = deliver::call("Ada Lovelace".into(), -3, address())
+        .enqueue_on(&manager)
+        .unwrap()
+        .id();
+    let mailed = mail::call(7, "hello".into())
+        .enqueue_on(&manager)
+        .unwrap()
+        .id();
+    let bared = bare::call().enqueue_on(&manager).unwrap().id();
+    for id in [delivered, mailed, bared] {
+        wait_for_status(&manager, id, TaskStatus::Success).await;
+        let detail = hidden.ok(&format!("/api/tasks/{id}")).await;
+        assert_eq!(detail["status"], "SUCCESS");
+        assert!(
+            detail.get("arguments").is_none() && detail.get("arguments_error").is_none(),
+            "hidden by default: {detail}"
+        );
+    }
+
+    // The exact values, by parameter name.
+    let detail = shown.ok(&format!("/api/tasks/{delivered}")).await;
+    assert_eq!(detail["arguments"], delivered_json(), "{detail}");
+    assert!(detail.get("arguments_error").is_none(), "{detail}");
+    // In declaration order, not alphabetical, in the text sent.
+    let text = shown
+        .client
+        .get(shown.url(&format!("/api/tasks/{delivered}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap();
+    assert!(
+        at("recipient") < at("count") && at("count") < at("address"),
+        "{text}"
+    );
+    // A resource is not an argument, wherever it sits among them.
+    let detail = shown.ok(&format!("/api/tasks/{mailed}")).await;
+    assert_eq!(
+        detail["arguments"],
+        json!({ "user": 7, "subject": "hello" }),
+        "{detail}"
+    );
+    let detail = shown.ok(&format!("/api/tasks/{bared}")).await;
+    assert_eq!(detail["arguments"], json!({}), "{detail}");
+
+    // The Rust API the admin reads them through.
+    let arguments = manager.arguments(delivered).await.unwrap().unwrap();
+    assert_eq!(arguments.name(), deliver::NAME);
+    let decoded: (String, i64, Address) = arguments.decode().unwrap();
+    assert_eq!(decoded, ("Ada Lovelace".to_owned(), -3, address()));
+    assert!(arguments.decode::<(u64,)>().is_err());
+    assert!(
+        !format!("{arguments:?}").contains("Ada"),
+        "Debug keeps the values out of logs"
+    );
+
+    // The OpenAPI document knows both fields, neither of them required.
+    let document = shown.ok("/openapi.json").await;
+    let detail_schema = &document["components"]["schemas"]["TaskDetail"];
+    let own = detail_schema["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|part| part["properties"].is_object())
+        .unwrap();
+    for (field, kind) in [("arguments", "object"), ("arguments_error", "string")] {
+        let types = own["properties"][field]["type"].as_array().unwrap();
+        assert!(types.contains(&json!(kind)), "{field}: {detail_schema}");
+        let required = own["required"].as_array().unwrap();
+        assert!(
+            !required.contains(&json!(field)),
+            "{field}: {detail_schema}"
+        );
+    }
+    manager.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_that_cannot_be_read_are_an_error_in_the_answer_not_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tasks.db");
+    let first = stored_manager(&db).await;
+    let enqueue = || {
+        deliver::call("Ada Lovelace".into(), -3, address())
+            .enqueue_on(&first)
+            .unwrap()
+            .id()
+    };
+    let (intact, damaged) = (enqueue(), enqueue());
+    let renamed = quick::call(5).enqueue_on(&first).unwrap().id();
+    for id in [intact, damaged, renamed] {
+        wait_for_status(&first, id, TaskStatus::Success).await;
+    }
+    first.flush().await.unwrap();
+    first.shutdown().await;
+
+    // Damaged by another program: arguments that are not `deliver`'s, and
+    // a task this binary does not register.
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    sql.execute(
+        "UPDATE tasks SET args = ?1 WHERE id = ?2",
+        rusqlite::params![vec![0xffu8; 3], damaged.to_bytes()],
+    )
+    .unwrap();
+    sql.execute(
+        "UPDATE tasks SET name = 'elsewhere::gone' WHERE id = ?1",
+        rusqlite::params![renamed.to_bytes()],
+    )
+    .unwrap();
+    drop(sql);
+
+    // Read back from the store, after a restart.
+    let manager = stored_manager(&db).await;
+    let served = serve(&manager, config().show_arguments(true)).await;
+    let detail = served.ok(&format!("/api/tasks/{intact}")).await;
+    assert_eq!(detail["arguments"], delivered_json(), "{detail}");
+
+    let detail = served.ok(&format!("/api/tasks/{damaged}")).await;
+    assert_eq!(detail["status"], "SUCCESS");
+    assert!(detail.get("arguments").is_none(), "{detail}");
+    let error = detail["arguments_error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "cannot read the stored arguments of task `{}`: cannot decode value: ",
+            deliver::NAME
+        )),
+        "{error}"
+    );
+
+    let detail = served.ok(&format!("/api/tasks/{renamed}")).await;
+    assert_eq!(detail["name"], "elsewhere::gone");
+    assert!(detail.get("arguments").is_none(), "{detail}");
+    assert_eq!(
+        detail["arguments_error"],
+        "no task named `elsewhere::gone` is registered in this binary"
+    );
+    manager.shutdown().await;
+}
+
 // --- the stream ---------------------------------------------------------------------
 
 /// One server-sent event.
@@ -1641,7 +1847,7 @@ async fn with_a_shared_postgres_store_the_admin_acts_on_every_hosts_tasks() {
     let schema = taskflow_tests::postgres::Schema::new(&url, "admin_hosts").await;
     let worker = postgres_manager(&url, &schema).await;
     let console = postgres_manager(&url, &schema).await;
-    let served = serve(&console, config()).await;
+    let served = serve(&console, config().show_arguments(true)).await;
 
     // Another host's tasks: 500 that succeed, 10 that fail.
     let mut enqueued = HashSet::new();
@@ -1686,11 +1892,13 @@ async fn with_a_shared_postgres_store_the_admin_acts_on_every_hosts_tasks() {
         expected,
         "no gaps"
     );
-    // Its log lines, written by the other host (shortly after its status).
+    // Its log lines, written by the other host (shortly after its status),
+    // and its arguments, read from the store.
     let deadline = Instant::now() + PATIENCE;
     loop {
         let detail = served.ok(&format!("/api/tasks/{}", failures[0])).await;
         assert_eq!(detail["status"], "FAILED");
+        assert_eq!(detail["arguments"], json!({ "n": 0 }), "{detail}");
         let logs = detail["logs"].as_array().unwrap().len();
         if logs == 1 {
             break;

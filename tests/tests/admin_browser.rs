@@ -2,9 +2,10 @@
 //! WebDriver (`chromedriver`), against the router served on 127.0.0.1 and
 //! nested at `/tasks`. Each step reads like what a person does: open the
 //! page, log in, watch a task go from PENDING to SUCCESS without reloading,
-//! open a failed task and read its error and logs, retry it and see the new
-//! task, filter the table, pause a queue and see it hold its task, and use
-//! it in a narrow window. A screenshot of the main view is written to
+//! open a failed task and read its error, logs and arguments, retry it and
+//! see the new task, filter the table, pause a queue and see it hold its
+//! task, use it in a narrow window, and find arguments hidden where the
+//! configuration does not show them. A screenshot of the main view is written to
 //! `target/admin-dashboard.png`.
 //!
 //! Without `chromedriver` on the machine the test is skipped with a message;
@@ -190,6 +191,16 @@ async fn type_into(page: &Client, css: &str, text: &str) {
     element.send_keys(text).await.unwrap();
 }
 
+/// Opens the dashboard at `url` and logs in as alice.
+async fn log_in(page: &Client, url: &str) {
+    page.goto(url).await.unwrap();
+    type_into(page, "#login-user", "alice").await;
+    type_into(page, "#login-password", "correct horse").await;
+    click(page, "#login-submit").await;
+    wait_text(page, "#who", |text| text == "alice").await;
+    wait_text(page, "#live", |text| text == "live").await;
+}
+
 fn row(id: impl std::fmt::Display) -> String {
     format!("#task-rows tr[data-id=\"{id}\"] .status")
 }
@@ -209,19 +220,21 @@ async fn an_operator_logs_in_watches_retries_filters_and_pauses() {
         .user("alice", &hash)
         .unwrap()
         .stream_interval(Duration::from_millis(100));
-    let app = axum::Router::new().nest("/tasks", admin::router(&manager, config));
+    // The same tasks at `/plain`, with arguments hidden (the default).
+    let app = axum::Router::new()
+        .nest(
+            "/tasks",
+            admin::router(&manager, config.clone().show_arguments(true)),
+        )
+        .nest("/plain", admin::router(&manager, config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/tasks", listener.local_addr().unwrap());
+    let root = format!("http://{}", listener.local_addr().unwrap());
+    let base = format!("{root}/tasks");
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let page = browser(&driver).await;
 
     // Open the page and log in.
-    page.goto(&base).await.unwrap();
-    type_into(&page, "#login-user", "alice").await;
-    type_into(&page, "#login-password", "correct horse").await;
-    click(&page, "#login-submit").await;
-    wait_text(&page, "#who", |text| text == "alice").await;
-    wait_text(&page, "#live", |text| text == "live").await;
+    log_in(&page, &base).await;
 
     // Watch a task go from PENDING to SUCCESS without reloading.
     page.execute("window.sameLoad = 'yes';", Vec::new())
@@ -242,7 +255,7 @@ async fn an_operator_logs_in_watches_retries_filters_and_pauses() {
         .unwrap();
     assert_eq!(same, Value::from("yes"), "the page was not reloaded");
 
-    // Open a failed task: its error and its logs.
+    // Open a failed task: its error, its logs and its arguments.
     let failed = broken::call(7).enqueue_on(&manager).unwrap().id();
     wait_for_status(&manager, failed, TaskStatus::Failed).await;
     wait_text(&page, &row(failed), |text| text == "FAILED").await;
@@ -255,6 +268,7 @@ async fn an_operator_logs_in_watches_retries_filters_and_pauses() {
         text.contains("broken 7 tried attempt 0")
     })
     .await;
+    wait_text(&page, "#detail-arguments", |text| text.contains("\"n\": 7")).await;
 
     // Retry it and see the new task, which names its origin.
     click(&page, "#retry-task").await;
@@ -361,6 +375,20 @@ async fn an_operator_logs_in_watches_retries_filters_and_pauses() {
     assert!(element.is_displayed().await.unwrap());
     let wide = page.find(Locator::Css("th.wide")).await.unwrap();
     assert!(!wide.is_displayed().await.unwrap(), "wide columns hide");
+
+    // Where the configuration hides arguments, the detail says so.
+    page.set_window_size(1280, 900).await.unwrap();
+    log_in(&page, &format!("{root}/plain")).await;
+    click(&page, &format!("#task-rows tr[data-id=\"{failed}\"]")).await;
+    wait_text(&page, "#detail-error", |text| {
+        text.contains("broken 7: the upstream answered 502")
+    })
+    .await;
+    let hidden = wait_text(&page, "#detail-arguments", |text| {
+        text.contains("hidden by configuration")
+    })
+    .await;
+    assert!(!hidden.contains('7'), "{hidden}");
 
     page.close().await.unwrap();
     server.abort();

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use taskflow_worker::{Registry, TaskId};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -217,7 +218,8 @@ pub(crate) async fn list_tasks(
     }
 }
 
-/// One task with its logs.
+/// One task with its logs, and its arguments when the configuration shows
+/// them (`AdminConfig::show_arguments`).
 #[utoipa::path(get, path = "/api/tasks/{id}", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = TaskDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_task(
@@ -241,12 +243,42 @@ pub(crate) async fn get_task(
         .iter()
         .map(|retry| retry.id.to_string())
         .collect();
+    let (arguments, arguments_error) = match admin.config.show_arguments {
+        false => (None, None),
+        true => match arguments(&admin, id).await {
+            Ok(json) => (Some(json), None),
+            Err(error) => (None, Some(error)),
+        },
+    };
     Ok(Json(TaskDetail {
         task: TaskView::from(&record),
         logs: record.logs.iter().map(LogView::from).collect(),
         logs_dropped: record.logs_dropped,
         retried_by,
+        arguments,
+        arguments_error,
     }))
+}
+
+/// A task's arguments as JSON, or why they cannot be shown: a failure here
+/// is part of the answer, not a failed request.
+async fn arguments(admin: &Admin, id: TaskId) -> Result<Box<RawValue>, String> {
+    let arguments = admin
+        .manager
+        .arguments(id)
+        .await
+        .map_err(|error| crate::error::chain(&error))?
+        // Deleted (pruned) between reading its record and its arguments.
+        .ok_or_else(|| format!("task {id} is no longer stored"))?;
+    let json = arguments
+        .to_json()
+        .map_err(|error| crate::error::chain(&error))?;
+    RawValue::from_string(json).map_err(|error| {
+        format!(
+            "the arguments of task `{}` are not valid JSON: {error}",
+            arguments.name()
+        )
+    })
 }
 
 fn outcome<T>(result: &Result<T, AdminError>) -> String {

@@ -18,7 +18,7 @@
 //! | Method and path | What |
 //! |---|---|
 //! | `GET /api/tasks` | tasks, newest first, filtered and paged ([`ListQuery`]) |
-//! | `GET /api/tasks/{id}` | one task with its logs ([`TaskDetail`]) |
+//! | `GET /api/tasks/{id}` | one task with its logs, and its arguments if allowed ([`TaskDetail`]) |
 //! | `POST /api/tasks/{id}/cancel` | cancel it |
 //! | `POST /api/tasks/{id}/retry` | enqueue it again |
 //! | `POST /api/tasks/retry` | retry several by id ([`RetryIds`]) |
@@ -42,8 +42,12 @@
 //! axum's `nest("/tasks", …)` answers `/tasks` but leaves `/tasks/` to the
 //! application: route it to a redirect if people will type it.
 //!
-//! Task arguments are not shown: they are stored in a binary encoding that
-//! only the task's own types can read, and they may hold personal data.
+//! Task arguments may hold personal data, so they are not shown unless
+//! [`AdminConfig::show_arguments`] allows it. Then a task's detail carries
+//! them as JSON, decoded with the argument types the task registers in this
+//! binary ([`TaskArguments::to_json`](crate::TaskArguments::to_json)), or
+//! says why they cannot be read (a task this binary does not register, or
+//! stored arguments that no longer decode as its types).
 
 mod api;
 mod audit;
@@ -111,6 +115,7 @@ pub struct AdminConfig {
     pub(crate) keep_alive: Duration,
     pub(crate) client_buffer: usize,
     pub(crate) replay: usize,
+    pub(crate) show_arguments: bool,
 }
 
 impl Default for AdminConfig {
@@ -122,7 +127,8 @@ impl Default for AdminConfig {
 impl AdminConfig {
     /// No credentials yet (every request is refused with 401), sessions of
     /// 12 hours, an audit log of 10 000 entries, scans of at most 100 000
-    /// records, a stream coalescing changes per 250 ms.
+    /// records, a stream coalescing changes per 250 ms, task arguments
+    /// hidden.
     pub fn new() -> Self {
         AdminConfig {
             credentials: Credentials::default(),
@@ -137,6 +143,7 @@ impl AdminConfig {
             keep_alive: Duration::from_secs(15),
             client_buffer: 64,
             replay: 1024,
+            show_arguments: false,
         }
     }
 
@@ -229,6 +236,23 @@ impl AdminConfig {
         self
     }
 
+    /// Shows each task's arguments in its detail (`GET …/api/tasks/{id}`
+    /// and the dashboard), as JSON keyed by parameter name. Default off:
+    /// arguments can hold personal data (addresses, names, ids), and
+    /// everyone the router admits would read them.
+    ///
+    /// ```
+    /// use taskflow::admin::AdminConfig;
+    /// let config = AdminConfig::new()
+    ///     .bearer_token("ops", "a long random token")
+    ///     .show_arguments(true);
+    /// # let _ = config;
+    /// ```
+    pub fn show_arguments(mut self, show: bool) -> Self {
+        self.show_arguments = show;
+        self
+    }
+
     /// A stream client may have at most `n` batches unsent; one that falls
     /// further behind is disconnected (it resumes with `Last-Event-ID`).
     /// Default 64.
@@ -252,6 +276,7 @@ impl fmt::Debug for AdminConfig {
             .field("stream_interval", &self.coalesce)
             .field("stream_keep_alive", &self.keep_alive)
             .field("stream_client_buffer", &self.client_buffer)
+            .field("show_arguments", &self.show_arguments)
             .finish()
     }
 }

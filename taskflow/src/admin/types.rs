@@ -134,7 +134,8 @@ impl From<&LogRecord> for LogView {
     }
 }
 
-/// One task with its logs.
+/// One task with its logs, and its arguments when the configuration shows
+/// them.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TaskDetail {
     /// The task.
@@ -146,6 +147,20 @@ pub struct TaskDetail {
     pub logs_dropped: u32,
     /// The tasks that retry this one (newest first).
     pub retried_by: Vec<String>,
+    /// Its arguments, with `AdminConfig::show_arguments(true)` and when
+    /// they can be read: an object with one member per argument, keyed by
+    /// parameter name in declaration order (`Resource<T>` parameters are
+    /// not arguments). Absent when the configuration hides arguments (the
+    /// default) or `arguments_error` says why they cannot be shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub arguments: Option<Box<serde_json::value::RawValue>>,
+    /// Why its arguments cannot be shown, with
+    /// `AdminConfig::show_arguments(true)`: a task this binary does not
+    /// register, stored arguments that do not decode as its argument types,
+    /// a task store that cannot be read. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments_error: Option<String>,
 }
 
 /// A page of tasks, newest first.
