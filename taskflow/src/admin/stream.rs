@@ -4,8 +4,9 @@
 //! client on). It keeps only the latest change of each task and, once per
 //! interval (`AdminConfig::stream_interval`), sends what changed as one
 //! batch: an SSE message `event: tasks`, `id: <batch number>`, whose data is
-//! a JSON array of [`StreamEvent`]s, one per task. A burst of 10 000
-//! transitions is so a few messages, not 10 000.
+//! a JSON array of [`StreamEvent`]s, one per task (split in messages of at
+//! most 256 KiB). A burst of 10 000 transitions is so a few messages, not
+//! 10 000.
 //!
 //! Batches go to clients through one bounded broadcast ring, so a client
 //! costs at most `stream_client_buffer` batches of memory; a client that
@@ -329,17 +330,46 @@ async fn coalesce(
                 if order.is_empty() {
                     continue;
                 }
-                let changes: Vec<StreamEvent> = order
-                    .drain(..)
-                    .filter_map(|id| latest.remove(&id))
-                    .collect();
-                match serde_json::to_string(&changes) {
-                    Ok(data) => shared.publish(|seq| Batch::Changes { seq, data: data.into() }),
-                    Err(error) => tracing::warn!("cannot encode admin stream batch: {error}"),
+                let changes = order.drain(..).filter_map(|id| latest.remove(&id));
+                for data in batches(changes) {
+                    shared.publish(|seq| Batch::Changes { seq, data: data.into() });
                 }
             }
         }
     }
+}
+
+/// The most a batch carries, so a client's buffer of batches is bounded in
+/// bytes too (one change alone may be larger: a long error).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Changes as JSON arrays of at most [`BATCH_BYTES`] each (and at least one
+/// change).
+fn batches(changes: impl Iterator<Item = StreamEvent>) -> Vec<String> {
+    let mut batches = Vec::new();
+    let mut batch = String::from("[");
+    for change in changes {
+        let json = match serde_json::to_string(&change) {
+            Ok(json) => json,
+            Err(error) => {
+                tracing::warn!("cannot encode an admin stream change: {error}");
+                continue;
+            }
+        };
+        if batch.len() > 1 && batch.len() + json.len() + 2 > BATCH_BYTES {
+            batch.push(']');
+            batches.push(std::mem::replace(&mut batch, String::from("[")));
+        }
+        if batch.len() > 1 {
+            batch.push(',');
+        }
+        batch.push_str(&json);
+    }
+    if batch.len() > 1 {
+        batch.push(']');
+        batches.push(batch);
+    }
+    batches
 }
 
 /// A client's messages: what it missed first, then live batches.
@@ -431,4 +461,47 @@ async fn snapshot(admin: &Admin, seq: u64) -> Option<Event> {
             .id(seq.to_string())
             .data(data),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(n: usize, error: Option<String>) -> StreamEvent {
+        StreamEvent {
+            id: format!("task-{n}"),
+            name: "bench::noop".to_owned(),
+            status: TaskStatus::Success,
+            change: "succeeded".to_owned(),
+            attempt: 0,
+            at: "2026-11-30T04:00:00.000Z".to_owned(),
+            error,
+        }
+    }
+
+    #[test]
+    fn batches_hold_every_change_once_within_their_size() {
+        let huge = "x".repeat(BATCH_BYTES + 1);
+        let changes = (0..10_000)
+            .map(|n| change(n, (n == 5000).then(|| huge.clone())))
+            .collect::<Vec<_>>();
+        let made = batches(changes.into_iter());
+        assert!(made.len() > 2, "{} batches", made.len());
+        let mut ids = Vec::new();
+        for batch in &made {
+            let parsed: Vec<serde_json::Value> = serde_json::from_str(batch).expect("a JSON array");
+            assert!(
+                batch.len() <= BATCH_BYTES || parsed.len() == 1,
+                "a batch over the size holds one change alone"
+            );
+            ids.extend(
+                parsed
+                    .into_iter()
+                    .map(|c| c["id"].as_str().map(str::to_owned)),
+            );
+        }
+        let expected: Vec<_> = (0..10_000).map(|n| Some(format!("task-{n}"))).collect();
+        assert_eq!(ids, expected, "every change once, in order");
+        assert!(batches(std::iter::empty()).is_empty());
+    }
 }
