@@ -118,13 +118,28 @@ pub struct QueueStats {
 /// No cap.
 const UNLIMITED: usize = usize::MAX;
 
+/// A counter on cache lines of its own: the threads that write it (every
+/// admission and release) do not evict what the others only read (a
+/// queue's cap, its paused flag, its lanes).
+#[derive(Default)]
+#[repr(align(128))]
+struct Own(AtomicUsize);
+
+impl std::ops::Deref for Own {
+    type Target = AtomicUsize;
+
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
+}
+
 /// Slots: a capacity and how many are taken. An executor's slots are fixed
 /// at build time, and when unlimited never counted, so the uncapped path
 /// touches no shared counter. A queue's cap can change at run time, so its
 /// slots are always counted: a cap set later then knows how many run.
 struct Slots {
     capacity: AtomicUsize,
-    taken: AtomicUsize,
+    taken: Own,
     /// Counted even while unlimited.
     adjustable: bool,
 }
@@ -133,7 +148,7 @@ impl Slots {
     fn fixed(capacity: Option<usize>) -> Self {
         Slots {
             capacity: AtomicUsize::new(capacity.unwrap_or(UNLIMITED)),
-            taken: AtomicUsize::new(0),
+            taken: Own::default(),
             adjustable: false,
         }
     }
@@ -213,7 +228,7 @@ struct Ready {
     /// takes one out: so a claim always finds a task, and a thread never
     /// spins on a task another thread is taking, nor on one a pusher the OS
     /// preempted has not finished putting in.
-    len: AtomicUsize,
+    len: Own,
 }
 
 impl Default for Ready {
@@ -222,7 +237,7 @@ impl Default for Ready {
             lane: crossbeam_channel::unbounded(),
             others: Mutex::default(),
             others_len: AtomicUsize::new(0),
-            len: AtomicUsize::new(0),
+            len: Own::default(),
         }
     }
 }
@@ -519,7 +534,8 @@ impl Scheduler {
     /// is ready and slots are free, else kept in order until it is.
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
         let run_at = cell.lock().run_at;
-        if run_at > SystemTime::now() {
+        // Due at creation (most tasks): no clock read.
+        if run_at > cell.created_at && run_at > SystemTime::now() {
             self.timer.add(core, cell, run_at);
             return;
         }
