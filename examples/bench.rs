@@ -1,5 +1,5 @@
 //! Every executor against the raw primitive beneath it, in the same run
-//! (workloads B1–B6 and B8–B13; B7 is the `burst_latency` example; B12,
+//! (workloads B1–B6 and B8–B14; B7 is the `burst_latency` example; B12,
 //! the PostgreSQL store, runs when `TASKFLOW_BENCH_POSTGRES_URL` or
 //! `TASKFLOW_TEST_POSTGRES_URL` names a server).
 //!
@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use taskflow::{TaskHandle, TaskManager, TaskManagerBuilder, task};
 
+#[path = "bench/admin.rs"]
+mod admin;
 #[path = "bench/memory.rs"]
 mod memory;
 #[path = "bench/persistence.rs"]
@@ -199,6 +201,8 @@ struct Scale {
     /// B12: tasks queued in PostgreSQL, and latency probes per run.
     pg_tasks: usize,
     pg_probes: usize,
+    /// B14: finished tasks stored, requests per page, tasks in a burst.
+    admin: (usize, usize, usize),
 }
 
 impl Scale {
@@ -221,6 +225,7 @@ impl Scale {
                 schedules: (500, 1),
                 pg_tasks: 5_000,
                 pg_probes: 50,
+                admin: (20_000, 100, 10_000),
             }
         } else {
             Scale {
@@ -240,6 +245,7 @@ impl Scale {
                 schedules: (10_000, 10),
                 pg_tasks: 100_000,
                 pg_probes: 500,
+                admin: (1_000_000, 500, 100_000),
             }
         };
         if let Some(runs) = options.runs {
@@ -1067,7 +1073,7 @@ async fn main() -> Result<(), BoxError> {
     // B6 first, while this process is small: a worker is started with
     // fork(), whose cost grows with the parent's mapped memory.
     let order = [
-        "B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B12", "B13", "B9",
+        "B6", "B1", "B2", "B3", "B4", "B5", "B8", "B10", "B11", "B12", "B13", "B14", "B9",
     ];
     for id in order {
         if !options.wants(id) {
@@ -1087,6 +1093,10 @@ async fn main() -> Result<(), BoxError> {
             "B13" => {
                 let (n, seconds) = scale.schedules;
                 schedules::b13(n, seconds, scale.runs.min(3)).await
+            }
+            "B14" => {
+                let (rows, requests, tasks) = scale.admin;
+                admin::b14(rows, requests, tasks, scale.runs.min(3)).await
             }
             "B12" => {
                 postgres::b12(

@@ -23,6 +23,10 @@ pub(crate) enum Measure {
     Bytes(f64),
     /// A plain number (per task), e.g. statements.
     Count(f64),
+    /// A whole number of things, e.g. messages.
+    Total(f64),
+    /// Bytes per second.
+    ByteRate(f64),
 }
 
 impl Measure {
@@ -32,6 +36,8 @@ impl Measure {
             Measure::Time(time) => time.as_secs_f64(),
             Measure::Bytes(bytes) => bytes,
             Measure::Count(count) => count,
+            Measure::Total(total) => total,
+            Measure::ByteRate(rate) => rate,
         }
     }
 
@@ -40,11 +46,12 @@ impl Measure {
             Measure::Rate(_) => "per_second",
             Measure::Time(_) => "seconds",
             Measure::Bytes(_) => "bytes",
-            Measure::Count(_) => "count",
+            Measure::Count(_) | Measure::Total(_) => "count",
+            Measure::ByteRate(_) => "bytes_per_second",
         }
     }
 
-    /// `412.3k/s`, `4.10 µs`, `253.1 ms`, `812 B`.
+    /// `412.3k/s`, `4.10 µs`, `253.1 ms`, `812 B`, `300.0k`, `2.1 MB/s`.
     pub(crate) fn text(self) -> String {
         match self {
             Measure::Rate(rate) if rate >= 1e6 => format!("{:.2}M/s", rate / 1e6),
@@ -53,6 +60,11 @@ impl Measure {
             Measure::Time(time) => duration_text(time),
             Measure::Bytes(bytes) => format!("{bytes:.0} B"),
             Measure::Count(count) => format!("{count:.3}"),
+            Measure::Total(total) if total >= 1e6 => format!("{:.2}M", total / 1e6),
+            Measure::Total(total) if total >= 1e4 => format!("{:.1}k", total / 1e3),
+            Measure::Total(total) => format!("{total:.0}"),
+            Measure::ByteRate(rate) if rate >= 1e6 => format!("{:.2} MB/s", rate / 1e6),
+            Measure::ByteRate(rate) => format!("{:.1} kB/s", rate / 1e3),
         }
     }
 }

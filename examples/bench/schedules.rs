@@ -17,8 +17,14 @@ async fn scheduled_noop(_schedule: u32) {}
 
 /// CPU time this process has used (user and system), from
 /// `/proc/self/stat` in clock ticks of 10 ms (`USER_HZ` on Linux).
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+pub(crate) fn cpu_time() -> Option<Duration> {
+    cpu_time_of("/proc/self/stat")
+}
+
+/// CPU time (user and system) from a `stat` file of `/proc`: a process's,
+/// or one thread's (`/proc/self/task/<tid>/stat`).
+pub(crate) fn cpu_time_of(stat: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(stat).ok()?;
     let after_name = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // utime and stime are fields 14 and 15; 12 and 13 after the name.

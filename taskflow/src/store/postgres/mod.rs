@@ -986,7 +986,14 @@ async fn list(shared: &Shared, client: &Object, filter: &TaskFilter) -> Result<L
         clauses.push(clause.replace('?', &format!("${}", values.len())));
     };
     if let Some(status) = filter.status {
-        bind("status = ?", Box::new(status.as_str()));
+        // `tasks_status` holds finished rows only: a generic plan (a
+        // prepared statement's, after a few runs) uses it only when the
+        // query states the index's condition, which a bound status cannot.
+        let clause = match status.is_finished() {
+            true => "status = ? AND status NOT IN ('PENDING', 'RUNNING')",
+            false => "status = ?",
+        };
+        bind(clause, Box::new(status.as_str()));
     }
     if let Some(name) = &filter.name {
         bind("name = ?", Box::new(name.clone()));
