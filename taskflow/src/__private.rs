@@ -141,7 +141,9 @@ fn arguments_json<T: ArgTuple>(
 }
 
 /// Without the admin API there is nothing to show arguments to, and no JSON.
+/// (`T` keeps the signature the generated code names either way.)
 #[cfg(not(feature = "admin"))]
+#[allow(clippy::extra_unused_type_parameters)]
 fn arguments_json<T>(_: &'static [&'static str], _: &[u8]) -> Result<String, CodecError> {
     Err(CodecError::Encode(
         "showing arguments as JSON needs taskflow's `admin` feature".into(),

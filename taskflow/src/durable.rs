@@ -189,6 +189,7 @@ impl Durable {
     }
 
     /// Other live instances share the store (as of the last heartbeat).
+    #[cfg(feature = "admin")]
     pub(crate) fn is_shared(&self) -> bool {
         self.shared.load(Ordering::Acquire)
     }

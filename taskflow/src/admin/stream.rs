@@ -78,21 +78,7 @@ pub struct StreamEvent {
 
 impl StreamEvent {
     fn of(event: &TaskEvent) -> Option<Self> {
-        let (change, error) = match &event.kind {
-            EventKind::Enqueued => ("enqueued", None),
-            EventKind::Requeued => ("requeued", None),
-            EventKind::Started => ("started", None),
-            EventKind::Retrying { error, .. } => ("retrying", Some(error.to_string())),
-            EventKind::Succeeded => ("succeeded", None),
-            EventKind::Failed(error) => ("failed", Some(error.to_string())),
-            EventKind::Cancelled => ("cancelled", None),
-            EventKind::Interrupted => ("interrupted", None),
-            EventKind::Log(_) => ("log", None),
-            EventKind::Lost => ("lost", None),
-            EventKind::Observed => ("observed", None),
-            // Store trouble names no task change.
-            _ => return None,
-        };
+        let (change, error) = change_of(&event.kind)?;
         Some(StreamEvent {
             id: event.id.to_string(),
             name: event.name.to_owned(),
@@ -100,9 +86,28 @@ impl StreamEvent {
             change: change.to_owned(),
             attempt: event.attempt,
             at: rfc3339(event.at),
-            error,
+            error: error.map(ToString::to_string),
         })
     }
+}
+
+/// The stream's name of a change and its error, for the kinds of event that
+/// change a task (store trouble does not).
+fn change_of(kind: &EventKind) -> Option<(&'static str, Option<&crate::TaskError>)> {
+    Some(match kind {
+        EventKind::Enqueued => ("enqueued", None),
+        EventKind::Requeued => ("requeued", None),
+        EventKind::Started => ("started", None),
+        EventKind::Retrying { error, .. } => ("retrying", Some(error)),
+        EventKind::Succeeded => ("succeeded", None),
+        EventKind::Failed(error) => ("failed", Some(error)),
+        EventKind::Cancelled => ("cancelled", None),
+        EventKind::Interrupted => ("interrupted", None),
+        EventKind::Log(_) => ("log", None),
+        EventKind::Lost => ("lost", None),
+        EventKind::Observed => ("observed", None),
+        _ => return None,
+    })
 }
 
 impl StreamEvent {
@@ -298,45 +303,68 @@ async fn coalesce(
     interval: Duration,
     shared: Arc<Shared>,
 ) {
-    let mut latest: HashMap<TaskId, StreamEvent> = HashMap::new();
+    // Events are kept as they come and turned into JSON only at the flush,
+    // once per task: the hub must keep up with the bus in a burst.
+    let mut latest: HashMap<TaskId, Change> = HashMap::new();
     let mut order: Vec<TaskId> = Vec::new();
+    // The hub fell behind the bus: one resync at the next flush, however
+    // often it fell behind meanwhile.
+    let mut lagged = false;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             received = events.recv() => match received {
                 Ok(event) => {
-                    if let Some(change) = StreamEvent::of(&event)
-                        && latest.insert(event.id, change).is_none()
-                    {
-                        order.push(event.id);
+                    if change_of(&event.kind).is_some() {
+                        let id = event.id;
+                        if latest.insert(id, Change::Event(event)).is_none() {
+                            order.push(id);
+                        }
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
                     latest.clear();
                     order.clear();
-                    shared.publish(|seq| Batch::Resync { seq });
+                    lagged = true;
                 }
                 Err(_) => return,
             },
             Some((id, change)) = watched.recv() => {
                 // What the bus said in this interval is as new or newer.
                 if let std::collections::hash_map::Entry::Vacant(free) = latest.entry(id) {
-                    free.insert(change);
+                    free.insert(Change::Observed(change));
                     order.push(id);
                 }
             }
             _ = ticker.tick() => {
+                if std::mem::take(&mut lagged) {
+                    shared.publish(|seq| Batch::Resync { seq });
+                }
                 if order.is_empty() {
                     continue;
                 }
-                let changes = order.drain(..).filter_map(|id| latest.remove(&id));
+                let changes = order
+                    .drain(..)
+                    .filter_map(|id| latest.remove(&id))
+                    .filter_map(|change| match change {
+                        Change::Event(event) => StreamEvent::of(&event),
+                        Change::Observed(observed) => Some(observed),
+                    });
                 for data in batches(changes) {
                     shared.publish(|seq| Batch::Changes { seq, data: data.into() });
                 }
             }
         }
     }
+}
+
+/// A task's latest change in the hub, until the next flush.
+enum Change {
+    /// From this instance's bus.
+    Event(TaskEvent),
+    /// Read from the store (another instance's doing).
+    Observed(StreamEvent),
 }
 
 /// The most a batch carries, so a client's buffer of batches is bounded in

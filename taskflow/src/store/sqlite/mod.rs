@@ -838,9 +838,40 @@ fn holds_lease(db: &Connection, instance: &str) -> rusqlite::Result<bool> {
         .map(|row| row.is_some())
 }
 
+/// Unfinished tasks of one status up to which `list` reads them from their
+/// partial index and sorts them, rather than walk the table newest first.
+const FEW_UNFINISHED: i64 = 10_000;
+
+/// The partial index holding the rows of an unfinished status.
+fn unfinished_index(status: TaskStatus) -> Option<&'static str> {
+    match status {
+        TaskStatus::Pending => Some("tasks_ready"),
+        TaskStatus::Running => Some("tasks_running_owner"),
+        _ => None,
+    }
+}
+
 /// `list`: a WHERE clause assembled from fixed fragments, values bound.
+///
+/// PENDING and RUNNING rows are in no index ordered by id. When they are
+/// few (the usual case, beside a long history), they are read from their
+/// partial index and sorted; when they are many, walking the table newest
+/// first finds a page of them quickly. A bounded count decides.
 fn list(db: &Connection, filter: &TaskFilter) -> rusqlite::Result<Listed> {
-    let (sql, values) = list_statement(filter);
+    let few = match filter.status.and_then(unfinished_index) {
+        Some(index) => {
+            let status = status_text(filter.status.unwrap_or(TaskStatus::Pending));
+            let counted: i64 = db
+                .prepare_cached(&format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM tasks INDEXED BY {index} \
+                     WHERE status = '{status}' LIMIT {FEW_UNFINISHED} + 1)"
+                ))?
+                .query_row([], |row| row.get(0))?;
+            counted <= FEW_UNFINISHED
+        }
+        None => false,
+    };
+    let (sql, values) = list_statement(filter, few);
     let mut statement = db.prepare_cached(&sql)?;
     let params: Vec<&dyn rusqlite::ToSql> = values.iter().map(|v| &**v).collect();
     let mut listed = Listed::default();
@@ -853,11 +884,24 @@ fn list(db: &Connection, filter: &TaskFilter) -> rusqlite::Result<Listed> {
     Ok(listed)
 }
 
-/// The statement `list` runs for `filter`, and the values it binds.
-fn list_statement(filter: &TaskFilter) -> (String, Vec<Box<dyn rusqlite::ToSql>>) {
+/// The statement `list` runs for `filter`, and the values it binds; with
+/// `few`, an unfinished status is read from its partial index.
+fn list_statement(filter: &TaskFilter, few: bool) -> (String, Vec<Box<dyn rusqlite::ToSql>>) {
     let mut clauses: Vec<&str> = Vec::new();
     let mut values: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    let mut from = "tasks";
     if let Some(status) = filter.status {
+        match (few, status) {
+            (true, TaskStatus::Pending) => {
+                from = "tasks INDEXED BY tasks_ready";
+                clauses.push("status = 'PENDING'");
+            }
+            (true, TaskStatus::Running) => {
+                from = "tasks INDEXED BY tasks_running_owner";
+                clauses.push("status = 'RUNNING'");
+            }
+            _ => {}
+        }
         // `tasks_status` holds finished rows only, and SQLite reads a
         // partial index only when the query states the index's condition,
         // which it cannot infer from a bound status. Stated, a finished
@@ -915,7 +959,7 @@ fn list_statement(filter: &TaskFilter) -> (String, Vec<Box<dyn rusqlite::ToSql>>
         true => String::new(),
         false => format!("WHERE {}", clauses.join(" AND ")),
     };
-    let sql = format!("SELECT {COLUMNS} FROM tasks {condition} ORDER BY id DESC LIMIT ?");
+    let sql = format!("SELECT {COLUMNS} FROM {from} {condition} ORDER BY id DESC LIMIT ?");
     (sql, values)
 }
 
@@ -1053,7 +1097,11 @@ mod tests {
 
     /// The steps of the plan SQLite makes for `list`'s statement.
     fn list_plan(db: &Connection, filter: &TaskFilter) -> Vec<String> {
-        let (sql, values) = list_statement(filter);
+        list_plan_with(db, filter, false)
+    }
+
+    fn list_plan_with(db: &Connection, filter: &TaskFilter, few: bool) -> Vec<String> {
+        let (sql, values) = list_statement(filter, few);
         let params: Vec<&dyn rusqlite::ToSql> = values.iter().map(|v| &**v).collect();
         db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
@@ -1083,6 +1131,74 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn unfinished_tasks_are_listed_newest_first_whether_few_or_many() {
+        let mut db = Connection::open_in_memory().unwrap();
+        migrate(&mut db, Path::new(":memory:")).unwrap();
+        for few in [true, false] {
+            let plan = list_plan_with(&db, &TaskFilter::new().status(TaskStatus::Pending), few);
+            assert_eq!(
+                plan.iter().any(|step| step.contains("INDEX tasks_ready")),
+                few,
+                "{plan:?}"
+            );
+        }
+        let insert = db
+            .prepare(
+                "INSERT INTO tasks (id, name, executor, status, args, created_at) \
+                 VALUES (?1, 't', 'async', ?2, x'', 0)",
+            )
+            .unwrap();
+        let mut insert = insert;
+        let id = |n: u32| {
+            let mut bytes = [0u8; 16];
+            bytes[12..].copy_from_slice(&n.to_be_bytes());
+            bytes.to_vec()
+        };
+        // Many PENDING rows among finished ones, then few.
+        for n in 0..(FEW_UNFINISHED as u32 + 100) {
+            let status = if n % 3 == 0 { "SUCCESS" } else { "PENDING" };
+            insert.execute(params![id(n), status]).unwrap();
+        }
+        drop(insert);
+        let newest = |db: &Connection| -> Vec<Vec<u8>> {
+            let filter = TaskFilter::new().status(TaskStatus::Pending).limit(3);
+            // Rows this bare read as corrupt; their ids are what counts.
+            let listed = list(db, &filter).unwrap();
+            let mut ids: Vec<Vec<u8>> = listed
+                .tasks
+                .iter()
+                .map(|task| task.record.id.to_bytes().to_vec())
+                .chain(
+                    listed
+                        .corrupt
+                        .iter()
+                        .filter_map(|row| row.id.map(|id| id.to_bytes().to_vec())),
+                )
+                .collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids
+        };
+        let top = FEW_UNFINISHED as u32 + 99;
+        let expected: Vec<Vec<u8>> = (0..=top)
+            .rev()
+            .filter(|n| n % 3 != 0)
+            .take(3)
+            .map(id)
+            .collect();
+        assert_eq!(newest(&db), expected, "many");
+        db.execute(
+            "UPDATE tasks SET status = 'SUCCESS' WHERE rowid % 100 != 0",
+            [],
+        )
+        .unwrap();
+        let pending: Vec<u32> = (0..=top)
+            .filter(|n| n % 3 != 0 && (n + 1) % 100 == 0)
+            .collect();
+        let expected: Vec<Vec<u8>> = pending.iter().rev().take(3).copied().map(id).collect();
+        assert_eq!(newest(&db), expected, "few");
     }
 
     #[test]
