@@ -403,7 +403,17 @@ fn pages(middle: TaskId) -> Vec<Page> {
             label: "status=CANCELLED (none stored)".into(),
             path: format!("/api/tasks?limit={PAGE}&status=CANCELLED"),
             sql: select(FINISHED_STATUS),
-            values: vec![text("CANCELLED"), limit],
+            values: vec![text("CANCELLED"), limit.clone()],
+            expect: (0, None, None),
+        },
+        Page {
+            label: "status=PENDING (none stored)".into(),
+            path: format!("/api/tasks?limit={PAGE}&status=PENDING"),
+            // The store's count of the few, then its read of their index.
+            sql: "SELECT id FROM tasks INDEXED BY tasks_ready WHERE status = 'PENDING' \
+                  ORDER BY id DESC LIMIT ?"
+                .to_owned(),
+            values: vec![limit],
             expect: (0, None, None),
         },
     ]
