@@ -173,7 +173,10 @@ impl Core {
             .as_deref()
             .or(defaults.queue)
             .unwrap_or(DEFAULT_QUEUE);
-        if let Some(reason) = crate::queue::invalid_queue_name(queue_name) {
+        if let Some(reason) = (queue_name != DEFAULT_QUEUE)
+            .then(|| crate::queue::invalid_queue_name(queue_name))
+            .flatten()
+        {
             return Err(Error::InvalidQueue {
                 queue: queue_name.to_owned(),
                 reason,
@@ -211,7 +214,8 @@ impl Core {
                 }
             }
         }
-        self.admit(cell.clone(), EventKind::Enqueued);
+        let run_at = placement.run_at.unwrap_or(cell.created_at);
+        self.admit(cell.clone(), EventKind::Enqueued, run_at);
         if cell.is_admitting() {
             self.admitted(&cell);
         }
@@ -293,7 +297,8 @@ impl Core {
 
     /// Records a PENDING cell, announces it, and queues it: in memory, or
     /// as a row for the claimer (unless a keyed insert wrote it already).
-    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind) {
+    /// `run_at`: when it may start, as it was made.
+    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind, run_at: SystemTime) {
         if !cell.is_admitting() {
             self.index.insert(cell.clone());
         }
@@ -311,10 +316,10 @@ impl Core {
                     durable.write(cell.clone());
                 }
                 if durable.is_lost() {
-                    self.scheduler.submit(self, cell);
+                    self.scheduler.submit_at(self, cell, run_at);
                 }
             }
-            None => self.scheduler.submit(self, cell),
+            None => self.scheduler.submit_at(self, cell, run_at),
         }
     }
 

@@ -534,6 +534,11 @@ impl Scheduler {
     /// is ready and slots are free, else kept in order until it is.
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
         let run_at = cell.lock().run_at;
+        self.submit_at(core, cell, run_at);
+    }
+
+    /// As [`submit`](Self::submit), for a task known to be due at `run_at`.
+    pub(crate) fn submit_at(&self, core: &Arc<Core>, cell: SharedCell, run_at: SystemTime) {
         // Due at creation (most tasks): no clock read.
         if run_at > cell.created_at && run_at > SystemTime::now() {
             self.timer.add(core, cell, run_at);
