@@ -117,9 +117,11 @@
 //!
 //! Every task waits in a named queue (`"default"` unless it names one) in
 //! front of its executor: a queue's concurrency caps its tasks across
-//! executors, its `max_size` caps its PENDING ones, and it can be paused.
-//! Within a queue a higher priority runs first, in arrival order within one;
-//! a delayed task waits until its `run_at`.
+//! executors (and can change at run time), its `max_size` caps its PENDING
+//! ones, and it can be paused. Within a queue a higher priority runs first,
+//! in arrival order within one; a delayed task waits until its `run_at`.
+//! With a task store, a task due further ahead than the builder's
+//! `memory_horizon` (60 s by default) waits as a row only, not in memory.
 //!
 //! ```
 //! use std::time::Duration;
@@ -151,6 +153,7 @@
 //! assert_eq!(waiting.status(), taskflow::TaskStatus::Pending);
 //! tasks.resume("emails").await?;
 //! waiting.await?;
+//! tasks.set_queue_concurrency("emails", Some(8))?; // this instance, at once
 //! # Ok(())
 //! # }
 //! ```
