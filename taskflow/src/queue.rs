@@ -316,7 +316,10 @@ impl Ready {
     }
 }
 
-/// One named queue.
+/// One named queue. Aligned so that its fields do not share a cache line
+/// with its `Arc`'s reference count, which every task of the queue changes
+/// when it is made and dropped.
+#[repr(align(128))]
 pub(crate) struct Queue {
     name: Arc<str>,
     config: QueueConfig,
@@ -548,11 +551,12 @@ impl Scheduler {
     }
 
     fn submit_ready(&self, core: &Arc<Core>, cell: SharedCell) {
-        let queue = cell.queue.clone();
         let executor = executor_index(cell.entry.executor());
         let slots = &self.executors[executor];
         // Nothing of this queue and executor waits: if both have a slot, the
-        // task starts without touching the ordered lists.
+        // task starts without touching the ordered lists (nor the queue's
+        // reference count, which every thread's tasks share).
+        let queue = &cell.queue;
         if !queue.is_paused() && queue.ready[executor].len() == 0 && slots.take() {
             if queue.slots.take() {
                 self.start(core, cell);
@@ -560,6 +564,7 @@ impl Scheduler {
             }
             slots.give(1);
         }
+        let queue = cell.queue.clone();
         queue.ready[executor].push(cell);
         self.pump(core, &queue, executor);
     }
