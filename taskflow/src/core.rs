@@ -917,9 +917,11 @@ impl Core {
             if let Some(cell) = &local {
                 let (status, written, before) = {
                     let state = cell.lock();
-                    let mut before = TaskState::pending(state.run_at);
-                    before.started_at = state.started_at;
-                    before.last_error = state.last_error.as_deref().cloned();
+                    let before = kept(
+                        state.run_at,
+                        state.started_at,
+                        state.last_error.as_deref().cloned(),
+                    );
                     (state.status, state.written, before)
                 };
                 match (status, written) {
@@ -946,9 +948,7 @@ impl Core {
             let record = &task.record;
             match record.status {
                 TaskStatus::Pending => {
-                    let mut before = TaskState::pending(record.run_at);
-                    before.started_at = record.started_at;
-                    before.last_error = record.last_error.clone();
+                    let before = kept(record.run_at, record.started_at, record.last_error.clone());
                     let change = cancelled(id, TaskStatus::Pending, record.attempts, before);
                     let applied = durable
                         .store
@@ -1093,6 +1093,19 @@ impl Core {
             }
         }
     }
+}
+
+/// What a cancel keeps of a task: when it was due, its first start, its
+/// last failure.
+fn kept(
+    run_at: SystemTime,
+    started_at: Option<SystemTime>,
+    last_error: Option<taskflow_worker::TaskError>,
+) -> TaskState {
+    let mut state = TaskState::pending(run_at);
+    state.started_at = started_at;
+    state.last_error = last_error;
+    state
 }
 
 /// A compare-and-set that cancels a task in `status` with `attempts`.

@@ -858,9 +858,11 @@ fn unfinished_index(status: TaskStatus) -> Option<&'static str> {
 /// partial index and sorted; when they are many, walking the table newest
 /// first finds a page of them quickly. A bounded count decides.
 fn list(db: &Connection, filter: &TaskFilter) -> rusqlite::Result<Listed> {
-    let few = match filter.status.and_then(unfinished_index) {
-        Some(index) => {
-            let status = status_text(filter.status.unwrap_or(TaskStatus::Pending));
+    let unfinished = filter
+        .status
+        .and_then(|status| Some((status_text(status), unfinished_index(status)?)));
+    let few = match unfinished {
+        Some((status, index)) => {
             let counted: i64 = db
                 .prepare_cached(&format!(
                     "SELECT count(*) FROM (SELECT 1 FROM tasks INDEXED BY {index} \
@@ -890,29 +892,29 @@ fn list_statement(filter: &TaskFilter, few: bool) -> (String, Vec<Box<dyn rusqli
     let mut clauses: Vec<&str> = Vec::new();
     let mut values: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     let mut from = "tasks";
-    if let Some(status) = filter.status {
-        match (few, status) {
-            (true, TaskStatus::Pending) => {
-                from = "tasks INDEXED BY tasks_ready";
-                clauses.push("status = 'PENDING'");
-            }
-            (true, TaskStatus::Running) => {
-                from = "tasks INDEXED BY tasks_running_owner";
-                clauses.push("status = 'RUNNING'");
-            }
-            _ => {}
+    match (few, filter.status) {
+        (true, Some(TaskStatus::Pending)) => {
+            from = "tasks INDEXED BY tasks_ready";
+            clauses.push("status = 'PENDING'");
         }
-        // `tasks_status` holds finished rows only, and SQLite reads a
-        // partial index only when the query states the index's condition,
-        // which it cannot infer from a bound status. Stated, a finished
-        // status is read from that index in id order; without it the
-        // query walks every row newer than the page (the whole table for
-        // a status no row has).
-        clauses.push(match status.is_finished() {
-            true => "status = ? AND status NOT IN ('PENDING', 'RUNNING')",
-            false => "status = ?",
-        });
-        values.push(Box::new(status_text(status)));
+        (true, Some(TaskStatus::Running)) => {
+            from = "tasks INDEXED BY tasks_running_owner";
+            clauses.push("status = 'RUNNING'");
+        }
+        (_, Some(status)) => {
+            // `tasks_status` holds finished rows only, and SQLite reads a
+            // partial index only when the query states the index's condition,
+            // which it cannot infer from a bound status. Stated, a finished
+            // status is read from that index in id order; without it the
+            // query walks every row newer than the page (the whole table for
+            // a status no row has).
+            clauses.push(match status.is_finished() {
+                true => "status = ? AND status NOT IN ('PENDING', 'RUNNING')",
+                false => "status = ?",
+            });
+            values.push(Box::new(status_text(status)));
+        }
+        (_, None) => {}
     }
     if let Some(name) = &filter.name {
         clauses.push("name = ?");
