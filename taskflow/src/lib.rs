@@ -235,7 +235,10 @@
 //! while none ran are handled per `catch_up` ([`CatchUp`]). A fired task's
 //! record names its schedule and tick.
 //!
-//! ```
+//! A declared schedule belongs to the whole binary, so this example is its
+//! own crate: its `heartbeat` must not fire in the other examples.
+//!
+//! ```standalone_crate
 //! use std::time::Duration;
 //! use taskflow::{Schedule, TaskFilter, TaskManager, task};
 //!
