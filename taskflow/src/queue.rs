@@ -183,30 +183,39 @@ impl Slots {
         let capacity = self.capacity.load(Ordering::Acquire);
         if capacity == UNLIMITED {
             if self.adjustable {
-                self.taken.fetch_add(n, Ordering::AcqRel);
+                self.taken.fetch_add(n, Ordering::SeqCst);
             }
             return n;
         }
+        // Nothing free: no write, so a full pool's counter stays shared
+        // in the caches of the threads that look at it.
         let mut got = 0;
         let _ = self
             .taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |taken| {
                 got = capacity.saturating_sub(taken).min(n);
-                Some(taken + got)
+                (got > 0).then_some(taken + got)
             });
         got
     }
 
+    /// Whether what is taken is within the cap (which may have been
+    /// lowered since the slots were taken).
+    fn within_capacity(&self) -> bool {
+        let capacity = self.capacity.load(Ordering::Acquire);
+        capacity == UNLIMITED || self.taken.load(Ordering::SeqCst) <= capacity
+    }
+
     fn give(&self, n: usize) {
         if self.adjustable || self.capacity.load(Ordering::Relaxed) != UNLIMITED {
-            self.taken.fetch_sub(n, Ordering::AcqRel);
+            self.taken.fetch_sub(n, Ordering::SeqCst);
         }
     }
 
     fn free(&self) -> usize {
         match self.capacity() {
             None => UNLIMITED,
-            Some(capacity) => capacity.saturating_sub(self.taken.load(Ordering::Acquire)),
+            Some(capacity) => capacity.saturating_sub(self.taken.load(Ordering::SeqCst)),
         }
     }
 }
@@ -255,7 +264,7 @@ impl Ready {
                 .push_back(cell);
             self.others_len.fetch_add(1, Ordering::AcqRel);
         }
-        self.len.fetch_add(1, Ordering::AcqRel);
+        self.len.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The best task that has not finished meanwhile (cancelled while it
@@ -263,7 +272,7 @@ impl Ready {
     fn pop(&self) -> Option<SharedCell> {
         loop {
             self.len
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |len| {
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |len| {
                     len.checked_sub(1)
                 })
                 .ok()?;
@@ -312,7 +321,7 @@ impl Ready {
     }
 
     fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.len.load(Ordering::SeqCst)
     }
 }
 
@@ -557,7 +566,11 @@ impl Scheduler {
         // task starts without touching the ordered lists (nor the queue's
         // reference count, which every thread's tasks share).
         let queue = &cell.queue;
-        if !queue.is_paused() && queue.ready[executor].len() == 0 && slots.take() {
+        if !queue.is_paused()
+            && slots.free() > 0
+            && queue.ready[executor].len() == 0
+            && slots.take()
+        {
             if queue.slots.take() {
                 self.start(core, cell);
                 return;
@@ -570,10 +583,17 @@ impl Scheduler {
     }
 
     /// Admits waiting tasks of `queue` on `executor` while both have slots.
+    ///
+    /// An enqueue puts its task in, then pumps (looks for a free slot); a
+    /// release gives its slots back, then pumps (looks for a task). The
+    /// counters involved are all `SeqCst`, so of two that cross, at least
+    /// one sees the other's change: no task waits beside a free slot. The
+    /// executor's slots are looked at first: while its pool is full (a
+    /// burst) nobody writes them, so the look costs no cache miss.
     fn pump(&self, core: &Arc<Core>, queue: &Queue, executor: usize) {
         let slots = &self.executors[executor];
         loop {
-            if queue.is_paused() || queue.ready[executor].len() == 0 {
+            if queue.is_paused() || slots.free() == 0 || queue.ready[executor].len() == 0 {
                 return;
             }
             if !slots.take() {
@@ -609,9 +629,13 @@ impl Scheduler {
     /// it started), then admits what waited for them.
     pub(crate) fn release(&self, core: &Arc<Core>, queue: &Arc<Queue>, executor: Executor) {
         let index = executor_index(executor);
+        let durable = self.durable.load(Ordering::Acquire);
+        if !durable && self.hand_on(core, queue, index) {
+            return;
+        }
         self.executors[index].give(1);
         queue.slots.give(1);
-        if self.durable.load(Ordering::Acquire) {
+        if durable {
             self.claimer.notify_one();
             return;
         }
@@ -631,6 +655,24 @@ impl Scheduler {
                     self.pump(core, other, index);
                 }
             }
+        }
+    }
+
+    /// Passes the slots a task leaves straight to the next ready task of
+    /// the same queue and executor, which is the one they would admit
+    /// first anyway: no counter changes hands. Not while the queue is
+    /// paused, nor when its cap was lowered below what runs. Whether a
+    /// task took them.
+    fn hand_on(&self, core: &Arc<Core>, queue: &Queue, executor: usize) -> bool {
+        if queue.is_paused() || !queue.slots.within_capacity() {
+            return false;
+        }
+        match queue.ready[executor].pop() {
+            Some(cell) => {
+                self.start(core, cell);
+                true
+            }
+            None => false,
         }
     }
 
