@@ -67,7 +67,7 @@ pub(crate) struct Core {
     /// Log lines kept per task.
     pub(crate) max_logs: usize,
     /// The dispatcher in-process attempts run under (see `crate::trace`).
-    pub(crate) tee: tracing::Dispatch,
+    pub(crate) tee: crate::trace::TaskTee,
     /// Recurring tasks, and the ticker that fires them.
     pub(crate) schedules: crate::schedule::ticker::Schedules,
 }
@@ -109,7 +109,7 @@ pub(crate) struct Parts {
     pub(crate) scheduler: Scheduler,
     pub(crate) durable: Option<Durable>,
     pub(crate) max_logs: usize,
-    pub(crate) tee: tracing::Dispatch,
+    pub(crate) tee: crate::trace::TaskTee,
 }
 
 impl Core {

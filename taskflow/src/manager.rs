@@ -1115,7 +1115,7 @@ impl TaskManagerBuilder {
             scheduler,
             durable,
             max_logs: self.max_logs_per_task,
-            tee: crate::trace::Tee::dispatch(self.task_log_level),
+            tee: crate::trace::TaskTee::new(self.task_log_level),
         }));
         SyncExecutor::start(&core)?;
         Durable::start(&core).await?;

@@ -272,9 +272,7 @@ impl Ready {
     fn pop(&self) -> Option<SharedCell> {
         loop {
             self.len
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |len| {
-                    len.checked_sub(1)
-                })
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |len| len.checked_sub(1))
                 .ok()?;
             let cell = self.take_claimed();
             if !cell.status().is_finished() {

@@ -2,6 +2,7 @@
 //! (`max_concurrent_tasks`, queues, priorities) happens before, in the
 //! queue; a task reaching here starts at once.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use taskflow_worker::attempt::{CatchUnwind, catch_panic};
@@ -112,10 +113,10 @@ async fn attempt(core: Arc<Core>, cell: SharedCell) {
             Ok(future) => {
                 // The body's `tracing` events reach the application's
                 // subscriber and, through the tee, the task's log.
-                let future = tracing::instrument::WithSubscriber::with_subscriber(
-                    context::scope(context_of(&core, &cell, attempt), CatchUnwind::new(future)),
-                    core.tee.clone(),
-                );
+                let mut body = CatchUnwind::new(future);
+                let tee = &core.tee;
+                let teed = std::future::poll_fn(|cx| tee.scope(|| Pin::new(&mut body).poll(cx)));
+                let future = context::scope(context_of(&core, &cell, attempt), teed);
                 match cell.entry.defaults().timeout {
                     None => future.await,
                     // Boxed: a timer is large, and only some tasks have one;

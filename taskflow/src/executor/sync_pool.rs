@@ -186,9 +186,8 @@ fn run_attempt(core: &Arc<Core>, cell: SharedCell, pool: Option<usize>) {
     };
     let result = match cell.entry.body() {
         Body::Blocking(body) => context::enter(context_of(core, &cell, attempt), || {
-            tracing::dispatcher::with_default(&core.tee, || {
-                catch_panic(|| body(&cell.args, &core.resources))
-            })
+            core.tee
+                .scope(|| catch_panic(|| body(&cell.args, &core.resources)))
         }),
         // `#[task]` never pairs these; only a hand-built entry could.
         Body::Async(_) => Err(TaskError::error("a thread task's entry has an async body")),
