@@ -191,7 +191,7 @@ impl Core {
             });
         }
         let mut origin = Origin::new(self.durable.is_some(), placement.run_at);
-        origin.scheduled = placement.scheduled.map(Box::new);
+        origin.scheduled = placement.scheduled;
         let cell = Arc::new(TaskCell::new(
             entry,
             args.into_boxed_slice(),
@@ -354,7 +354,7 @@ impl Core {
             durable: true,
             stored: true,
             mirror: false,
-            scheduled: record.scheduled.clone().map(Box::new),
+            scheduled: record.scheduled.clone(),
         };
         let cell = Arc::new(TaskCell::new(
             entry,
@@ -420,7 +420,7 @@ impl Core {
             durable: true,
             stored: true,
             mirror: true,
-            scheduled: record.scheduled.clone().map(Box::new),
+            scheduled: record.scheduled.clone(),
         };
         // The key too: this instance may yet claim and run the task, and
         // then keeps its output for every other handle, as its owner would.
@@ -697,7 +697,7 @@ impl Core {
                 EventKind::Started
             }
             Transition::Succeed(output) => {
-                state.last_error = None;
+                state.set_last_error(None);
                 if cell.key.is_some() || cell.is_foreign() {
                     // Every later handle to a keyed task reads it, here or
                     // in another process, and the handles of a task another
@@ -718,12 +718,12 @@ impl Core {
                     error: error.clone(),
                     delay,
                 };
-                state.last_error = Some(Box::new(error));
+                state.set_last_error(Some(error));
                 kind
             }
             Transition::Fail(error) => {
                 let kind = EventKind::Failed(error.clone());
-                state.last_error = Some(Box::new(error));
+                state.set_last_error(Some(error));
                 kind
             }
             Transition::Cancel => {
@@ -747,7 +747,7 @@ impl Core {
                 state.attempts = record.attempts;
                 state.run_at = record.run_at;
                 state.started_at = record.started_at;
-                state.last_error = record.last_error.map(Box::new);
+                state.set_last_error(record.last_error);
                 if let Some(bytes) = row.output {
                     if cell.key.is_some() {
                         // Every handle to a keyed task reads its output,
@@ -917,11 +917,7 @@ impl Core {
             if let Some(cell) = &local {
                 let (status, written, before) = {
                     let state = cell.lock();
-                    let before = kept(
-                        state.run_at,
-                        state.started_at,
-                        state.last_error.as_deref().cloned(),
-                    );
+                    let before = kept(state.run_at, state.started_at, state.last_error().cloned());
                     (state.status, state.written, before)
                 };
                 match (status, written) {

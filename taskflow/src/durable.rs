@@ -446,7 +446,7 @@ fn target(cell: &SharedCell, state: &crate::record::CellState, me: &str) -> Task
         run_at: state.run_at,
         started_at: if released { None } else { state.started_at },
         finished_at: if released { None } else { state.finished_at },
-        last_error: state.last_error.as_deref().cloned(),
+        last_error: state.last_error().cloned(),
         owner: (status == TaskStatus::Running).then(|| me.to_owned()),
         output: state.output_bytes().map(|bytes| bytes.to_vec()),
     }

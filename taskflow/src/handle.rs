@@ -127,8 +127,7 @@ impl<T: DeserializeOwned + 'static> Future for TaskHandle<T> {
                 },
             },
             TaskStatus::Failed => Err(state
-                .last_error
-                .as_deref()
+                .last_error()
                 .cloned()
                 .unwrap_or_else(|| TaskError::error("the task failed"))),
             TaskStatus::Cancelled => Err(TaskError::new(ErrorKind::Cancelled, "")),

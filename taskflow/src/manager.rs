@@ -305,7 +305,10 @@ impl TaskManager {
     /// Store failures.
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
         let core = &self.inner.core;
-        let mut stats = core.scheduler.stats();
+        let mut stats = core.scheduler.stats(
+            core.index.count(TaskStatus::Pending),
+            core.index.count(TaskStatus::Running),
+        );
         let Some(durable) = &core.durable else {
             return Ok(stats);
         };

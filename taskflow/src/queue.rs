@@ -334,8 +334,12 @@ pub(crate) struct Queue {
     paused: AtomicBool,
     /// Ready tasks per executor (memory mode only).
     ready: [Ready; 3],
-    /// PENDING and RUNNING counts of this instance's tasks in the queue.
+    /// PENDING and RUNNING counts of this instance's tasks in the queue;
+    /// not kept for the default queue, whose counts are what the others'
+    /// leave of the manager's (see [`Scheduler::stats`]), so most tasks
+    /// count once, not twice.
     counts: Tally<2>,
+    is_default: bool,
     /// Exact PENDING count, kept only for a queue with a `max_size`.
     queued: AtomicUsize,
 }
@@ -346,6 +350,7 @@ const RUNNING: usize = 1;
 impl Queue {
     fn new(name: Arc<str>, config: QueueConfig) -> Self {
         Queue {
+            is_default: &*name == DEFAULT_QUEUE,
             name,
             config,
             slots: Slots::adjustable(config.concurrency),
@@ -406,21 +411,16 @@ impl Queue {
 
     /// Counts a task entering PENDING (`+1`) or leaving it (`-1`).
     pub(crate) fn count_pending(&self, delta: i64) {
-        self.counts.add(PENDING, delta);
+        if !self.is_default {
+            self.counts.add(PENDING, delta);
+        }
     }
 
     /// Counts a task entering RUNNING (`+1`) or leaving it (`-1`).
     pub(crate) fn count_running(&self, delta: i64) {
-        self.counts.add(RUNNING, delta);
-    }
-
-    /// This instance's PENDING tasks in the queue.
-    pub(crate) fn pending(&self) -> u64 {
-        u64::try_from(self.counts.get(PENDING)).unwrap_or(0)
-    }
-
-    fn running(&self) -> u64 {
-        u64::try_from(self.counts.get(RUNNING)).unwrap_or(0)
+        if !self.is_default {
+            self.counts.add(RUNNING, delta);
+        }
     }
 }
 
@@ -772,17 +772,34 @@ impl Scheduler {
         self.timer.stop();
     }
 
-    /// Per-queue numbers of this instance.
-    pub(crate) fn stats(&self) -> Vec<QueueStats> {
-        self.queues()
-            .into_iter()
-            .map(|queue| QueueStats {
-                name: queue.name.to_string(),
-                pending: queue.pending(),
-                running: queue.running(),
-                paused: queue.is_paused(),
-                concurrency: queue.slots.capacity(),
-                max_size: queue.config.max_size,
+    /// Per-queue numbers of this instance, given its PENDING and RUNNING
+    /// tasks in all queues: the default queue has what the others leave.
+    /// (Counts read while tasks move are a moment's approximation, as any
+    /// gauge; a difference that comes out negative reads as zero.)
+    pub(crate) fn stats(&self, pending: u64, running: u64) -> Vec<QueueStats> {
+        let queues = self.queues();
+        let [mut left_pending, mut left_running] =
+            [i64::try_from(pending), i64::try_from(running)].map(|total| total.unwrap_or(i64::MAX));
+        for queue in queues.iter().filter(|queue| !queue.is_default) {
+            left_pending -= queue.counts.get(PENDING);
+            left_running -= queue.counts.get(RUNNING);
+        }
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        queues
+            .iter()
+            .map(|queue| {
+                let (pending, running) = match queue.is_default {
+                    true => (left_pending, left_running),
+                    false => (queue.counts.get(PENDING), queue.counts.get(RUNNING)),
+                };
+                QueueStats {
+                    name: queue.name.to_string(),
+                    pending: count(pending),
+                    running: count(running),
+                    paused: queue.is_paused(),
+                    concurrency: queue.slots.capacity(),
+                    max_size: queue.config.max_size,
+                }
             })
             .collect()
     }

@@ -42,8 +42,6 @@ pub(crate) struct TaskCell {
     pub(crate) queue: Arc<Queue>,
     /// Higher runs first within its queue.
     pub(crate) priority: i16,
-    /// The schedule tick that created it, if one did.
-    pub(crate) scheduled: Option<Box<Tick>>,
     /// Flags: see the `FLAG_*` constants.
     flags: AtomicU8,
     /// Place in the memory window of finished records (0: none yet).
@@ -85,7 +83,7 @@ pub(crate) struct Origin {
     pub(crate) stored: bool,
     pub(crate) mirror: bool,
     /// The schedule tick that created it.
-    pub(crate) scheduled: Option<Box<Tick>>,
+    pub(crate) scheduled: Option<Tick>,
 }
 
 impl Origin {
@@ -111,8 +109,15 @@ impl Origin {
 pub(crate) enum Abort {
     /// Abort the tokio task running an async attempt.
     Task(AbortHandle),
-    /// Kill the worker process `pid` running a process attempt.
-    Worker(Arc<dyn KillWorker>, u32),
+    /// Kill the worker process running a process attempt (boxed: few
+    /// tasks have one, and every record has room for an `Abort`).
+    Worker(Box<WorkerAbort>),
+}
+
+/// How to kill the worker process running an attempt.
+pub(crate) struct WorkerAbort {
+    pub(crate) pool: Arc<dyn KillWorker>,
+    pub(crate) pid: u32,
 }
 
 /// Kills a worker process, if it has not been reaped yet.
@@ -124,7 +129,7 @@ impl Abort {
     pub(crate) fn abort(self) {
         match self {
             Abort::Task(handle) => handle.abort(),
-            Abort::Worker(pool, pid) => pool.kill(pid),
+            Abort::Worker(worker) => worker.pool.kill(worker.pid),
         }
     }
 }
@@ -142,6 +147,10 @@ pub(crate) struct Extra {
     pub(crate) logs: VecDeque<LogRecord>,
     /// Log records past the cap, dropped.
     pub(crate) logs_dropped: u32,
+    /// Why the latest attempt failed (most tasks never fail).
+    pub(crate) last_error: Option<TaskError>,
+    /// The schedule tick that created the task, if one did.
+    pub(crate) scheduled: Option<Tick>,
 }
 
 impl CellState {
@@ -153,6 +162,22 @@ impl CellState {
     /// The encoded output kept for a keyed task, if any.
     pub(crate) fn output_bytes(&self) -> Option<&Arc<[u8]>> {
         self.extra.as_ref()?.output_bytes.as_ref()
+    }
+
+    /// Why the latest attempt failed, if it did.
+    pub(crate) fn last_error(&self) -> Option<&TaskError> {
+        self.extra.as_ref()?.last_error.as_ref()
+    }
+
+    pub(crate) fn set_last_error(&mut self, error: Option<TaskError>) {
+        if error.is_some() || self.extra.is_some() {
+            self.extra().last_error = error;
+        }
+    }
+
+    /// The schedule tick that created the task, if one did.
+    pub(crate) fn scheduled(&self) -> Option<&Tick> {
+        self.extra.as_ref()?.scheduled.as_ref()
     }
 }
 
@@ -173,7 +198,6 @@ pub(crate) struct CellState {
     pub(crate) run_at: SystemTime,
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) finished_at: Option<SystemTime>,
-    pub(crate) last_error: Option<Box<TaskError>>,
     /// The output of a successful task, until a handle takes it. Only kept
     /// while a handle exists to take it.
     pub(crate) output: Option<Produced>,
@@ -220,7 +244,6 @@ impl TaskCell {
             key,
             queue,
             priority,
-            scheduled: origin.scheduled,
             flags: AtomicU8::new(flags),
             window_seq: AtomicU64::new(0),
             state: Mutex::new(CellState {
@@ -229,9 +252,13 @@ impl TaskCell {
                 run_at: origin.run_at,
                 started_at: None,
                 finished_at: None,
-                last_error: None,
                 output: None,
-                extra: None,
+                extra: origin.scheduled.map(|tick| {
+                    Box::new(Extra {
+                        scheduled: Some(tick),
+                        ..Extra::default()
+                    })
+                }),
                 handles: origin.handles,
                 admitted: false,
                 written: None,
@@ -412,13 +439,13 @@ impl TaskCell {
             started_at: state.started_at,
             finished_at: state.finished_at,
             attempts: state.attempts,
-            last_error: state.last_error.as_deref().cloned(),
+            last_error: state.last_error().cloned(),
             tags: self.tags.clone(),
             logs: extra
                 .map(|extra| extra.logs.iter().cloned().collect())
                 .unwrap_or_default(),
             logs_dropped: extra.map_or(0, |extra| extra.logs_dropped),
-            scheduled: self.scheduled.as_deref().cloned(),
+            scheduled: state.scheduled().cloned(),
         }
     }
 }

@@ -92,7 +92,7 @@ use taskflow_worker::{ErrorKind, TaskError, sys, worker};
 use tokio::sync::{Notify, oneshot};
 
 use crate::core::Core;
-use crate::record::{Abort, KillWorker, Produced, SharedCell};
+use crate::record::{Abort, KillWorker, Produced, SharedCell, WorkerAbort};
 
 /// How often a worker's exit is checked where the kernel offers no pidfd
 /// to wait on.
@@ -785,7 +785,10 @@ impl Slot {
             .and_then(|()| self.deliver(&frame));
         self.frame = frame;
         let pid = delivered?;
-        cell.set_abort(Abort::Worker(self.shared.clone(), pid));
+        cell.set_abort(Abort::Worker(Box::new(WorkerAbort {
+            pool: self.shared.clone(),
+            pid,
+        })));
         // Only a task with a timeout pays for a timer and its flag.
         let timer = cell.entry.defaults().timeout.map(|limit| {
             let fired = Arc::new(AtomicBool::new(false));
