@@ -227,17 +227,16 @@ impl Slots {
 /// tasks never meet on a lock. Tasks of other priorities wait in an ordered
 /// map behind a lock, looked at only while it holds any: those above 0 go
 /// before the lane, those below after it.
+///
+/// Whether any wait is read from the lane's own ends and a count of the
+/// map, so a push and a pop of the lane write nothing the other side
+/// writes. (A task counted before it was in, or after it was out, made
+/// threads spin on tasks not there yet.)
 struct Ready {
     lane: (Sender<SharedCell>, Receiver<SharedCell>),
     others: Mutex<BTreeMap<Reverse<i16>, VecDeque<SharedCell>>>,
     /// Tasks in `others`.
     others_len: AtomicUsize,
-    /// Tasks in both that no thread has claimed yet. A task is counted once
-    /// it is in, and a thread claims one (takes the count down) before it
-    /// takes one out: so a claim always finds a task, and a thread never
-    /// spins on a task another thread is taking, nor on one a pusher the OS
-    /// preempted has not finished putting in.
-    len: Own,
 }
 
 impl Default for Ready {
@@ -246,7 +245,6 @@ impl Default for Ready {
             lane: crossbeam_channel::unbounded(),
             others: Mutex::default(),
             others_len: AtomicUsize::new(0),
-            len: Own::default(),
         }
     }
 }
@@ -262,45 +260,27 @@ impl Ready {
                 .entry(Reverse(cell.priority))
                 .or_default()
                 .push_back(cell);
-            self.others_len.fetch_add(1, Ordering::AcqRel);
+            self.others_len.fetch_add(1, Ordering::SeqCst);
         }
-        self.len.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The best task that has not finished meanwhile (cancelled while it
-    /// waited: dropped here).
+    /// waited: dropped here); `None` once none waits.
     fn pop(&self) -> Option<SharedCell> {
         loop {
-            self.len
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |len| len.checked_sub(1))
-                .ok()?;
-            let cell = self.take_claimed();
+            let cell = self
+                .pop_other(|priority| priority > 0)
+                .or_else(|| self.lane.1.try_recv().ok())
+                .or_else(|| self.pop_other(|_| true))?;
             if !cell.status().is_finished() {
                 return Some(cell);
             }
         }
     }
 
-    /// Takes out the best task after a claim. Claims never outnumber the
-    /// tasks in, so one is there; the look goes round again only while
-    /// another claimer's task is being taken out from under this one's
-    /// look (it then finds the one left for it).
-    fn take_claimed(&self) -> SharedCell {
-        loop {
-            let found = self
-                .pop_other(|priority| priority > 0)
-                .or_else(|| self.lane.1.try_recv().ok())
-                .or_else(|| self.pop_other(|_| true));
-            if let Some(cell) = found {
-                return cell;
-            }
-            std::thread::yield_now();
-        }
-    }
-
     /// The first task of the ordered map, if its priority passes `wanted`.
     fn pop_other(&self, wanted: impl Fn(i16) -> bool) -> Option<SharedCell> {
-        if self.others_len.load(Ordering::Acquire) == 0 {
+        if self.others_len.load(Ordering::SeqCst) == 0 {
             return None;
         }
         let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,13 +293,15 @@ impl Ready {
             entry.remove();
         }
         if cell.is_some() {
-            self.others_len.fetch_sub(1, Ordering::AcqRel);
+            self.others_len.fetch_sub(1, Ordering::SeqCst);
         }
         cell
     }
 
-    fn len(&self) -> usize {
-        self.len.load(Ordering::SeqCst)
+    /// Whether no task waits. The lane's ends are `SeqCst`, as the map's
+    /// count is (see [`Scheduler::pump`]).
+    fn is_empty(&self) -> bool {
+        self.lane.1.is_empty() && self.others_len.load(Ordering::SeqCst) == 0
     }
 }
 
@@ -566,7 +548,7 @@ impl Scheduler {
         let queue = &cell.queue;
         if !queue.is_paused()
             && slots.free() > 0
-            && queue.ready[executor].len() == 0
+            && queue.ready[executor].is_empty()
             && slots.take()
         {
             if queue.slots.take() {
@@ -591,7 +573,7 @@ impl Scheduler {
     fn pump(&self, core: &Arc<Core>, queue: &Queue, executor: usize) {
         let slots = &self.executors[executor];
         loop {
-            if queue.is_paused() || slots.free() == 0 || queue.ready[executor].len() == 0 {
+            if queue.is_paused() || slots.free() == 0 || queue.ready[executor].is_empty() {
                 return;
             }
             if !slots.take() {
@@ -609,7 +591,7 @@ impl Scheduler {
                     // Only cancelled tasks were left, or other threads
                     // claimed the rest; a task pushed meanwhile saw our slots
                     // taken and is looked at on the next turn.
-                    if queue.ready[executor].len() == 0 {
+                    if queue.ready[executor].is_empty() {
                         return;
                     }
                 }

@@ -79,6 +79,24 @@ async fn shared_work(n: u32, side: String) {
         .unwrap();
 }
 
+/// Bodies of the `tight` queue (concurrency 2) executing now.
+static TIGHT: Gauge = Gauge::new();
+
+/// A no-op that gives way once, so that attempts overlap.
+#[task]
+async fn blip(n: u32, tight: bool) -> u32 {
+    let _executing = tight.then(|| TIGHT.enter());
+    tokio::task::yield_now().await;
+    n
+}
+
+#[task]
+fn blip_thread(n: u32, tight: bool) -> u32 {
+    let _executing = tight.then(|| TIGHT.enter());
+    std::thread::yield_now();
+    n
+}
+
 #[task(executor = "process")]
 fn crunch(n: u32) -> u32 {
     n * 3
@@ -272,6 +290,73 @@ fn a_queues_concurrency_changes_at_run_time() -> Result<(), Failed> {
             assert_eq!(ELASTIC[mode].entered(), 8, "mode {mode}");
             manager.shutdown().await;
         }
+    })
+}
+
+/// Threads that enqueue while others finish tasks and free slots: every
+/// task is admitted (none is left waiting beside a free slot), in both
+/// executors, three priorities and two queues, and the capped queue's cap
+/// holds throughout. In rounds, each awaited to the end: the last tasks of
+/// a round are the ones a lost admission would strand.
+fn racing_enqueues_and_releases_strand_no_task() -> Result<(), Failed> {
+    const ROUNDS: u32 = 300;
+    const THREADS: u32 = 4;
+    const EACH: u32 = 5;
+    trial(async {
+        let manager = TaskManager::builder()
+            .max_concurrent_tasks(3)
+            .max_sync_threads(2)
+            .queue("tight", QueueConfig::new().concurrency(2))
+            .build()
+            .await
+            .unwrap();
+        let enqueue = |n: u32| {
+            let tight = n % 3 == 0;
+            let priority = [0, 1, -1][(n % 5 % 3) as usize];
+            let queue = if tight { "tight" } else { DEFAULT_QUEUE };
+            let handle = match n % 2 {
+                0 => blip::call(n, tight)
+                    .queue(queue)
+                    .priority(priority)
+                    .enqueue_on(&manager),
+                _ => blip_thread::call(n, tight)
+                    .queue(queue)
+                    .priority(priority)
+                    .enqueue_on(&manager),
+            };
+            (n, handle.unwrap())
+        };
+        for round in 0..ROUNDS {
+            let first = round * THREADS * EACH;
+            let enqueued: Vec<_> = std::thread::scope(|threads| {
+                let enqueuers: Vec<_> = (0..THREADS)
+                    .map(|thread| {
+                        let from = first + thread * EACH;
+                        threads.spawn(move || (from..from + EACH).map(enqueue).collect::<Vec<_>>())
+                    })
+                    .collect();
+                enqueuers
+                    .into_iter()
+                    .flat_map(|enqueuer| enqueuer.join().unwrap())
+                    .collect()
+            });
+            for (n, handle) in enqueued {
+                let what = format!("task {n} of round {round}");
+                assert_eq!(within(&what, handle).await.unwrap(), n);
+            }
+        }
+        let total = ROUNDS * THREADS * EACH;
+        assert_eq!(manager.metrics().success, u64::from(total));
+        assert!(
+            TIGHT.peak() <= 2,
+            "the tight queue ran {} at once",
+            TIGHT.peak()
+        );
+        assert_eq!(TIGHT.entered(), total.div_ceil(3) as usize);
+        for stats in manager.queue_stats().await.unwrap() {
+            assert_eq!((stats.pending, stats.running), (0, 0), "{stats:?}");
+        }
+        manager.shutdown().await;
     })
 }
 
@@ -680,6 +765,10 @@ fn main() -> ExitCode {
         Trial::test(
             "an_idle_queue_leaves_the_executor_to_a_busy_one",
             an_idle_queue_leaves_the_executor_to_a_busy_one,
+        ),
+        Trial::test(
+            "racing_enqueues_and_releases_strand_no_task",
+            racing_enqueues_and_releases_strand_no_task,
         ),
         Trial::test(
             "max_size_refuses_at_exactly_the_limit_and_records_nothing",
