@@ -311,7 +311,7 @@ fn racing_enqueues_and_releases_strand_no_task() -> Result<(), Failed> {
             .await
             .unwrap();
         let enqueue = |n: u32| {
-            let tight = n % 3 == 0;
+            let tight = n.is_multiple_of(3);
             let priority = [0, 1, -1][(n % 5 % 3) as usize];
             let queue = if tight { "tight" } else { DEFAULT_QUEUE };
             let handle = match n % 2 {
