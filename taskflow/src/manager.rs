@@ -727,7 +727,8 @@ impl TaskManagerBuilder {
     /// recorded on the task's log (as [`log`](crate::log()) lines are): in
     /// async and thread tasks (the events still reach the application's
     /// subscriber) and in worker processes. Default `INFO`; `OFF` records
-    /// none.
+    /// none, and spares each attempt the switch of `tracing` dispatcher
+    /// that recording needs (a few percent of a no-op task's cost).
     ///
     /// ```
     /// use taskflow::TaskManager;

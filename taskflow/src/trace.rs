@@ -53,8 +53,12 @@ impl TaskTee {
         TaskTee(Arc::new(Tee { inner, max, hint }))
     }
 
-    /// Runs `f` with the tee as this thread's dispatcher.
+    /// Runs `f` with the tee as this thread's dispatcher (unless it records
+    /// nothing: then as it is).
     pub(crate) fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.0.max == LevelFilter::OFF {
+            return f();
+        }
         let key = Arc::as_ptr(&self.0) as usize;
         let dispatch = HELD
             .try_with(|held| {
@@ -210,5 +214,14 @@ mod tests {
             });
         });
         assert_eq!(counter.0.load(Ordering::SeqCst), 3 * tees + 1);
+    }
+
+    #[test]
+    fn a_tee_that_records_nothing_leaves_the_dispatcher_alone() {
+        let inside = |level| {
+            TaskTee::new(level).scope(|| tracing::dispatcher::get_default(|d| d.is::<Tee>()))
+        };
+        assert!(inside(LevelFilter::INFO));
+        assert!(!inside(LevelFilter::OFF));
     }
 }
