@@ -37,7 +37,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
@@ -131,7 +131,29 @@ pub(crate) struct Durable {
     /// Tasks due beyond the memory horizon, to leave memory once their row
     /// is written and no handle holds them: looked at each heartbeat.
     resting: Mutex<Vec<Weak<TaskCell>>>,
+    /// Claims of ready rows under way.
+    claiming: AtomicUsize,
+    /// What the audit of this instance's RUNNING rows found (see
+    /// [`hand_back_strays`]).
+    strays: Mutex<Strays>,
 }
+
+/// Rows the store says this instance runs but it has no attempt of.
+#[derive(Default)]
+struct Strays {
+    /// A claim failed: its rows may be RUNNING here with nobody running
+    /// them, so the next heartbeats look (and every
+    /// [`AUDIT_EVERY`]th one anyway).
+    suspect: bool,
+    /// Heartbeats since the last look.
+    beats: u32,
+    /// Found at the last look.
+    seen: HashSet<TaskId>,
+}
+
+/// Every this many heartbeats the keeper looks for rows claimed for this
+/// instance that it does not run, even without a failed claim to suspect.
+const AUDIT_EVERY: u32 = 10;
 
 impl Durable {
     pub(crate) fn new(store: Arc<dyn Store>, settings: Settings, registry: &Registry) -> Self {
@@ -166,6 +188,8 @@ impl Durable {
             unknown: Mutex::default(),
             leading: AtomicBool::new(false),
             resting: Mutex::default(),
+            claiming: AtomicUsize::new(0),
+            strays: Mutex::default(),
         }
     }
 
@@ -212,6 +236,10 @@ impl Durable {
     /// How often the keeper renews the lease.
     pub(crate) fn heartbeat(&self) -> Duration {
         self.settings.heartbeat
+    }
+
+    fn strays(&self) -> std::sync::MutexGuard<'_, Strays> {
+        self.strays.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers this instance and rescues what dead instances left, then
@@ -1042,6 +1070,7 @@ async fn claim_reserved(
         .iter()
         .map(|(_, demand)| demand.clone())
         .collect();
+    durable.claiming.fetch_add(1, Ordering::SeqCst);
     let claimed = durable
         .store
         .claim_ready(&durable.instance.id, &demand, SystemTime::now())
@@ -1064,16 +1093,22 @@ async fn claim_reserved(
                         dispatch(core, durable, task);
                     }
                     // A store that returned more than asked: put it back.
-                    _ => give_back(core, durable, task).await,
+                    _ => {
+                        give_back(core, durable, &task).await;
+                    }
                 }
             }
             Ok(claimed.next_run_at)
         }
         Err(error) => {
+            // The claim may have committed and only its answer been lost.
+            durable.strays().suspect = true;
             durable.failed(core, None, &error);
             Err(())
         }
     };
+    // Every row it took has its cell in the index by now.
+    durable.claiming.fetch_sub(1, Ordering::SeqCst);
     let mut full = false;
     let mut short = Vec::new();
     for ((queue, want), used) in reservation.demand.iter().zip(&used) {
@@ -1143,11 +1178,14 @@ pub(crate) fn run_claimed(
 }
 
 /// Returns a task claimed beyond what was asked to the queue.
-async fn give_back(core: &Arc<Core>, durable: &Durable, task: StoredTask) {
+/// Whether it went back (it is still this instance's, as claimed).
+async fn give_back(core: &Arc<Core>, durable: &Durable, task: &StoredTask) -> bool {
     let record = &task.record;
     let mut state = TaskState::pending(record.run_at);
     state.attempts = record.attempts.saturating_sub(1);
-    state.started_at = record.started_at;
+    // The claim stamped a first start on a task that never started.
+    state.started_at = record.started_at.filter(|_| state.attempts > 0);
+    state.last_error = record.last_error.clone();
     let change = Change {
         id: record.id,
         expect: Expect::Owned {
@@ -1156,8 +1194,78 @@ async fn give_back(core: &Arc<Core>, durable: &Durable, task: StoredTask) {
         },
         state,
     };
-    if let Err(error) = durable.store.apply(vec![change]).await {
-        durable.failed(core, None, &error);
+    match durable.store.apply(vec![change]).await {
+        Ok(applied) => applied.first() == Some(&true),
+        Err(error) => {
+            durable.failed(core, None, &error);
+            false
+        }
+    }
+}
+
+/// Puts back the rows the store says this instance runs but that it has
+/// no attempt of: a claim whose write committed but whose answer never
+/// arrived (a connection cut at the wrong moment) leaves such rows, and
+/// without this they would stay RUNNING under a live instance for good.
+/// Looked for after a failed claim, and every [`AUDIT_EVERY`] heartbeats;
+/// only while no claim is under way (its rows have no cell yet), and a row
+/// goes back only when two looks in a row found it, fenced on this
+/// instance and the claim's attempt. It never started here, so it waits
+/// again with its attempt count as before the claim.
+async fn hand_back_strays(core: &Arc<Core>, durable: &Durable) {
+    {
+        let mut strays = durable.strays();
+        strays.beats += 1;
+        if !strays.suspect && strays.beats < AUDIT_EVERY {
+            return;
+        }
+    }
+    if durable.claiming.load(Ordering::SeqCst) > 0 {
+        return;
+    }
+    let rows = match durable.store.orphans(&durable.instance.id).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            durable.failed(core, None, &error);
+            return;
+        }
+    };
+    if durable.claiming.load(Ordering::SeqCst) > 0 {
+        // A claim began meanwhile: its rows may be among these.
+        return;
+    }
+    let found: Vec<StoredTask> = rows
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|task| {
+            core.index
+                .get(&task.record.id)
+                .is_none_or(|cell| cell.is_mirror())
+        })
+        .collect();
+    let before = {
+        let mut strays = durable.strays();
+        strays.beats = 0;
+        strays.suspect = !found.is_empty();
+        std::mem::replace(
+            &mut strays.seen,
+            found.iter().map(|task| task.record.id).collect(),
+        )
+    };
+    let mut handed_back = false;
+    for task in found.iter().filter(|task| before.contains(&task.record.id)) {
+        if give_back(core, durable, task).await {
+            tracing::warn!(
+                task = %task.record.id,
+                "task {} was claimed for this instance by a claim whose answer never came; it waits again",
+                task.record.id
+            );
+            core.publish_stored(task, EventKind::Requeued, TaskStatus::Pending);
+            handed_back = true;
+        }
+    }
+    if handed_back {
+        core.scheduler.claimer().notify_one();
     }
 }
 
@@ -1204,6 +1312,7 @@ async fn keeper(core: Weak<Core>) {
             Err(error) => durable.failed(&strong, None, &error),
         }
         rest_watched(&strong, durable);
+        hand_back_strays(&strong, durable).await;
         // Upkeep is one instance's job at a time, as the store decides.
         let leading = leads(&strong, durable).await;
         if leading {

@@ -860,6 +860,72 @@ fn process_tasks_are_stored_and_requeued_too() -> Result<(), Failed> {
     })
 }
 
+/// A row the store says a live instance runs, though it never started it
+/// (a claim that committed but whose answer was lost on the way): the
+/// instance finds it, puts it back and runs it, once, as a first attempt.
+fn a_claim_whose_answer_was_lost_is_run_after_all() -> Result<(), Failed> {
+    let (_dir, db, side) = files();
+    let side_text = side.to_str().unwrap().to_owned();
+    trial(async {
+        // Another instance leaves a task waiting in the file, due later.
+        let other = TaskManager::builder()
+            .snapshot_db(&db)
+            .requeue_pending(true)
+            .build()
+            .await
+            .unwrap();
+        let waiting = durable_step::call(7, side_text.clone())
+            .delay(Duration::from_secs(3600))
+            .enqueue_on(&other)
+            .unwrap();
+        waiting.persisted().await.unwrap();
+        let id = waiting.id();
+        drop(waiting);
+        other.shutdown().await;
+
+        let manager = with_store(&db).await;
+        let mut events = manager.subscribe();
+        // Claimed for `manager`, as a claim whose answer never came leaves
+        // it: RUNNING under its owner, the attempt counted, due now.
+        let file = rusqlite::Connection::open(&db).unwrap();
+        file.busy_timeout(Duration::from_secs(10)).unwrap();
+        let me: String = file
+            .query_row("SELECT id FROM instances", [], |row| row.get(0))
+            .unwrap();
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros(),
+        )
+        .unwrap();
+        let claimed = file
+            .execute(
+                "UPDATE tasks SET status = 'RUNNING', owner = ?1, attempts = attempts + 1, \
+                 started_at = ?2, run_at = ?2 WHERE status = 'PENDING'",
+                rusqlite::params![me, now],
+            )
+            .unwrap();
+        assert_eq!(claimed, 1);
+        drop(file);
+
+        let record = wait_for_status(&manager, id, TaskStatus::Success).await;
+        assert_eq!(record.attempts, 1, "{record:?}");
+        assert_eq!(runs(&side)[&7].len(), 1, "it ran once");
+        let requeued = within("the requeue's event", async {
+            loop {
+                let event = events.recv().await.unwrap();
+                if event.id == id && event.kind == EventKind::Requeued {
+                    return event;
+                }
+            }
+        })
+        .await;
+        assert_eq!(requeued.status, TaskStatus::Pending);
+        manager.shutdown().await;
+    })
+}
+
 // ---------------------------------------------------------------- processes
 
 fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
@@ -1345,6 +1411,10 @@ fn main() -> ExitCode {
         Trial::test(
             "files_that_cannot_be_used_are_clear_errors",
             files_that_cannot_be_used_are_clear_errors,
+        ),
+        Trial::test(
+            "a_claim_whose_answer_was_lost_is_run_after_all",
+            a_claim_whose_answer_was_lost_is_run_after_all,
         ),
         Trial::test(
             "a_kill_9_mid_burst_loses_no_acknowledged_task",

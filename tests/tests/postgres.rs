@@ -467,6 +467,46 @@ fn a_committed_enqueue_runs_and_a_rolled_back_one_never_exists() -> Result<(), F
     })
 }
 
+/// A row the store says a live host runs, though it never started it (a
+/// claim that committed but whose answer was lost with its connection):
+/// the host finds it, puts it back and runs it, once, as a first attempt.
+fn a_claim_whose_answer_was_lost_is_run_after_all() -> Result<(), Failed> {
+    trial(async {
+        let Some(url) = postgres::server("a_claim_whose_answer_was_lost_is_run_after_all").await
+        else {
+            return;
+        };
+        let schema = Schema::new(&url, "stray").await;
+        let tasks = manager(&url, &schema).await;
+        let mut client = connect(&url).await;
+        let transaction = client.transaction().await.unwrap();
+        let id = add::call(20, 22)
+            .delay(Duration::from_secs(3600))
+            .enqueue_in_schema(&transaction, schema.name())
+            .await
+            .unwrap();
+        transaction.commit().await.unwrap();
+        // Claimed for the host as a lost answer leaves it: RUNNING under
+        // its owner, the attempt counted, due now.
+        let claimed = client
+            .execute(
+                &format!(
+                    "UPDATE \"{s}\".tasks SET status = 'RUNNING', \
+                     owner = (SELECT id FROM \"{s}\".instances), attempts = attempts + 1, \
+                     started_at = now(), run_at = now() WHERE status = 'PENDING'",
+                    s = schema.name()
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(claimed, 1);
+        let record = wait_for_status(&tasks, id, TaskStatus::Success).await;
+        assert_eq!(record.attempts, 1, "{record:?}");
+        tasks.shutdown().await;
+    })
+}
+
 // ------------------------------------------------------------- the manager
 
 fn a_manager_runs_every_executor_and_answers_every_query() -> Result<(), Failed> {
@@ -787,6 +827,10 @@ fn connections_the_server_kills_are_replaced() -> Result<(), Failed> {
 fn main() -> ExitCode {
     taskflow::init();
     let trials = vec![
+        Trial::test(
+            "a_claim_whose_answer_was_lost_is_run_after_all",
+            a_claim_whose_answer_was_lost_is_run_after_all,
+        ),
         Trial::test(
             "an_unreachable_server_is_a_clear_error",
             an_unreachable_server_is_a_clear_error,
