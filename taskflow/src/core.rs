@@ -676,10 +676,7 @@ impl Core {
         let Some(to) = lifecycle::next(from, &transition, state.attempts, policy) else {
             // A task that finished before its admitted start gives back
             // its slots here.
-            let release = state.admitted && state.status.is_finished();
-            if release {
-                state.admitted = false;
-            }
+            let release = state.status.is_finished() && cell.take_admitted();
             drop(state);
             if release {
                 self.scheduler
@@ -777,10 +774,7 @@ impl Core {
                     .map(|start| finished_at.duration_since(start).unwrap_or_default());
             }
         }
-        let release = state.admitted && to != TaskStatus::Running;
-        if release {
-            state.admitted = false;
-        }
+        let release = to != TaskStatus::Running && cell.take_admitted();
         // A view of a task another instance runs counts nowhere here: not
         // in the metrics, and not as running (a shutdown waits only for
         // what runs here).

@@ -386,7 +386,7 @@ impl Durable {
         }
         core.scheduler.go_in_memory();
         for cell in core.index.unfinished() {
-            if !cell.is_mirror() && cell.status() == TaskStatus::Pending && !cell.lock().admitted {
+            if !cell.is_mirror() && cell.status() == TaskStatus::Pending && !cell.is_admitted() {
                 core.scheduler.submit(core, cell);
             }
         }
@@ -1157,7 +1157,7 @@ pub(crate) fn run_claimed(
             status: TaskStatus::Running,
             attempts,
         });
-        state.admitted = true;
+        cell.admit();
         if state.status == TaskStatus::Pending {
             // The attempt count the claim fenced on is the store's.
             state.attempts = attempts.saturating_sub(1);
@@ -1645,7 +1645,7 @@ fn rest_watched(core: &Arc<Core>, durable: &Durable) {
         };
         let state = cell.lock();
         if state.status != TaskStatus::Pending
-            || state.admitted
+            || cell.is_admitted()
             || state.run_at <= far
             || cell.is_mirror()
         {

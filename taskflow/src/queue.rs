@@ -557,9 +557,15 @@ impl Scheduler {
             }
             slots.give(1);
         }
-        let queue = cell.queue.clone();
-        queue.ready[executor].push(cell);
-        self.pump(core, &queue, executor);
+        // The default queue is at hand without a clone of its reference.
+        if Arc::ptr_eq(&cell.queue, &self.default) {
+            self.default.ready[executor].push(cell);
+            self.pump(core, &self.default, executor);
+        } else {
+            let queue = cell.queue.clone();
+            queue.ready[executor].push(cell);
+            self.pump(core, &queue, executor);
+        }
     }
 
     /// Admits waiting tasks of `queue` on `executor` while both have slots.

@@ -7,7 +7,7 @@
 //! `Core::transition` changes status in, plus handle and store bookkeeping.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, SystemTime};
@@ -43,33 +43,36 @@ pub(crate) struct TaskCell {
     /// Higher runs first within its queue.
     pub(crate) priority: i16,
     /// Flags: see the `FLAG_*` constants.
-    flags: AtomicU8,
+    flags: AtomicU16,
     /// Place in the memory window of finished records (0: none yet).
     window_seq: AtomicU64,
     state: Mutex<CellState>,
 }
 
 /// The manager keeps this task in a store.
-const FLAG_DURABLE: u8 = 1;
+const FLAG_DURABLE: u16 = 1;
 /// The task's row is committed.
-const FLAG_STORED: u8 = 2;
+const FLAG_STORED: u16 = 2;
 /// Interrupted by shutdown but to run again at the next start: its row is
 /// written back as PENDING and unowned.
-const FLAG_RELEASED: u8 = 4;
+const FLAG_RELEASED: u16 = 4;
 /// Its final status releases its idempotency key, and handles wait until
 /// the store has written that release.
-const FLAG_RELEASING: u8 = 8;
+const FLAG_RELEASING: u16 = 8;
 /// A view of a task another instance runs (or may run): never written
 /// here, followed through the store.
-const FLAG_MIRROR: u8 = 16;
+const FLAG_MIRROR: u16 = 16;
 /// The task store stopped before this task's row could be written.
-const FLAG_UNWRITTEN: u8 = 32;
+const FLAG_UNWRITTEN: u16 = 32;
 /// Its row is written but its enqueue has not finished (announced, counted
 /// as enqueued): a claim of it waits for that.
-const FLAG_ADMITTING: u8 = 64;
+const FLAG_ADMITTING: u16 = 64;
 /// Enqueued by another instance (or before a restart) and claimed here: its
 /// output is stored, since the handles that await it are elsewhere.
-const FLAG_FOREIGN: u8 = 128;
+const FLAG_FOREIGN: u16 = 128;
+/// It holds a slot of its queue and of its executor, from its admission
+/// until it leaves RUNNING (or finishes before it started).
+const FLAG_ADMITTED: u16 = 256;
 
 /// Where a new cell comes from.
 pub(crate) struct Origin {
@@ -206,8 +209,6 @@ pub(crate) struct CellState {
     extra: Option<Box<Extra>>,
     /// Live `TaskHandle`s.
     pub(crate) handles: u32,
-    /// The task holds a slot of its queue and executor.
-    pub(crate) admitted: bool,
     /// With a store: what its row was last written (or claimed) as.
     pub(crate) written: Option<Written>,
     /// Handles waiting for the task to finish.
@@ -244,7 +245,7 @@ impl TaskCell {
             key,
             queue,
             priority,
-            flags: AtomicU8::new(flags),
+            flags: AtomicU16::new(flags),
             window_seq: AtomicU64::new(0),
             state: Mutex::new(CellState {
                 status: origin.status,
@@ -260,7 +261,6 @@ impl TaskCell {
                     })
                 }),
                 handles: origin.handles,
-                admitted: false,
                 written: None,
                 waiters: Vec::new(),
                 abort: None,
@@ -268,17 +268,17 @@ impl TaskCell {
         }
     }
 
-    fn flag(&self, flag: u8) -> bool {
+    fn flag(&self, flag: u16) -> bool {
         self.flags.load(Ordering::Acquire) & flag != 0
     }
 
     /// Sets `flag`; whether it was clear before.
-    fn set_flag(&self, flag: u8) -> bool {
+    fn set_flag(&self, flag: u16) -> bool {
         self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0
     }
 
     /// Clears `flag`; whether it was set before.
-    fn clear_flag(&self, flag: u8) -> bool {
+    fn clear_flag(&self, flag: u16) -> bool {
         self.flags.fetch_and(!flag, Ordering::AcqRel) & flag != 0
     }
 
@@ -352,7 +352,18 @@ impl TaskCell {
 
     /// Marks the cell as holding its queue's and executor's slots.
     pub(crate) fn admit(&self) {
-        self.lock().admitted = true;
+        self.set_flag(FLAG_ADMITTED);
+    }
+
+    /// Whether it holds its queue's and executor's slots.
+    pub(crate) fn is_admitted(&self) -> bool {
+        self.flag(FLAG_ADMITTED)
+    }
+
+    /// Stops holding its slots; whether it held them (then the caller
+    /// gives them back, once).
+    pub(crate) fn take_admitted(&self) -> bool {
+        self.clear_flag(FLAG_ADMITTED)
     }
 
     /// Gives the finished cell its place `seq` in the memory window; whether
