@@ -711,6 +711,12 @@ async fn write_batch(
     // The calls start now, together (a backend may group them in one
     // commit); the claimer is woken as they go, since new rows and freed
     // slots are what it waits for, and its claim may join the same commit.
+    // New rows inserted already claimed count as a claim under way until
+    // their answers are handled (see `hand_back_strays`).
+    let claiming = new_tasks.iter().any(|task| task.claim.is_some());
+    if claiming {
+        durable.claiming.fetch_add(1, Ordering::SeqCst);
+    }
     let inserting = (!new_tasks.is_empty()).then(|| store.insert(new_tasks));
     let applying = (!change_list.is_empty()).then(|| store.apply(change_list));
     let logging = (!log_lines.is_empty())
@@ -774,8 +780,17 @@ async fn write_batch(
                         .unreserve(&cell.queue, cell.entry.executor(), 1);
                 }
             }
+            if claiming {
+                // The insert may have committed, its answer lost: a retry
+                // finds those rows there (RUNNING here) and cannot claim
+                // them again.
+                durable.strays().suspect = true;
+            }
             failure = Some(error);
         }
+    }
+    if claiming {
+        durable.claiming.fetch_sub(1, Ordering::SeqCst);
     }
     match applied {
         Ok(answers) => {
@@ -1234,13 +1249,26 @@ async fn hand_back_strays(core: &Arc<Core>, durable: &Durable) {
         // A claim began meanwhile: its rows may be among these.
         return;
     }
+    // Not run here: no cell, a view of another instance's, or one waiting
+    // that no claim gave slots to and whose row this instance believes
+    // PENDING (it was inserted claimed, the answer lost, and the retried
+    // insert found it there). One whose change to PENDING is not written
+    // yet (a retry's wait) is not: its row is RUNNING until the writer
+    // gets to it.
     let found: Vec<StoredTask> = rows
         .into_iter()
         .filter_map(Result::ok)
         .filter(|task| {
-            core.index
-                .get(&task.record.id)
-                .is_none_or(|cell| cell.is_mirror())
+            core.index.get(&task.record.id).is_none_or(|cell| {
+                cell.is_mirror()
+                    || (!cell.is_admitted() && {
+                        let state = cell.lock();
+                        state.status == TaskStatus::Pending
+                            && state
+                                .written
+                                .is_some_and(|row| row.status == TaskStatus::Pending)
+                    })
+            })
         })
         .collect();
     let before = {

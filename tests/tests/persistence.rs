@@ -926,6 +926,51 @@ fn a_claim_whose_answer_was_lost_is_run_after_all() -> Result<(), Failed> {
     })
 }
 
+/// A row inserted already claimed whose answer was lost: the retried
+/// insert finds it there, and the instance's own task waits in memory while
+/// its row says RUNNING here. The instance finds it, puts the row back and
+/// runs the task, once, and its handle resolves.
+fn an_insert_claimed_whose_answer_was_lost_is_run_after_all() -> Result<(), Failed> {
+    let (_dir, db, side) = files();
+    let side_text = side.to_str().unwrap().to_owned();
+    trial(async {
+        let manager = with_store(&db).await;
+        let handle = durable_step::call(8, side_text.clone())
+            .delay(Duration::from_secs(3600))
+            .enqueue_on(&manager)
+            .unwrap();
+        handle.persisted().await.unwrap();
+        let id = handle.id();
+        let file = rusqlite::Connection::open(&db).unwrap();
+        file.busy_timeout(Duration::from_secs(10)).unwrap();
+        let me: String = file
+            .query_row("SELECT id FROM instances", [], |row| row.get(0))
+            .unwrap();
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros(),
+        )
+        .unwrap();
+        let claimed = file
+            .execute(
+                "UPDATE tasks SET status = 'RUNNING', owner = ?1, attempts = attempts + 1, \
+                 started_at = ?2, run_at = ?2 WHERE status = 'PENDING'",
+                rusqlite::params![me, now],
+            )
+            .unwrap();
+        assert_eq!(claimed, 1);
+        drop(file);
+
+        within("the task's handle", handle).await.unwrap();
+        let record = wait_for_status(&manager, id, TaskStatus::Success).await;
+        assert_eq!(record.attempts, 1, "{record:?}");
+        assert_eq!(runs(&side)[&8].len(), 1, "it ran once");
+        manager.shutdown().await;
+    })
+}
+
 // ---------------------------------------------------------------- processes
 
 fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
@@ -1415,6 +1460,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_claim_whose_answer_was_lost_is_run_after_all",
             a_claim_whose_answer_was_lost_is_run_after_all,
+        ),
+        Trial::test(
+            "an_insert_claimed_whose_answer_was_lost_is_run_after_all",
+            an_insert_claimed_whose_answer_was_lost_is_run_after_all,
         ),
         Trial::test(
             "a_kill_9_mid_burst_loses_no_acknowledged_task",
