@@ -513,16 +513,19 @@ impl Core {
         let Some(durable) = &self.durable else {
             return Ok(self.index.list(filter));
         };
-        // Tasks enqueued here whose rows are not written yet, taken before
-        // the store is read: a row committed during the read is then in one
-        // of the two, where looking afterwards would miss it in both.
-        let unstored = self.index.list_unstored(filter);
+        // Tasks of this instance whose rows do not say their status yet (not
+        // written, or changed since), taken before the store is read: a row
+        // committed during the read is then in one of the two, where
+        // looking afterwards would miss it in both.
+        let unwritten = self.index.list_unwritten(filter);
         let listed = durable
             .store
             .list(filter)
             .await
             .map_err(Error::from_store)?;
         self.report_corrupt(&listed.corrupt);
+        // A task's live state here is fresher than its row; one that no
+        // longer matches (a RUNNING row of a task finished here) is left out.
         let mut records: Vec<TaskRecord> = listed
             .tasks
             .into_iter()
@@ -530,10 +533,11 @@ impl Core {
                 Some(cell) if !cell.is_mirror() => cell.snapshot(),
                 _ => task.record,
             })
+            .filter(|record| filter.matches(record))
             .collect();
         let seen: HashSet<TaskId> = records.iter().map(|record| record.id).collect();
         records.extend(
-            unstored
+            unwritten
                 .into_iter()
                 .filter(|record| !seen.contains(&record.id)),
         );

@@ -334,9 +334,16 @@ impl LiveIndex {
         self.list_where(filter, |_| true)
     }
 
-    /// As [`list`](Self::list), among cells whose rows are not written yet.
-    pub(crate) fn list_unstored(&self, filter: &TaskFilter) -> Vec<TaskRecord> {
-        self.list_where(filter, |cell| !cell.is_stored() && !cell.is_mirror())
+    /// As [`list`](Self::list), among cells whose rows do not say their
+    /// status yet (not written, or changed since).
+    pub(crate) fn list_unwritten(&self, filter: &TaskFilter) -> Vec<TaskRecord> {
+        self.list_where(filter, |cell| {
+            !cell.is_mirror()
+                && (!cell.is_stored() || {
+                    let state = cell.lock();
+                    state.written.is_none_or(|row| row.status != state.status)
+                })
+        })
     }
 
     fn list_where(&self, filter: &TaskFilter, keep: impl Fn(&TaskCell) -> bool) -> Vec<TaskRecord> {

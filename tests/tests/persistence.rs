@@ -971,6 +971,67 @@ fn an_insert_claimed_whose_answer_was_lost_is_run_after_all() -> Result<(), Fail
     })
 }
 
+/// Opened by the test: `gated` returns.
+static LAG_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[task]
+async fn gated() -> u32 {
+    LAG_GATE.notified().await;
+    5
+}
+
+/// While a finished task's row still says RUNNING (the file is locked by
+/// another writer), a listing by status answers with what the task is:
+/// among the successes, not among the running.
+fn a_listing_by_status_follows_the_task_while_its_row_lags() -> Result<(), Failed> {
+    let (_dir, db, _side) = files();
+    trial(async {
+        let manager = with_store(&db).await;
+        let handle = gated::call().enqueue_on(&manager).unwrap();
+        let id = handle.id();
+        wait_for_status(&manager, id, TaskStatus::Running).await;
+        manager.flush().await.unwrap();
+
+        // Another writer holds the file: the end cannot be written.
+        let file = rusqlite::Connection::open(&db).unwrap();
+        file.execute_batch("BEGIN IMMEDIATE").unwrap();
+        LAG_GATE.notify_one();
+        assert_eq!(within("the task", handle).await.unwrap(), 5);
+        let row: String = file
+            .query_row("SELECT status FROM tasks", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(row, "RUNNING", "the row lags behind the task");
+
+        let listed = |status| {
+            let manager = manager.clone();
+            async move {
+                let records = manager
+                    .list(&TaskFilter::new().status(status))
+                    .await
+                    .unwrap();
+                records
+                    .iter()
+                    .map(|record| (record.id, record.status))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed(TaskStatus::Running).await, []);
+        assert_eq!(
+            listed(TaskStatus::Success).await,
+            [(id, TaskStatus::Success)]
+        );
+
+        file.execute_batch("COMMIT").unwrap();
+        drop(file);
+        manager.flush().await.unwrap();
+        assert_eq!(
+            listed(TaskStatus::Success).await,
+            [(id, TaskStatus::Success)]
+        );
+        manager.shutdown().await;
+    })
+}
+
 // ---------------------------------------------------------------- processes
 
 fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
@@ -1464,6 +1525,10 @@ fn main() -> ExitCode {
         Trial::test(
             "an_insert_claimed_whose_answer_was_lost_is_run_after_all",
             an_insert_claimed_whose_answer_was_lost_is_run_after_all,
+        ),
+        Trial::test(
+            "a_listing_by_status_follows_the_task_while_its_row_lags",
+            a_listing_by_status_follows_the_task_while_its_row_lags,
         ),
         Trial::test(
             "a_kill_9_mid_burst_loses_no_acknowledged_task",
