@@ -1652,6 +1652,40 @@ async fn the_stream_shows_what_another_instance_does() {
     here.shutdown().await;
 }
 
+/// What another instance does before this one has noticed it (at its next
+/// heartbeat) is shown too: the first look at the store once it has is not
+/// taken as the starting point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_shows_what_another_instance_did_before_it_was_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tasks.db");
+    let shared = || {
+        TaskManager::builder()
+            .snapshot_db(&db)
+            .lease(Duration::from_secs(1))
+            .build()
+    };
+    let here = shared().await.unwrap();
+    let served = serve(&here, config()).await;
+    let mut stream = SseReader::open(&served, None).await;
+    assert_eq!(stream.next().await.event, "snapshot");
+
+    // Started and done before this instance's next heartbeat.
+    let there = shared().await.unwrap();
+    let handle = quick::call(34).enqueue_on(&there).unwrap();
+    let id = handle.id().to_string();
+    assert_eq!(within("the task there", handle).await.unwrap(), 34);
+    let seen = stream.until(&id, "SUCCESS").await;
+    let change: Value = seen
+        .iter()
+        .flat_map(|sse| serde_json::from_str::<Vec<Value>>(&sse.data).unwrap())
+        .find(|change| change["id"] == id.as_str() && change["status"] == "SUCCESS")
+        .unwrap();
+    assert_eq!(change["change"], "observed");
+    there.shutdown().await;
+    here.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_shows_pending_to_success_live_and_resumes() {
     let manager = memory_manager().await;

@@ -24,7 +24,9 @@
 //! hub reads the newest tasks and the running ones from the store (two
 //! queries of at most 200 rows, and a look-up of each task it saw
 //! unfinished that left both), and sends each task whose status or
-//! attempts changed since as an `observed` change.
+//! attempts changed since as an `observed` change. Its first look once
+//! another instance appears sends every task it read: what that instance
+//! did before the look is news too.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -237,7 +239,6 @@ impl Shared {
 /// last look. Ends when the hub is gone.
 async fn watch_store(manager: TaskManager, observed: mpsc::Sender<(TaskId, StreamEvent)>) {
     let mut seen: HashMap<TaskId, (TaskStatus, u32)> = HashMap::new();
-    let mut first = true;
     let mut ticker = tokio::time::interval(WATCH);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -252,7 +253,6 @@ async fn watch_store(manager: TaskManager, observed: mpsc::Sender<(TaskId, Strea
             .is_some_and(|durable| durable.is_shared());
         if !shared {
             seen.clear();
-            first = true;
             continue;
         }
         let newest = manager.list(&TaskFilter::new().limit(WATCHED)).await;
@@ -281,7 +281,7 @@ async fn watch_store(manager: TaskManager, observed: mpsc::Sender<(TaskId, Strea
         }
         for record in now.values() {
             let state = (record.status, record.attempts);
-            if !first && seen.get(&record.id) != Some(&state) {
+            if seen.get(&record.id) != Some(&state) {
                 let change = (record.id, StreamEvent::observed(record));
                 if observed.send(change).await.is_err() {
                     return;
@@ -292,7 +292,6 @@ async fn watch_store(manager: TaskManager, observed: mpsc::Sender<(TaskId, Strea
             .into_iter()
             .map(|(id, record)| (id, (record.status, record.attempts)))
             .collect();
-        first = false;
     }
 }
 
