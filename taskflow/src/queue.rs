@@ -41,6 +41,10 @@ use crate::tally::Tally;
 /// The queue of tasks that name none.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// Looks a pool thread takes at its queue's lane before it gives its slots
+/// back (half of them spinning, half yielding its time slice).
+const LINGER_ROUNDS: u32 = 16;
+
 /// Most tasks asked of the store per queue and executor in one claim when
 /// nothing caps them.
 const CLAIM_BATCH: usize = 512;
@@ -653,13 +657,31 @@ impl Scheduler {
         if queue.is_paused() || !queue.slots.within_capacity() {
             return false;
         }
-        match queue.ready[executor].pop() {
-            Some(cell) => {
-                self.start(core, cell);
-                true
-            }
-            None => false,
+        if let Some(cell) = queue.ready[executor].pop() {
+            self.start(core, cell);
+            return true;
         }
+        // A pool thread that just finished waits a moment for the next
+        // task of its queue before it gives its slots back: in a burst one
+        // comes within microseconds, and taken here it spares this thread
+        // and the enqueuing one a give and a take of both slots.
+        if executor == executor_index(Executor::Thread) && crate::executor::ending_attempt_here() {
+            for round in 0..LINGER_ROUNDS {
+                if round < LINGER_ROUNDS / 2 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+                if queue.is_paused() {
+                    return false;
+                }
+                if let Some(cell) = queue.ready[executor].pop() {
+                    self.start(core, cell);
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Pauses or resumes admission from `queue` in this instance.

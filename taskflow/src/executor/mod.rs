@@ -20,6 +20,8 @@ mod async_tasks;
 mod process;
 mod sync_pool;
 
+pub(crate) use sync_pool::ending_attempt_here;
+
 use std::future::Future;
 use std::sync::Arc;
 

@@ -134,6 +134,12 @@ impl SyncExecutor {
     }
 }
 
+/// Whether the calling thread is a dedicated pool thread recording the end
+/// of an attempt, with no next task handed to it yet.
+pub(crate) fn ending_attempt_here() -> bool {
+    HANDOFF.with(|handoff| matches!(&*handoff.borrow(), Some((_, None))))
+}
+
 impl Pool {
     fn id(&self) -> usize {
         std::ptr::from_ref(self) as usize
