@@ -1322,7 +1322,16 @@ async fn keeper(core: Weak<Core>) {
         {
             Ok(beat) => {
                 durable.recovered();
-                durable.shared.store(beat.others > 0, Ordering::Release);
+                let shared = beat.others > 0;
+                if shared && !durable.shared.swap(shared, Ordering::AcqRel) {
+                    // Another instance appeared: the claimer, which may be
+                    // asleep for a poll interval, now follows the tasks
+                    // enqueued here once per heartbeat (the other one may
+                    // run them).
+                    strong.scheduler.claimer().notify_one();
+                } else {
+                    durable.shared.store(shared, Ordering::Release);
+                }
                 if durable.lapsed.swap(false, Ordering::AcqRel) {
                     // A claim was refused for want of a lease: it has one
                     // again.
