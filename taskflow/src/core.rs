@@ -401,8 +401,14 @@ impl Core {
     /// instance runs (or decided) now: it no longer counts here, not even
     /// as running, so a shutdown does not wait for it.
     pub(crate) fn follow(&self, cell: &TaskCell) {
-        if self.index.follow(cell) == Some(TaskStatus::Running) && self.is_closed() {
+        let first = self.index.mirrors() == 0;
+        let was = self.index.follow(cell);
+        if was == Some(TaskStatus::Running) && self.is_closed() {
             self.idle.notify_waiters();
+        }
+        if first && was.is_some() {
+            // As for a new view (see `mirror`).
+            self.scheduler.claimer().notify_one();
         }
     }
 
@@ -446,7 +452,14 @@ impl Core {
         if cell.status().is_finished() {
             return cell;
         }
-        self.index.insert_new(cell)
+        let first = self.index.mirrors() == 0;
+        let cell = self.index.insert_new(cell);
+        if first {
+            // The claimer, which may be asleep for a poll interval, follows
+            // views once per heartbeat from now on.
+            self.scheduler.claimer().notify_one();
+        }
+        cell
     }
 
     /// A snapshot of a task: from memory while it is live here, else from
