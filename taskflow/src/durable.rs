@@ -714,9 +714,7 @@ async fn write_batch(
     // New rows inserted already claimed count as a claim under way until
     // their answers are handled (see `hand_back_strays`).
     let claiming = new_tasks.iter().any(|task| task.claim.is_some());
-    if claiming {
-        durable.claiming.fetch_add(1, Ordering::SeqCst);
-    }
+    let _under_way = claiming.then(|| ClaimUnderWay::new(durable));
     let inserting = (!new_tasks.is_empty()).then(|| store.insert(new_tasks));
     let applying = (!change_list.is_empty()).then(|| store.apply(change_list));
     let logging = (!log_lines.is_empty())
@@ -788,9 +786,6 @@ async fn write_batch(
             }
             failure = Some(error);
         }
-    }
-    if claiming {
-        durable.claiming.fetch_sub(1, Ordering::SeqCst);
     }
     match applied {
         Ok(answers) => {
@@ -1085,7 +1080,7 @@ async fn claim_reserved(
         .iter()
         .map(|(_, demand)| demand.clone())
         .collect();
-    durable.claiming.fetch_add(1, Ordering::SeqCst);
+    let under_way = ClaimUnderWay::new(durable);
     let claimed = durable
         .store
         .claim_ready(&durable.instance.id, &demand, SystemTime::now())
@@ -1123,7 +1118,7 @@ async fn claim_reserved(
         }
     };
     // Every row it took has its cell in the index by now.
-    durable.claiming.fetch_sub(1, Ordering::SeqCst);
+    drop(under_way);
     let mut full = false;
     let mut short = Vec::new();
     for ((queue, want), used) in reservation.demand.iter().zip(&used) {
@@ -1218,6 +1213,39 @@ async fn give_back(core: &Arc<Core>, durable: &Durable, task: &StoredTask) -> bo
     }
 }
 
+/// A claim of ready rows under way (a claim, or an insert of rows made
+/// claimed) while it lives: the rows it takes have no cell yet.
+struct ClaimUnderWay<'a>(&'a Durable);
+
+impl<'a> ClaimUnderWay<'a> {
+    fn new(durable: &'a Durable) -> Self {
+        durable.claiming.fetch_add(1, Ordering::SeqCst);
+        ClaimUnderWay(durable)
+    }
+}
+
+impl Drop for ClaimUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.claiming.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether this instance runs (or is about to run) the task of `cell`,
+/// whose row says RUNNING here.
+fn runs_here(cell: &TaskCell) -> bool {
+    if cell.is_mirror() {
+        return false;
+    }
+    if cell.is_admitted() {
+        return true;
+    }
+    let state = cell.lock();
+    state.status != TaskStatus::Pending
+        || state
+            .written
+            .is_none_or(|row| row.status != TaskStatus::Pending)
+}
+
 /// Puts back the rows the store says this instance runs but that it has
 /// no attempt of: a claim whose write committed but whose answer never
 /// arrived (a connection cut at the wrong moment) leaves such rows, and
@@ -1259,16 +1287,9 @@ async fn hand_back_strays(core: &Arc<Core>, durable: &Durable) {
         .into_iter()
         .filter_map(Result::ok)
         .filter(|task| {
-            core.index.get(&task.record.id).is_none_or(|cell| {
-                cell.is_mirror()
-                    || (!cell.is_admitted() && {
-                        let state = cell.lock();
-                        state.status == TaskStatus::Pending
-                            && state
-                                .written
-                                .is_some_and(|row| row.status == TaskStatus::Pending)
-                    })
-            })
+            core.index
+                .get(&task.record.id)
+                .is_none_or(|cell| !runs_here(&cell))
         })
         .collect();
     let before = {
@@ -1323,14 +1344,13 @@ async fn keeper(core: Weak<Core>) {
             Ok(beat) => {
                 durable.recovered();
                 let shared = beat.others > 0;
-                if shared && !durable.shared.swap(shared, Ordering::AcqRel) {
+                let was = durable.shared.swap(shared, Ordering::AcqRel);
+                if shared && !was {
                     // Another instance appeared: the claimer, which may be
                     // asleep for a poll interval, now follows the tasks
                     // enqueued here once per heartbeat (the other one may
                     // run them).
                     strong.scheduler.claimer().notify_one();
-                } else {
-                    durable.shared.store(shared, Ordering::Release);
                 }
                 if durable.lapsed.swap(false, Ordering::AcqRel) {
                     // A claim was refused for want of a lease: it has one

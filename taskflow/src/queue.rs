@@ -562,14 +562,16 @@ impl Scheduler {
             slots.give(1);
         }
         // The default queue is at hand without a clone of its reference.
-        if Arc::ptr_eq(&cell.queue, &self.default) {
-            self.default.ready[executor].push(cell);
-            self.pump(core, &self.default, executor);
-        } else {
-            let queue = cell.queue.clone();
-            queue.ready[executor].push(cell);
-            self.pump(core, &queue, executor);
-        }
+        let other;
+        let queue: &Queue = match Arc::ptr_eq(&cell.queue, &self.default) {
+            true => &self.default,
+            false => {
+                other = cell.queue.clone();
+                &other
+            }
+        };
+        queue.ready[executor].push(cell);
+        self.pump(core, queue, executor);
     }
 
     /// Admits waiting tasks of `queue` on `executor` while both have slots.
@@ -657,28 +659,29 @@ impl Scheduler {
         if queue.is_paused() || !queue.slots.within_capacity() {
             return false;
         }
-        if let Some(cell) = queue.ready[executor].pop() {
-            self.start(core, cell);
-            return true;
-        }
         // A pool thread that just finished waits a moment for the next
         // task of its queue before it gives its slots back: in a burst one
         // comes within microseconds, and taken here it spares this thread
         // and the enqueuing one a give and a take of both slots.
-        if executor == executor_index(Executor::Thread) && crate::executor::ending_attempt_here() {
-            for round in 0..LINGER_ROUNDS {
-                if round < LINGER_ROUNDS / 2 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
+        let linger = match executor == executor_index(Executor::Thread)
+            && crate::executor::ending_attempt_here()
+        {
+            true => LINGER_ROUNDS,
+            false => 0,
+        };
+        for round in 0..=linger {
+            if round > 0 {
+                match round <= linger / 2 {
+                    true => std::hint::spin_loop(),
+                    false => std::thread::yield_now(),
                 }
                 if queue.is_paused() {
                     return false;
                 }
-                if let Some(cell) = queue.ready[executor].pop() {
-                    self.start(core, cell);
-                    return true;
-                }
+            }
+            if let Some(cell) = queue.ready[executor].pop() {
+                self.start(core, cell);
+                return true;
             }
         }
         false

@@ -1610,6 +1610,14 @@ impl SseReader {
     }
 }
 
+/// The change to `status` of task `id` among the events `seen`.
+fn change_in(seen: &[Sse], id: &str, status: &str) -> Value {
+    seen.iter()
+        .flat_map(|sse| serde_json::from_str::<Vec<Value>>(&sse.data).unwrap())
+        .find(|change| change["id"] == id && change["status"] == status)
+        .unwrap_or_else(|| panic!("no change of {id} to {status} in {seen:?}"))
+}
+
 /// With another instance on the same store, the stream shows the changes
 /// it makes too: here a task that instance enqueues and runs (this one has
 /// no free slot to claim it) appears live, up to SUCCESS.
@@ -1638,11 +1646,7 @@ async fn the_stream_shows_what_another_instance_does() {
     let id = handle.id().to_string();
     assert_eq!(within("the task there", handle).await.unwrap(), 21);
     let seen = stream.until(&id, "SUCCESS").await;
-    let change: Value = seen
-        .iter()
-        .flat_map(|sse| serde_json::from_str::<Vec<Value>>(&sse.data).unwrap())
-        .find(|change| change["id"] == id.as_str() && change["status"] == "SUCCESS")
-        .unwrap();
+    let change = change_in(&seen, &id, "SUCCESS");
     assert_eq!(change["name"], quick::NAME);
     assert_eq!(change["change"], "observed");
     let record = here.get(id.parse().unwrap()).await.unwrap().unwrap();
@@ -1676,11 +1680,7 @@ async fn the_stream_shows_what_another_instance_did_before_it_was_noticed() {
     let id = handle.id().to_string();
     assert_eq!(within("the task there", handle).await.unwrap(), 34);
     let seen = stream.until(&id, "SUCCESS").await;
-    let change: Value = seen
-        .iter()
-        .flat_map(|sse| serde_json::from_str::<Vec<Value>>(&sse.data).unwrap())
-        .find(|change| change["id"] == id.as_str() && change["status"] == "SUCCESS")
-        .unwrap();
+    let change = change_in(&seen, &id, "SUCCESS");
     assert_eq!(change["change"], "observed");
     there.shutdown().await;
     here.shutdown().await;

@@ -860,6 +860,32 @@ fn process_tasks_are_stored_and_requeued_too() -> Result<(), Failed> {
     })
 }
 
+/// Claims the file's one PENDING task for its one live instance, as a
+/// claim (or an insert made claimed) whose answer was lost leaves it:
+/// RUNNING under that owner, the attempt counted, due now.
+fn claim_behind_its_back(db: &Path) {
+    let file = rusqlite::Connection::open(db).unwrap();
+    file.busy_timeout(Duration::from_secs(10)).unwrap();
+    let me: String = file
+        .query_row("SELECT id FROM instances", [], |row| row.get(0))
+        .unwrap();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    let claimed = file
+        .execute(
+            "UPDATE tasks SET status = 'RUNNING', owner = ?1, attempts = attempts + 1, \
+             started_at = ?2, run_at = ?2 WHERE status = 'PENDING'",
+            rusqlite::params![me, now],
+        )
+        .unwrap();
+    assert_eq!(claimed, 1);
+}
+
 /// A row the store says a live instance runs, though it never started it
 /// (a claim that committed but whose answer was lost on the way): the
 /// instance finds it, puts it back and runs it, once, as a first attempt.
@@ -885,29 +911,7 @@ fn a_claim_whose_answer_was_lost_is_run_after_all() -> Result<(), Failed> {
 
         let manager = with_store(&db).await;
         let mut events = manager.subscribe();
-        // Claimed for `manager`, as a claim whose answer never came leaves
-        // it: RUNNING under its owner, the attempt counted, due now.
-        let file = rusqlite::Connection::open(&db).unwrap();
-        file.busy_timeout(Duration::from_secs(10)).unwrap();
-        let me: String = file
-            .query_row("SELECT id FROM instances", [], |row| row.get(0))
-            .unwrap();
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_micros(),
-        )
-        .unwrap();
-        let claimed = file
-            .execute(
-                "UPDATE tasks SET status = 'RUNNING', owner = ?1, attempts = attempts + 1, \
-                 started_at = ?2, run_at = ?2 WHERE status = 'PENDING'",
-                rusqlite::params![me, now],
-            )
-            .unwrap();
-        assert_eq!(claimed, 1);
-        drop(file);
+        claim_behind_its_back(&db);
 
         let record = wait_for_status(&manager, id, TaskStatus::Success).await;
         assert_eq!(record.attempts, 1, "{record:?}");
@@ -941,27 +945,7 @@ fn an_insert_claimed_whose_answer_was_lost_is_run_after_all() -> Result<(), Fail
             .unwrap();
         handle.persisted().await.unwrap();
         let id = handle.id();
-        let file = rusqlite::Connection::open(&db).unwrap();
-        file.busy_timeout(Duration::from_secs(10)).unwrap();
-        let me: String = file
-            .query_row("SELECT id FROM instances", [], |row| row.get(0))
-            .unwrap();
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_micros(),
-        )
-        .unwrap();
-        let claimed = file
-            .execute(
-                "UPDATE tasks SET status = 'RUNNING', owner = ?1, attempts = attempts + 1, \
-                 started_at = ?2, run_at = ?2 WHERE status = 'PENDING'",
-                rusqlite::params![me, now],
-            )
-            .unwrap();
-        assert_eq!(claimed, 1);
-        drop(file);
+        claim_behind_its_back(&db);
 
         within("the task's handle", handle).await.unwrap();
         let record = wait_for_status(&manager, id, TaskStatus::Success).await;
