@@ -38,7 +38,8 @@ use crate::index::LiveIndex;
 use crate::lifecycle::{self, TaskStatus, Transition};
 use crate::queue::{DEFAULT_QUEUE, Scheduler};
 use crate::record::{
-    Origin, Produced, RETRY_OF_TAG, SharedCell, TaskArguments, TaskCell, TaskFilter, TaskRecord,
+    Origin, Produced, RETRY_OF_TAG, SharedCell, Stamp, TaskArguments, TaskCell, TaskFilter,
+    TaskRecord,
 };
 use crate::store::{Change, CorruptRow, Expect, Row, StoredTask, TaskState};
 
@@ -214,8 +215,7 @@ impl Core {
                 }
             }
         }
-        let run_at = placement.run_at.unwrap_or(cell.created_at);
-        self.admit(cell.clone(), EventKind::Enqueued, run_at);
+        self.admit(cell.clone(), EventKind::Enqueued, placement.run_at);
         if cell.is_admitting() {
             self.admitted(&cell);
         }
@@ -297,8 +297,8 @@ impl Core {
 
     /// Records a PENDING cell, announces it, and queues it: in memory, or
     /// as a row for the claimer (unless a keyed insert wrote it already).
-    /// `run_at`: when it may start, as it was made.
-    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind, run_at: SystemTime) {
+    /// `run_at`: when it may start, if not at once.
+    fn admit(self: &Arc<Self>, cell: SharedCell, kind: EventKind, run_at: Option<SystemTime>) {
         if !cell.is_admitting() {
             self.index.insert(cell.clone());
         }
@@ -308,7 +308,7 @@ impl Core {
             kind,
             status: TaskStatus::Pending,
             attempt: 0,
-            at: cell.created_at,
+            at: cell.created_at.get(),
         });
         match &self.durable {
             Some(durable) => {
@@ -707,7 +707,7 @@ impl Core {
         let kind = match transition {
             Transition::Start => {
                 state.attempts += 1;
-                state.started_at.get_or_insert(now);
+                state.started_at.get_or_insert(now.into());
                 EventKind::Started
             }
             Transition::Succeed(output) => {
@@ -726,7 +726,7 @@ impl Core {
             Transition::Fail(error) if to == TaskStatus::Pending => {
                 let delay = lifecycle::retry_delay(state.attempts, policy);
                 let at = now + delay;
-                state.run_at = at;
+                state.run_at = at.into();
                 retry_at = Some(at);
                 let kind = EventKind::Retrying {
                     error: error.clone(),
@@ -750,7 +750,7 @@ impl Core {
                 }
                 abort = state.abort.take();
                 if to == TaskStatus::Pending {
-                    state.run_at = now;
+                    state.run_at = now.into();
                     EventKind::Requeued
                 } else {
                     EventKind::Interrupted
@@ -759,8 +759,8 @@ impl Core {
             Transition::Observe(row) => {
                 let record = row.record;
                 state.attempts = record.attempts;
-                state.run_at = record.run_at;
-                state.started_at = record.started_at;
+                state.run_at = record.run_at.into();
+                state.started_at = record.started_at.map(Stamp::from);
                 state.set_last_error(record.last_error);
                 if let Some(bytes) = row.output {
                     if cell.key.is_some() {
@@ -784,11 +784,11 @@ impl Core {
         let mut duration = None;
         if to.is_finished() {
             let finished_at = observed_finish.unwrap_or(now);
-            state.finished_at = Some(finished_at);
+            state.finished_at = Some(finished_at.into());
             if matches!(to, TaskStatus::Success | TaskStatus::Failed) {
                 duration = state
                     .started_at
-                    .map(|start| finished_at.duration_since(start).unwrap_or_default());
+                    .map(|start| finished_at.duration_since(start.get()).unwrap_or_default());
             }
         }
         let release = to != TaskStatus::Running && cell.take_admitted();
@@ -928,7 +928,11 @@ impl Core {
             if let Some(cell) = &local {
                 let (status, written, before) = {
                     let state = cell.lock();
-                    let before = kept(state.run_at, state.started_at, state.last_error().cloned());
+                    let before = kept(
+                        state.run_at.get(),
+                        state.started_at.map(Stamp::get),
+                        state.last_error().cloned(),
+                    );
                     (state.status, state.written, before)
                 };
                 match (status, written) {

@@ -51,7 +51,7 @@ use crate::error::Error;
 use crate::events::EventKind;
 use crate::lifecycle::{self, TaskStatus, Transition};
 use crate::queue::executor_index;
-use crate::record::{SharedCell, TaskCell, Written};
+use crate::record::{SharedCell, Stamp, TaskCell, Written};
 use crate::store::{
     Change, Demand, Expect, Inserted, InstanceInfo, LogLine, NewTask, Row, Store, StoreError,
     StoredTask, TaskState,
@@ -471,9 +471,9 @@ fn target(cell: &SharedCell, state: &crate::record::CellState, me: &str) -> Task
     TaskState {
         status,
         attempts: state.attempts,
-        run_at: state.run_at,
-        started_at: if released { None } else { state.started_at },
-        finished_at: if released { None } else { state.finished_at },
+        run_at: state.run_at.get(),
+        started_at: state.started_at.filter(|_| !released).map(Stamp::get),
+        finished_at: state.finished_at.filter(|_| !released).map(Stamp::get),
         last_error: state.last_error().cloned(),
         owner: (status == TaskStatus::Running).then(|| me.to_owned()),
         output: state.output_bytes().map(|bytes| bytes.to_vec()),
@@ -499,7 +499,7 @@ fn new_task(cell: &SharedCell) -> (NewTask, Written) {
         args: cell.args.to_vec(),
         tags: cell.tags.clone(),
         idempotency_key: cell.key.as_deref().map(str::to_owned),
-        created_at: cell.created_at,
+        created_at: cell.created_at.get(),
         state: row,
         claim: None,
     };
@@ -1703,7 +1703,7 @@ fn rest_watched(core: &Arc<Core>, durable: &Durable) {
         let state = cell.lock();
         if state.status != TaskStatus::Pending
             || cell.is_admitted()
-            || state.run_at <= far
+            || state.run_at.get() <= far
             || cell.is_mirror()
         {
             continue;

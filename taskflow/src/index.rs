@@ -299,7 +299,7 @@ impl LiveIndex {
         self.records.retain(|_, cell| {
             let old = {
                 let state = cell.lock();
-                state.status.is_finished() && state.finished_at.is_some_and(|at| at < cutoff)
+                state.status.is_finished() && state.finished_at.is_some_and(|at| at.get() < cutoff)
             };
             if old {
                 forgotten += 1;

@@ -530,17 +530,18 @@ impl Scheduler {
     /// is ready and slots are free, else kept in order until it is.
     pub(crate) fn submit(&self, core: &Arc<Core>, cell: SharedCell) {
         let run_at = cell.lock().run_at;
-        self.submit_at(core, cell, run_at);
+        // Due at creation (most tasks): no clock read.
+        let later = (run_at > cell.created_at).then(|| run_at.get());
+        self.submit_at(core, cell, later);
     }
 
-    /// As [`submit`](Self::submit), for a task known to be due at `run_at`.
-    pub(crate) fn submit_at(&self, core: &Arc<Core>, cell: SharedCell, run_at: SystemTime) {
-        // Due at creation (most tasks): no clock read.
-        if run_at > cell.created_at && run_at > SystemTime::now() {
-            self.timer.add(core, cell, run_at);
-            return;
+    /// As [`submit`](Self::submit), for a task due at `run_at` (`None`: at
+    /// once).
+    pub(crate) fn submit_at(&self, core: &Arc<Core>, cell: SharedCell, run_at: Option<SystemTime>) {
+        match run_at {
+            Some(run_at) if run_at > SystemTime::now() => self.timer.add(core, cell, run_at),
+            _ => self.submit_ready(core, cell),
         }
-        self.submit_ready(core, cell);
     }
 
     fn submit_ready(&self, core: &Arc<Core>, cell: SharedCell) {
