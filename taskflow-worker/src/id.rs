@@ -38,11 +38,18 @@ impl TaskId {
     /// A new id for something created at `time` (a clock read the caller
     /// needs anyway).
     pub fn at(time: SystemTime) -> Self {
-        let now = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let millis = now.as_millis() as u64 & ((1 << 48) - 1);
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Self::at_unix_nanos(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// As [`at`](Self::at), for a time given as nanoseconds since the Unix
+    /// epoch (the form taskflow's records keep times in).
+    #[doc(hidden)]
+    pub fn at_unix_nanos(nanos: u64) -> Self {
+        let millis = (nanos / 1_000_000) & ((1 << 48) - 1);
         // RFC 9562 §6.2 method 3: spend rand_a on extra clock precision so ids
         // from one thread within a millisecond still sort by time.
-        let fraction = (u64::from(now.subsec_nanos() % 1_000_000) << 12) / 1_000_000;
+        let fraction = ((nanos % 1_000_000) << 12) / 1_000_000;
         let random = next_random() & ((1 << 62) - 1);
         let bits = (u128::from(millis) << 80)
             | (0x7 << 76)

@@ -346,8 +346,8 @@ impl Core {
             .get(&record.name)?;
         let origin = Origin {
             id: record.id,
-            created_at: record.created_at,
-            run_at: record.run_at,
+            created_at: record.created_at.into(),
+            run_at: record.run_at.into(),
             attempts: record.attempts.saturating_sub(1),
             status: TaskStatus::Pending,
             handles: 0,
@@ -418,8 +418,8 @@ impl Core {
         let record = &row.record;
         let origin = Origin {
             id: record.id,
-            created_at: record.created_at,
-            run_at: record.run_at,
+            created_at: record.created_at.into(),
+            run_at: record.run_at.into(),
             attempts: record.attempts,
             status: TaskStatus::Pending,
             handles: 0,
@@ -707,7 +707,7 @@ impl Core {
         let kind = match transition {
             Transition::Start => {
                 state.attempts += 1;
-                state.started_at.get_or_insert(now.into());
+                state.started_at.get_or_insert_with(|| now.into());
                 EventKind::Started
             }
             Transition::Succeed(output) => {
@@ -783,12 +783,10 @@ impl Core {
         }
         let mut duration = None;
         if to.is_finished() {
-            let finished_at = observed_finish.unwrap_or(now);
-            state.finished_at = Some(finished_at.into());
+            let finished_at = Stamp::from(observed_finish.unwrap_or(now));
+            state.finished_at = Some(finished_at);
             if matches!(to, TaskStatus::Success | TaskStatus::Failed) {
-                duration = state
-                    .started_at
-                    .map(|start| finished_at.duration_since(start.get()).unwrap_or_default());
+                duration = state.started_at.map(|start| finished_at.since(start));
             }
         }
         let release = to != TaskStatus::Running && cell.take_admitted();

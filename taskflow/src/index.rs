@@ -28,7 +28,7 @@ use taskflow_worker::{Executor, TaskId};
 
 use crate::lifecycle::TaskStatus;
 use crate::queue::executor_index;
-use crate::record::{Metrics, SharedCell, TaskCell, TaskFilter, TaskRecord};
+use crate::record::{Metrics, SharedCell, Stamp, TaskCell, TaskFilter, TaskRecord};
 use crate::tally::Tally;
 
 const DURATION_SUM: usize = 6;
@@ -294,12 +294,13 @@ impl LiveIndex {
     /// Drops every finished record that finished before `cutoff`; how many
     /// went. Counts per status stay as they are (they count what ran).
     pub(crate) fn forget_finished_before(&self, cutoff: SystemTime) -> u64 {
+        let cutoff = Stamp::from(cutoff);
         let mut forgotten = 0;
         let mut evicted_keys = Vec::new();
         self.records.retain(|_, cell| {
             let old = {
                 let state = cell.lock();
-                state.status.is_finished() && state.finished_at.is_some_and(|at| at.get() < cutoff)
+                state.status.is_finished() && state.finished_at.is_some_and(|at| at < cutoff)
             };
             if old {
                 forgotten += 1;

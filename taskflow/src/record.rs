@@ -40,6 +40,11 @@ impl Stamp {
     pub(crate) fn get(self) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(self.0.get())
     }
+
+    /// The time from `earlier` to this (zero if `earlier` is later).
+    pub(crate) fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_nanos(self.0.get().saturating_sub(earlier.0.get()))
+    }
 }
 
 impl From<SystemTime> for Stamp {
@@ -108,8 +113,8 @@ const FLAG_ADMITTED: u16 = 256;
 /// Where a new cell comes from.
 pub(crate) struct Origin {
     pub(crate) id: TaskId,
-    pub(crate) created_at: SystemTime,
-    pub(crate) run_at: SystemTime,
+    pub(crate) created_at: Stamp,
+    pub(crate) run_at: Stamp,
     pub(crate) attempts: u32,
     pub(crate) status: TaskStatus,
     pub(crate) handles: u32,
@@ -123,11 +128,11 @@ pub(crate) struct Origin {
 impl Origin {
     /// A task enqueued now to start at `run_at` (or now), with one handle.
     pub(crate) fn new(durable: bool, run_at: Option<SystemTime>) -> Self {
-        let now = SystemTime::now();
+        let now = Stamp::from(SystemTime::now());
         Origin {
-            id: TaskId::at(now),
+            id: TaskId::at_unix_nanos(now.0.get()),
             created_at: now,
-            run_at: run_at.unwrap_or(now),
+            run_at: run_at.map_or(now, Stamp::from),
             attempts: 0,
             status: TaskStatus::Pending,
             handles: 1,
@@ -272,7 +277,7 @@ impl TaskCell {
             entry,
             args,
             tags,
-            created_at: origin.created_at.into(),
+            created_at: origin.created_at,
             key,
             queue,
             priority,
@@ -281,7 +286,7 @@ impl TaskCell {
             state: Mutex::new(CellState {
                 status: origin.status,
                 attempts: origin.attempts,
-                run_at: origin.run_at.into(),
+                run_at: origin.run_at,
                 started_at: None,
                 finished_at: None,
                 output: None,
