@@ -345,10 +345,15 @@ where
     Ok(elapsed)
 }
 
-async fn async_noops(tasks: usize, cap: Option<usize>) -> Result<Duration, BoxError> {
+/// `logs`: whether `tracing` events inside tasks are recorded (the default;
+/// each poll then runs with the manager's tee as its dispatcher).
+async fn async_noops(tasks: usize, cap: Option<usize>, logs: bool) -> Result<Duration, BoxError> {
     let mut builder = TaskManager::builder();
     if let Some(cap) = cap {
         builder = builder.max_concurrent_tasks(cap);
+    }
+    if !logs {
+        builder = builder.task_log_level(tracing::level_filters::LevelFilter::OFF);
     }
     timed_burst(builder, tasks, |m| noop::call().enqueue_on(m)).await
 }
@@ -373,10 +378,12 @@ async fn timed_joins(
 async fn b1(scale: &Scale) -> Result<Vec<Row>, BoxError> {
     let n = scale.async_tasks;
     let (mut raw, mut uncapped, mut capped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unlogged = Vec::new();
     for _ in 0..scale.runs {
         raw.push(timed_joins(n, || tokio::spawn(async {})).await?);
-        uncapped.push(async_noops(n, None).await?);
-        capped.push(async_noops(n, Some(10)).await?);
+        uncapped.push(async_noops(n, None, true).await?);
+        capped.push(async_noops(n, Some(10), true).await?);
+        unlogged.push(async_noops(n, None, false).await?);
     }
     Ok(vec![
         rate_row(
@@ -396,6 +403,20 @@ async fn b1(scale: &Scale) -> Result<Vec<Row>, BoxError> {
             &raw,
             "tokio::spawn + join",
             Target::RatioAtLeast(0.30),
+        ),
+        // What recording `tracing` events per task costs: the same burst
+        // with the capture off.
+        rate_row(
+            "B1",
+            format!(
+                "{} no-op async tasks, no cap, task_log_level(OFF)",
+                count(n)
+            ),
+            n,
+            &unlogged,
+            &raw,
+            "tokio::spawn + join",
+            Target::Report,
         ),
     ])
 }
