@@ -1266,26 +1266,43 @@ async fn hand_back_strays(core: &Arc<Core>, durable: &Durable) {
     if durable.claiming.load(Ordering::SeqCst) > 0 {
         return;
     }
-    let rows = match durable.store.orphans(&durable.instance.id).await {
-        Ok(rows) => rows,
-        Err(error) => {
-            durable.failed(core, None, &error);
-            return;
-        }
-    };
-    if durable.claiming.load(Ordering::SeqCst) > 0 {
-        // A claim began meanwhile: its rows may be among these.
-        return;
-    }
     // Not run here: no cell, a view of another instance's, or one waiting
     // that no claim gave slots to and whose row this instance believes
     // PENDING (it was inserted claimed, the answer lost, and the retried
     // insert found it there). One whose change to PENDING is not written
     // yet (a retry's wait) is not: its row is RUNNING until the writer
-    // gets to it.
+    // gets to it. Ids first (most are running here), rows for the rest.
+    let me = &durable.instance.id;
+    let not_here = match durable.store.owned(me).await {
+        Ok(ids) => ids
+            .into_iter()
+            .filter(|id| core.index.get(id).is_none_or(|cell| !runs_here(&cell)))
+            .collect::<Vec<_>>(),
+        Err(error) => {
+            durable.failed(core, None, &error);
+            return;
+        }
+    };
+    let rows = match not_here.is_empty() {
+        true => Vec::new(),
+        false => match durable.store.get_many(&not_here).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                durable.failed(core, None, &error);
+                return;
+            }
+        },
+    };
+    if durable.claiming.load(Ordering::SeqCst) > 0 {
+        // A claim began meanwhile: its rows may be among these.
+        return;
+    }
     let found: Vec<StoredTask> = rows
         .into_iter()
         .filter_map(Result::ok)
+        .filter(|task| {
+            task.record.status == TaskStatus::Running && task.owner.as_deref() == Some(me.as_str())
+        })
         .filter(|task| {
             core.index
                 .get(&task.record.id)

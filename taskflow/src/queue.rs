@@ -77,7 +77,11 @@ pub struct QueueConfig {
     /// across all executors. `None`: no cap beyond the executors'.
     pub concurrency: Option<usize>,
     /// At most this many of the queue's tasks PENDING at once; an enqueue
-    /// beyond it is [`Error::QueueFull`](crate::Error::QueueFull).
+    /// beyond it is [`Error::QueueFull`](crate::Error::QueueFull). Counted
+    /// per instance, as `concurrency` is: with a store that several
+    /// instances share, each counts the PENDING tasks it holds (enqueued
+    /// here and not taken elsewhere, or waiting here to retry), not the
+    /// store's.
     pub max_size: Option<usize>,
 }
 

@@ -2023,6 +2023,26 @@ async fn orphans_are_an_instances_running_tasks(storage: Storage) {
         rows.is_empty(),
         "orphans of an instance owning nothing is empty"
     );
+    for (instance, expected) in [
+        (
+            "conformance-a",
+            BTreeSet::from([a1.record.id, a2.record.id]),
+        ),
+        ("conformance-b", BTreeSet::from([b1.record.id])),
+        ("conformance-nobody", BTreeSet::new()),
+    ] {
+        let owned = ok(store.owned(instance).await, "owned");
+        assert_eq!(
+            owned.len(),
+            expected.len(),
+            "owned lists each RUNNING task of {instance} once"
+        );
+        assert_eq!(
+            owned.into_iter().collect::<BTreeSet<_>>(),
+            expected,
+            "owned must list the ids orphans finds for {instance}"
+        );
+    }
 }
 
 /// What a claim by an owner without a live lease answers: nothing

@@ -200,6 +200,24 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The RUNNING tasks `instance` owns.
     fn orphans<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<Row>, StoreError>>;
 
+    /// The ids of the RUNNING tasks `instance` owns: what
+    /// [`orphans`](Self::orphans) finds, without reading the rows (an
+    /// instance checks them against what it runs every few heartbeats).
+    /// Rows whose id cannot be read are left out. The default reads the
+    /// rows; a backend answers from its index.
+    fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<TaskId>, StoreError>> {
+        Box::pin(async move {
+            let rows = self.orphans(instance).await?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| match row {
+                    Ok(task) => Some(task.record.id),
+                    Err(corrupt) => corrupt.id,
+                })
+                .collect())
+        })
+    }
+
     /// Forgets `instance` (after its graceful stop). Its later heartbeat
     /// finds its lease gone.
     fn retire<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;

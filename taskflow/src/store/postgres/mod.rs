@@ -477,6 +477,18 @@ impl Store for PostgresStore {
         )
     }
 
+    fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<TaskId>, StoreError>> {
+        let instance = instance.to_owned();
+        self.run(
+            "find an instance's task ids",
+            move |shared, client| async move {
+                let statement = client.prepare_cached(&shared.sql.owned).await?;
+                let rows = client.query(&statement, &[&instance]).await?;
+                Ok(rows.iter().filter_map(|row| rows::id(row, 0)).collect())
+            },
+        )
+    }
+
     fn retire<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         let instance = instance.to_owned();
         self.run("retire an instance", move |shared, client| async move {

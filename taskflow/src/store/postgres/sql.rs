@@ -266,6 +266,9 @@ WHERE t.status = 'RUNNING' AND t.owner IS NOT NULL
 
 const ORPHANS: &str = "SELECT {COLUMNS} FROM {s}.tasks WHERE owner = $1 AND status = 'RUNNING'";
 
+/// The ids of an instance's RUNNING tasks.
+const OWNED: &str = "SELECT id FROM {s}.tasks WHERE owner = $1 AND status = 'RUNNING'";
+
 /// Forgets an instance, and gives up the upkeep if it led.
 const RETIRE: &str = "
 WITH resigned AS (DELETE FROM {s}.leader WHERE holder = $1)
@@ -356,6 +359,7 @@ pub(super) struct Sql {
     pub(super) others: String,
     pub(super) expired: String,
     pub(super) orphans: String,
+    pub(super) owned: String,
     pub(super) retire: String,
     pub(super) retire_expired: String,
     pub(super) lead: String,
@@ -387,6 +391,7 @@ impl Sql {
             others: q.fill(OTHERS),
             expired: q.fill(EXPIRED),
             orphans: q.fill(ORPHANS),
+            owned: q.fill(OWNED),
             retire: q.fill(RETIRE),
             retire_expired: q.fill(RETIRE_EXPIRED),
             lead: q.fill(LEAD),

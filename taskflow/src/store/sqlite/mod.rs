@@ -346,6 +346,16 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn owned<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<Vec<TaskId>, StoreError>> {
+        let instance = instance.to_owned();
+        Box::pin(self.read("find an instance's task ids", move |db| {
+            let mut statement =
+                db.prepare_cached("SELECT id FROM tasks WHERE owner = ?1 AND status = 'RUNNING'")?;
+            let ids = statement.query_map([instance], |row| rows::id(row, 0))?;
+            ids.filter_map(Result::transpose).collect()
+        }))
+    }
+
     fn retire<'a>(&'a self, instance: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         let instance = instance.to_owned();
         Box::pin(self.jobs.run("retire an instance", move |db| {

@@ -42,11 +42,16 @@ pub(super) fn time(micros: i64) -> SystemTime {
 /// The outer error is SQLite's (a column index out of range: a bug here).
 pub(super) fn read(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
     let key: i64 = row.get(13)?;
-    let id = match row.get_ref(0)? {
+    let id = id(row, 0)?;
+    Ok(Columns { row, id, key }.task())
+}
+
+/// The task id in column `index`, if it reads as one.
+pub(super) fn id(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<TaskId>> {
+    Ok(match row.get_ref(index)? {
         ValueRef::Blob(bytes) => <[u8; 16]>::try_from(bytes).ok().map(TaskId::from_bytes),
         _ => None,
-    };
-    Ok(Columns { row, id, key }.task())
+    })
 }
 
 /// One row being read, with what identifies it for a report.
