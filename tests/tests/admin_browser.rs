@@ -39,6 +39,12 @@ async fn report(n: u32) -> u32 {
     n
 }
 
+/// Arguments past JavaScript's exact integers (2^53).
+#[task]
+async fn ledger(account: u64, cents: i64) -> i64 {
+    cents + i64::from(account > 0)
+}
+
 #[task]
 async fn broken(n: u32) -> Result<(), String> {
     let attempt = taskflow::context().expect("inside a task").attempt;
@@ -257,6 +263,19 @@ async fn an_operator_logs_in_watches_retries_filters_and_pauses() {
         .await
         .unwrap();
     assert_eq!(same, Value::from("yes"), "the page was not reloaded");
+
+    // Integers a JavaScript number cannot hold are shown digit for digit.
+    let (account, cents) = (u64::MAX, -(1_i64 << 53) - 1);
+    let exact = ledger::call(account, cents).enqueue_on(&manager).unwrap().id();
+    wait_for_status(&manager, exact, TaskStatus::Success).await;
+    wait_text(&page, &row(exact), |text| text == "SUCCESS").await;
+    click(&page, &format!("#task-rows tr[data-id=\"{exact}\"]")).await;
+    let shown = wait_text(&page, "#detail-arguments", |text| text.contains("account")).await;
+    assert!(
+        shown.contains(&format!("\"account\": {account}")) && shown.contains(&format!("\"cents\": {cents}")),
+        "the arguments lost digits: {shown}"
+    );
+    click(&page, "#back").await;
 
     // Open a failed task: its error, its logs and its arguments.
     let failed = broken::call(7).enqueue_on(&manager).unwrap().id();
