@@ -1087,10 +1087,12 @@ fn a_kill_9_mid_burst_loses_no_acknowledged_task() -> Result<(), Failed> {
                         !idempotent,
                         "a requeue_on_interrupt task is run again, not left INTERRUPTED"
                     );
-                    assert_eq!(
-                        pids,
-                        [burst_pid],
-                        "task {n} was RUNNING at the kill and never again"
+                    // Claimed (RUNNING in the file) before the kill; its
+                    // body may not have started yet, but it never runs
+                    // again.
+                    assert!(
+                        pids.is_empty() || pids == [burst_pid],
+                        "task {n} was RUNNING at the kill and ran {pids:?}"
                     );
                 }
                 other => panic!("task {n} ended {other}"),
