@@ -266,13 +266,17 @@ async fn an_operator_logs_in_watches_retries_filters_and_pauses() {
 
     // Integers a JavaScript number cannot hold are shown digit for digit.
     let (account, cents) = (u64::MAX, -(1_i64 << 53) - 1);
-    let exact = ledger::call(account, cents).enqueue_on(&manager).unwrap().id();
+    let exact = ledger::call(account, cents)
+        .enqueue_on(&manager)
+        .unwrap()
+        .id();
     wait_for_status(&manager, exact, TaskStatus::Success).await;
     wait_text(&page, &row(exact), |text| text == "SUCCESS").await;
     click(&page, &format!("#task-rows tr[data-id=\"{exact}\"]")).await;
     let shown = wait_text(&page, "#detail-arguments", |text| text.contains("account")).await;
     assert!(
-        shown.contains(&format!("\"account\": {account}")) && shown.contains(&format!("\"cents\": {cents}")),
+        shown.contains(&format!("\"account\": {account}"))
+            && shown.contains(&format!("\"cents\": {cents}")),
         "the arguments lost digits: {shown}"
     );
     click(&page, "#back").await;
