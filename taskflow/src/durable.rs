@@ -1271,27 +1271,29 @@ async fn hand_back_strays(core: &Arc<Core>, durable: &Durable) {
     // PENDING (it was inserted claimed, the answer lost, and the retried
     // insert found it there). One whose change to PENDING is not written
     // yet (a retry's wait) is not: its row is RUNNING until the writer
-    // gets to it. Ids first (most are running here), rows for the rest.
-    let me = &durable.instance.id;
-    let not_here = match durable.store.owned(me).await {
-        Ok(ids) => ids
+    // gets to it. Ids first (most are running here), rows for the rest,
+    // looked at again once read.
+    let me = durable.instance.id.as_str();
+    let not_here = |id: &TaskId| core.index.get(id).is_none_or(|cell| !runs_here(&cell));
+    let read = async {
+        let ids: Vec<TaskId> = durable
+            .store
+            .owned(me)
+            .await?
             .into_iter()
-            .filter(|id| core.index.get(id).is_none_or(|cell| !runs_here(&cell)))
-            .collect::<Vec<_>>(),
+            .filter(not_here)
+            .collect();
+        match ids.is_empty() {
+            true => Ok(Vec::new()),
+            false => durable.store.get_many(&ids).await,
+        }
+    };
+    let rows = match read.await {
+        Ok(rows) => rows,
         Err(error) => {
             durable.failed(core, None, &error);
             return;
         }
-    };
-    let rows = match not_here.is_empty() {
-        true => Vec::new(),
-        false => match durable.store.get_many(&not_here).await {
-            Ok(rows) => rows,
-            Err(error) => {
-                durable.failed(core, None, &error);
-                return;
-            }
-        },
     };
     if durable.claiming.load(Ordering::SeqCst) > 0 {
         // A claim began meanwhile: its rows may be among these.
@@ -1301,12 +1303,9 @@ async fn hand_back_strays(core: &Arc<Core>, durable: &Durable) {
         .into_iter()
         .filter_map(Result::ok)
         .filter(|task| {
-            task.record.status == TaskStatus::Running && task.owner.as_deref() == Some(me.as_str())
-        })
-        .filter(|task| {
-            core.index
-                .get(&task.record.id)
-                .is_none_or(|cell| !runs_here(&cell))
+            task.record.status == TaskStatus::Running
+                && task.owner.as_deref() == Some(me)
+                && not_here(&task.record.id)
         })
         .collect();
     let before = {
@@ -1711,7 +1710,7 @@ fn rest_watched(core: &Arc<Core>, durable: &Durable) {
     if watched.is_empty() {
         return;
     }
-    let far = SystemTime::now() + durable.settings.horizon;
+    let far = Stamp::from(SystemTime::now() + durable.settings.horizon);
     let mut again = Vec::new();
     for weak in watched {
         let Some(cell) = weak.upgrade() else {
@@ -1720,7 +1719,7 @@ fn rest_watched(core: &Arc<Core>, durable: &Durable) {
         let state = cell.lock();
         if state.status != TaskStatus::Pending
             || cell.is_admitted()
-            || state.run_at.get() <= far
+            || state.run_at <= far
             || cell.is_mirror()
         {
             continue;

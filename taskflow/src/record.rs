@@ -58,12 +58,6 @@ impl From<SystemTime> for Stamp {
     }
 }
 
-impl From<Stamp> for SystemTime {
-    fn from(stamp: Stamp) -> Self {
-        stamp.get()
-    }
-}
-
 /// One task, shared between the index, its queue, its executor and its
 /// handles.
 pub(crate) struct TaskCell {

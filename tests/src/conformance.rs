@@ -6,8 +6,8 @@
 //! changes, claims (filters, order, exclusivity, paused queues, the next
 //! ready time, cancel requests, the claimer's lease), reads and listing with
 //! every filter and the cursor, leases, orphans (of expired instances and of
-//! owners with no lease at all), capped logs, retention, queue counts,
-//! unfinished names, and schedules (a tick fired by racing callers on two
+//! owners with no lease at all) and an instance's owned ids, capped logs,
+//! retention, queue counts, unfinished names, and schedules (a tick fired by racing callers on two
 //! handles writes one task; pauses, `since` and unknown schedules refuse a
 //! fire; definitions and state kept; listing by schedule and `run_at`); and,
 //! through a `TaskManager` on the same storage, that the upkeep rescues what

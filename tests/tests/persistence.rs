@@ -955,6 +955,39 @@ fn an_insert_claimed_whose_answer_was_lost_is_run_after_all() -> Result<(), Fail
     })
 }
 
+/// Tasks running here through several looks for strays (one a second with
+/// a 500 ms lease) are left alone: their rows say RUNNING here, and they
+/// are.
+fn tasks_running_through_the_stray_checks_are_left_alone() -> Result<(), Failed> {
+    let (_dir, db, _side) = files();
+    trial(async {
+        let manager = with_store(&db).await;
+        let mut events = manager.subscribe();
+        let handles: Vec<_> = (0..2)
+            .map(|_| blocker::call(2_500).enqueue_on(&manager).unwrap())
+            .collect();
+        let ids: Vec<TaskId> = handles.iter().map(|handle| handle.id()).collect();
+        for handle in handles {
+            within("a long task", handle).await.unwrap();
+        }
+        for &id in &ids {
+            let record = manager.get(id).await.unwrap().expect("its record");
+            assert_eq!(
+                (record.status, record.attempts),
+                (TaskStatus::Success, 1),
+                "{record:?}"
+            );
+        }
+        while let Ok(event) = events.try_recv() {
+            assert!(
+                !(ids.contains(&event.id) && event.kind == EventKind::Requeued),
+                "a running task was put back: {event:?}"
+            );
+        }
+        manager.shutdown().await;
+    })
+}
+
 /// Opened by the test: `gated` returns.
 static LAG_GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
@@ -1511,6 +1544,10 @@ fn main() -> ExitCode {
         Trial::test(
             "an_insert_claimed_whose_answer_was_lost_is_run_after_all",
             an_insert_claimed_whose_answer_was_lost_is_run_after_all,
+        ),
+        Trial::test(
+            "tasks_running_through_the_stray_checks_are_left_alone",
+            tasks_running_through_the_stray_checks_are_left_alone,
         ),
         Trial::test(
             "a_listing_by_status_follows_the_task_while_its_row_lags",
