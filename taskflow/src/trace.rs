@@ -60,22 +60,25 @@ impl TaskTee {
             return f();
         }
         let key = Arc::as_ptr(&self.0) as usize;
-        let dispatch = HELD
+        // Made the default from the thread's own `Dispatch` while it is
+        // borrowed: the guard holds the one clone a switch needs.
+        let _guard = HELD
             .try_with(|held| {
                 let mut held = held.borrow_mut();
                 if let Some((_, dispatch)) = held.iter().find(|(tee, _)| *tee == key) {
-                    return dispatch.clone();
+                    return tracing::dispatcher::set_default(dispatch);
                 }
                 if held.len() == HELD_PER_THREAD {
                     held.remove(0);
                 }
                 let dispatch = Dispatch::new(self.0.clone());
-                held.push((key, dispatch.clone()));
-                dispatch
+                let guard = tracing::dispatcher::set_default(&dispatch);
+                held.push((key, dispatch));
+                guard
             })
             // The thread is exiting: a `Dispatch` for this once.
-            .unwrap_or_else(|_| Dispatch::new(self.0.clone()));
-        tracing::dispatcher::with_default(&dispatch, f)
+            .unwrap_or_else(|_| tracing::dispatcher::set_default(&Dispatch::new(self.0.clone())));
+        f()
     }
 }
 
