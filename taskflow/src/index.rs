@@ -29,18 +29,22 @@ use taskflow_worker::{Executor, TaskId};
 use crate::lifecycle::TaskStatus;
 use crate::queue::executor_index;
 use crate::record::{Metrics, SharedCell, Stamp, TaskCell, TaskFilter, TaskRecord};
-use crate::tally::Tally;
+use crate::tally::{Local, Tally};
 
+/// Counters after the six per status (by `TaskStatus::index`): the sum and
+/// count of the durations of tasks that succeeded or failed, in µs, then
+/// this instance's RUNNING tasks per executor (by `executor_index`).
 const DURATION_SUM: usize = 6;
 const DURATION_COUNT: usize = 7;
+const RUNNING_ON: usize = 8;
+const COUNTERS: usize = RUNNING_ON + 3;
 
 pub(crate) struct LiveIndex {
     records: DashMap<TaskId, SharedCell, IdHash>,
     /// Holders of idempotency keys, for keyed enqueues in this process.
     keys: DashMap<Box<str>, SharedCell>,
-    /// Per status (by `TaskStatus::index`), then the sum and count of the
-    /// durations of tasks that succeeded or failed, in µs.
-    counts: Tally<8>,
+    /// Per status, durations, running per executor (see `RUNNING_ON`).
+    counts: Tally<COUNTERS>,
     max_finished: usize,
     /// The last window sequence number handed to a finished record.
     finished_seq: AtomicU64,
@@ -50,8 +54,6 @@ pub(crate) struct LiveIndex {
     sweeping: AtomicBool,
     /// Views of tasks other instances run, in the index now.
     mirrors: AtomicU64,
-    /// RUNNING tasks of this instance per executor (by `executor_index`).
-    running: Tally<3>,
 }
 
 impl LiveIndex {
@@ -65,7 +67,6 @@ impl LiveIndex {
             next_sweep: AtomicU64::new(0),
             sweeping: AtomicBool::new(false),
             mirrors: AtomicU64::new(0),
-            running: Tally::default(),
         }
     }
 
@@ -90,9 +91,7 @@ impl LiveIndex {
                 if cell.is_mirror() {
                     self.mirrors.fetch_add(1, Ordering::AcqRel);
                 } else {
-                    let status = cell.status();
-                    self.counts.add(status.index(), 1);
-                    count_queue(&cell, status, 1);
+                    self.tally(&cell, cell.status(), 1);
                 }
                 free.insert(cell.clone());
                 cell
@@ -164,18 +163,13 @@ impl LiveIndex {
     /// Counts `delta` tasks of `cell`'s kind in `status`: globally, in its
     /// queue, and among its executor's running tasks.
     fn tally(&self, cell: &TaskCell, status: TaskStatus, delta: i64) {
-        self.counts.add(status.index(), delta);
-        count_queue(cell, status, delta);
-        if status == TaskStatus::Running {
-            self.running
-                .add(executor_index(cell.entry.executor()), delta);
-        }
+        tally_in(&self.counts.local(), cell, status, delta);
     }
 
     /// This instance's RUNNING tasks of `executor` (views of other
     /// instances' tasks not included).
     pub(crate) fn running(&self, executor: Executor) -> u64 {
-        u64::try_from(self.running.get(executor_index(executor))).unwrap_or(0)
+        u64::try_from(self.counts.get(RUNNING_ON + executor_index(executor))).unwrap_or(0)
     }
 
     pub(crate) fn get(&self, id: &TaskId) -> Option<SharedCell> {
@@ -223,8 +217,9 @@ impl LiveIndex {
         to: TaskStatus,
         duration: Option<Duration>,
     ) {
-        self.tally(cell, from, -1);
-        self.tally(cell, to, 1);
+        let counts = self.counts.local();
+        tally_in(&counts, cell, from, -1);
+        tally_in(&counts, cell, to, 1);
         if from == TaskStatus::Pending {
             cell.queue.unreserve_pending();
         } else if to == TaskStatus::Pending {
@@ -232,8 +227,8 @@ impl LiveIndex {
         }
         if let Some(duration) = duration {
             let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
-            self.counts.add(DURATION_SUM, micros);
-            self.counts.add(DURATION_COUNT, 1);
+            counts.add(DURATION_SUM, micros);
+            counts.add(DURATION_COUNT, 1);
         }
     }
 
@@ -406,6 +401,15 @@ impl LiveIndex {
             interrupted: count(TaskStatus::Interrupted),
             mean_duration,
         }
+    }
+}
+
+/// [`LiveIndex::tally`] in the calling thread's stripe of the counts.
+fn tally_in(counts: &Local<'_, COUNTERS>, cell: &TaskCell, status: TaskStatus, delta: i64) {
+    counts.add(status.index(), delta);
+    count_queue(cell, status, delta);
+    if status == TaskStatus::Running {
+        counts.add(RUNNING_ON + executor_index(cell.entry.executor()), delta);
     }
 }
 

@@ -168,8 +168,9 @@ impl Slots {
         }
     }
 
+    /// The cap, read `SeqCst` like the counter (see [`Scheduler::release`]).
     fn capacity(&self) -> Option<usize> {
-        Some(self.capacity.load(Ordering::Acquire)).filter(|&c| c != UNLIMITED)
+        Some(self.capacity.load(Ordering::SeqCst)).filter(|&c| c != UNLIMITED)
     }
 
     fn is_unlimited(&self) -> bool {
@@ -179,7 +180,7 @@ impl Slots {
     /// Changes the cap; slots taken stay taken until given back.
     fn set_capacity(&self, capacity: Option<usize>) {
         self.capacity
-            .store(capacity.unwrap_or(UNLIMITED), Ordering::Release);
+            .store(capacity.unwrap_or(UNLIMITED), Ordering::SeqCst);
     }
 
     fn take(&self) -> bool {
@@ -188,7 +189,7 @@ impl Slots {
 
     /// Takes up to `n`; how many it got.
     fn take_up_to(&self, n: usize) -> usize {
-        let capacity = self.capacity.load(Ordering::Acquire);
+        let capacity = self.capacity.load(Ordering::SeqCst);
         if capacity == UNLIMITED {
             if self.adjustable {
                 self.taken.fetch_add(n, Ordering::SeqCst);
@@ -210,7 +211,7 @@ impl Slots {
     /// Whether what is taken is within the cap (which may have been
     /// lowered since the slots were taken).
     fn within_capacity(&self) -> bool {
-        let capacity = self.capacity.load(Ordering::Acquire);
+        let capacity = self.capacity.load(Ordering::SeqCst);
         capacity == UNLIMITED || self.taken.load(Ordering::SeqCst) <= capacity
     }
 
@@ -627,6 +628,18 @@ impl Scheduler {
     pub(crate) fn release(&self, core: &Arc<Core>, queue: &Arc<Queue>, executor: Executor) {
         let index = executor_index(executor);
         let durable = self.durable.load(Ordering::Acquire);
+        if !durable && self.executors[index].is_unlimited() && queue.slots.is_unlimited() {
+            // No task waits for a slot that is never short (only for a
+            // paused queue's resume, which admits them itself): nothing to
+            // hand on or pump, unless a cap was set meanwhile. The cap is
+            // read after the give, both `SeqCst`, so an enqueue that was
+            // refused under that cap saw this give or is pumped here.
+            queue.slots.give(1);
+            if queue.slots.is_unlimited() {
+                return;
+            }
+            return self.pump_all(core, queue, index);
+        }
         if !durable && self.hand_on(core, queue, index) {
             return;
         }
@@ -636,6 +649,12 @@ impl Scheduler {
             self.claimer.notify_one();
             return;
         }
+        self.pump_all(core, queue, index);
+    }
+
+    /// Admits what waited for the slots a task of `queue` on executor
+    /// `index` gave back.
+    fn pump_all(&self, core: &Arc<Core>, queue: &Arc<Queue>, index: usize) {
         // The freed slots serve the same queue and executor first. A freed
         // queue slot (a capped queue) may then serve another executor's
         // task, and a freed executor slot (a capped executor) another

@@ -32,7 +32,12 @@ impl<const N: usize> Default for Tally<N> {
 impl<const N: usize> Tally<N> {
     /// Adds `delta` to counter `slot`.
     pub(crate) fn add(&self, slot: usize, delta: i64) {
-        self.stripes[stripe()].0[slot].fetch_add(delta, Ordering::Relaxed);
+        self.local().add(slot, delta);
+    }
+
+    /// The calling thread's stripe, for several adds with one look-up.
+    pub(crate) fn local(&self) -> Local<'_, N> {
+        Local(&self.stripes[stripe()])
     }
 
     /// Counter `slot`, summed over the stripes.
@@ -41,6 +46,16 @@ impl<const N: usize> Tally<N> {
             .iter()
             .map(|stripe| stripe.0[slot].load(Ordering::Relaxed))
             .sum()
+    }
+}
+
+/// One thread's stripe of a [`Tally`].
+pub(crate) struct Local<'a, const N: usize>(&'a Stripe<N>);
+
+impl<const N: usize> Local<'_, N> {
+    /// Adds `delta` to counter `slot`.
+    pub(crate) fn add(&self, slot: usize, delta: i64) {
+        self.0.0[slot].fetch_add(delta, Ordering::Relaxed);
     }
 }
 

@@ -61,6 +61,15 @@ async fn elastic(mode: usize, gate: String) {
     assert!(GATES.wait(&gate).await, "gate {gate} never opened");
 }
 
+static LOOSE: [Gauge; 2] = [Gauge::new(), Gauge::new()];
+
+/// A task of a queue that starts without a cap: waits for its own gate.
+#[task]
+async fn loose(mode: usize, gate: String) {
+    let _executing = LOOSE[mode].enter();
+    assert!(GATES.wait(&gate).await, "gate {gate} never opened");
+}
+
 /// Holds its slot until the gate opens.
 #[task]
 async fn held(gate: String) {
@@ -288,6 +297,51 @@ fn a_queues_concurrency_changes_at_run_time() -> Result<(), Failed> {
             }
             assert_eq!(ELASTIC[mode].peak(), 5, "mode {mode}");
             assert_eq!(ELASTIC[mode].entered(), 8, "mode {mode}");
+            manager.shutdown().await;
+        }
+    })
+}
+
+/// A cap set on a queue that had none, while more of its tasks run than
+/// the cap allows: the tasks enqueued after it wait, and start one at a
+/// time as the running ones finish, never beyond the cap.
+fn a_cap_set_while_uncapped_tasks_run_admits_as_they_finish() -> Result<(), Failed> {
+    trial(async {
+        for (mode, db, _dir) in modes() {
+            let manager = builder(db.as_deref()).build().await.unwrap();
+            let gate = |n: usize| format!("loose-{mode}-{n}");
+            let enqueue = |n: usize| {
+                loose::call(mode, gate(n))
+                    .queue("loose")
+                    .enqueue_on(&manager)
+                    .unwrap()
+            };
+            let mut handles: Vec<_> = (0..4).map(enqueue).collect();
+            eventually("4 uncapped bodies", || LOOSE[mode].current() == 4).await;
+
+            manager.set_queue_concurrency("loose", Some(1)).unwrap();
+            handles.extend((4..6).map(enqueue));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let stats = queue_stats(&manager, "loose").await;
+            assert_eq!((stats.running, stats.pending), (4, 2), "mode {mode}");
+
+            for n in 0..4 {
+                GATES.open(&gate(n));
+            }
+            eventually("one waiting task admitted", || {
+                (4..6).filter(|&n| GATES.reached(&gate(n))).count() == 1
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(LOOSE[mode].current(), 1, "mode {mode}: the new cap held");
+            for n in 4..6 {
+                eventually("the next waiting task", || GATES.reached(&gate(n))).await;
+                GATES.open(&gate(n));
+            }
+            for handle in handles {
+                within("every loose task", handle).await.unwrap();
+            }
+            assert_eq!(LOOSE[mode].entered(), 6, "mode {mode}");
             manager.shutdown().await;
         }
     })
@@ -761,6 +815,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_queues_concurrency_changes_at_run_time",
             a_queues_concurrency_changes_at_run_time,
+        ),
+        Trial::test(
+            "a_cap_set_while_uncapped_tasks_run_admits_as_they_finish",
+            a_cap_set_while_uncapped_tasks_run_admits_as_they_finish,
         ),
         Trial::test(
             "an_idle_queue_leaves_the_executor_to_a_busy_one",
