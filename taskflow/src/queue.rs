@@ -628,19 +628,11 @@ impl Scheduler {
     pub(crate) fn release(&self, core: &Arc<Core>, queue: &Arc<Queue>, executor: Executor) {
         let index = executor_index(executor);
         let durable = self.durable.load(Ordering::Acquire);
-        if !durable && self.executors[index].is_unlimited() && queue.slots.is_unlimited() {
-            // No task waits for a slot that is never short (only for a
-            // paused queue's resume, which admits them itself): nothing to
-            // hand on or pump, unless a cap was set meanwhile. The cap is
-            // read after the give, both `SeqCst`, so an enqueue that was
-            // refused under that cap saw this give or is pumped here.
-            queue.slots.give(1);
-            if queue.slots.is_unlimited() {
-                return;
-            }
-            return self.pump_all(core, queue, index);
-        }
-        if !durable && self.hand_on(core, queue, index) {
+        // No task waits for a slot that is never short (only for a paused
+        // queue's resume, which admits them itself): nothing to hand on or
+        // pump, unless a cap was set meanwhile (see below).
+        let never_short = self.executors[index].is_unlimited() && queue.slots.is_unlimited();
+        if !durable && !never_short && self.hand_on(core, queue, index) {
             return;
         }
         self.executors[index].give(1);
@@ -649,12 +641,11 @@ impl Scheduler {
             self.claimer.notify_one();
             return;
         }
-        self.pump_all(core, queue, index);
-    }
-
-    /// Admits what waited for the slots a task of `queue` on executor
-    /// `index` gave back.
-    fn pump_all(&self, core: &Arc<Core>, queue: &Arc<Queue>, index: usize) {
+        // The cap is read again after the give, both `SeqCst`: an enqueue
+        // refused under a cap set meanwhile saw this give or is pumped here.
+        if never_short && queue.slots.is_unlimited() {
+            return;
+        }
         // The freed slots serve the same queue and executor first. A freed
         // queue slot (a capped queue) may then serve another executor's
         // task, and a freed executor slot (a capped executor) another
